@@ -1,0 +1,71 @@
+"""The backbones Neon knows: six real ones from the Hub and two offline tiny ones.
+
+Hidden sizes live here so that parameter counts and `--dry-run` never need to
+download a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FAMILIES = ("qwen2_5_omni", "qwen2_5_vl", "qwen3_vl")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    model_id: str
+    family: str  # which transformers classes load it (see neon.backbones.loader)
+    hidden_size: int  # width of the language model's hidden states that Neon reads
+    native_audio: bool  # has its own audio tower (Qwen2.5-Omni); others use a Whisper encoder
+    audio_dim: int  # width of the audio features the audio projection reads
+    params_b: float  # total parameters, billions (documentation)
+    vram_4bit_gb: float  # approximate weights footprint in nf4 (documentation)
+    tiny: bool = False  # built offline by neon.backbones.tiny
+
+
+# Whisper encoder used for audio by backbones without an audio tower.
+DEFAULT_WHISPER = "openai/whisper-base"
+WHISPER_DIMS = {"openai/whisper-base": 512, "openai/whisper-small": 768, "neon-tiny/whisper": 64}
+
+BACKBONES: dict[str, BackboneSpec] = {
+    s.model_id: s
+    for s in [
+        # Qwen2.5-Omni: the thinker's text hidden size; its audio tower projects to the same width.
+        BackboneSpec("Qwen/Qwen2.5-Omni-7B", "qwen2_5_omni", 3584, True, 3584, 10.7, 8.0),
+        BackboneSpec("Qwen/Qwen2.5-Omni-3B", "qwen2_5_omni", 2048, True, 2048, 5.5, 4.0),
+        # Cosmos-Reason2 is post-trained from Qwen3-VL (8B: 36 layers x 4096; 2B: 28 layers x 2048).
+        BackboneSpec("nvidia/Cosmos-Reason2-8B", "qwen3_vl", 4096, False, WHISPER_DIMS[DEFAULT_WHISPER], 8.8, 10.0),
+        BackboneSpec("nvidia/Cosmos-Reason2-2B", "qwen3_vl", 2048, False, WHISPER_DIMS[DEFAULT_WHISPER], 2.4, 3.0),
+        BackboneSpec("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", 3584, False, WHISPER_DIMS[DEFAULT_WHISPER], 8.3, 8.0),
+        BackboneSpec("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", 2048, False, WHISPER_DIMS[DEFAULT_WHISPER], 3.8, 4.0),
+        # Offline tiny backbones: the same transformers classes with a tiny config (see tiny.py).
+        BackboneSpec("neon-tiny/qwen2.5-vl", "qwen2_5_vl", 64, False, WHISPER_DIMS["neon-tiny/whisper"], 0.0004, 0.0, True),
+        BackboneSpec("neon-tiny/qwen2.5-omni", "qwen2_5_omni", 64, True, 64, 0.0005, 0.0, True),
+    ]
+}
+
+# Short names accepted on the command line.
+ALIASES = {
+    "omni-7b": "Qwen/Qwen2.5-Omni-7B",
+    "omni-3b": "Qwen/Qwen2.5-Omni-3B",
+    "cosmos-8b": "nvidia/Cosmos-Reason2-8B",
+    "cosmos-2b": "nvidia/Cosmos-Reason2-2B",
+    "vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "tiny-vl": "neon-tiny/qwen2.5-vl",
+    "tiny-omni": "neon-tiny/qwen2.5-omni",
+}
+
+
+class UnknownBackboneError(ValueError):
+    pass
+
+
+def get_spec(model_id: str) -> BackboneSpec:
+    model_id = ALIASES.get(model_id, model_id)
+    try:
+        return BACKBONES[model_id]
+    except KeyError:
+        raise UnknownBackboneError(
+            f"unknown backbone {model_id!r}; known: {', '.join(BACKBONES)} (or aliases {', '.join(ALIASES)})"
+        ) from None

@@ -1,0 +1,177 @@
+"""Model configuration: `BackboneConfig` and `NeonConfig`, with validation and JSON round trip.
+
+Defaults match the standard preset (see `neon.presets`). Validation names the
+field that is wrong and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neon.action_space import CONTROL_MODES, HAND_TYPES, G1ActionSpace
+from neon.backbones.registry import ALIASES, DEFAULT_WHISPER, WHISPER_DIMS, BackboneSpec, get_spec
+
+CONFIG_FILE = "config.json"
+
+DEFAULT_RESPONSES = (
+    "",  # index 0: say nothing
+    "Okay.",
+    "On it.",
+    "Done.",
+    "Sorry, I can't do that.",
+    "Could you repeat that?",
+    "Stopping now.",
+    "Hello!",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration field holds a value Neon cannot use; the message names the field."""
+
+
+def _check(cond: bool, field_name: str, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: {why}")
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen vision-language model sees, and how its features are read."""
+
+    model_id: str = "Qwen/Qwen2.5-Omni-7B"
+    load_in_4bit: bool = True  # bitsandbytes nf4 with double quantisation
+    freeze_backbone: bool = True
+    hidden_layer: int = -1  # index into hidden_states (-1 = last layer)
+    pooling: str = "tokens"  # "tokens": average into `token_budget` bins; "mean": one token
+    token_budget: int = 16
+    image_size: int = 224  # square input, a multiple of 32 (valid for every registered family)
+    dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU
+    attn_implementation: str = "auto"  # "auto" = flash_attention_2 if installed, else sdpa
+    audio_encoder_id: str | None = None  # None = the backbone's own audio tower or the default Whisper
+    revision: str | None = None
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return get_spec(self.model_id)
+
+    @property
+    def resolved_audio_encoder(self) -> str | None:
+        """Hub id (or tiny id) of the Whisper encoder, or None when the backbone hears natively."""
+        if self.spec.native_audio:
+            return None
+        if self.audio_encoder_id:
+            return self.audio_encoder_id
+        return "neon-tiny/whisper" if self.spec.tiny else DEFAULT_WHISPER
+
+    @property
+    def audio_dim(self) -> int:
+        enc = self.resolved_audio_encoder
+        return self.spec.audio_dim if enc is None else WHISPER_DIMS.get(enc, self.spec.audio_dim)
+
+    def validate(self) -> None:
+        get_spec(self.model_id)  # raises with the list of known ids
+        self.model_id = ALIASES.get(self.model_id, self.model_id)
+        _check(self.freeze_backbone, "backbone.freeze_backbone",
+               "Neon trains only the heads; an unfrozen backbone is not supported")
+        _check(self.pooling in ("tokens", "mean"), "backbone.pooling", f"must be 'tokens' or 'mean', got {self.pooling!r}")
+        _check(1 <= self.token_budget <= 1024, "backbone.token_budget", f"must be in 1..1024, got {self.token_budget}")
+        _check(self.image_size >= 64 and self.image_size % 32 == 0, "backbone.image_size",
+               f"must be a multiple of 32 and at least 64, got {self.image_size}")
+        _check(self.dtype in ("auto", "bfloat16", "float16", "float32"), "backbone.dtype",
+               f"must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        _check(self.attn_implementation in ("auto", "flash_attention_2", "sdpa", "eager"),
+               "backbone.attn_implementation",
+               f"must be auto, flash_attention_2, sdpa or eager, got {self.attn_implementation!r}")
+        enc = self.resolved_audio_encoder
+        _check(enc is None or enc in WHISPER_DIMS, "backbone.audio_encoder_id",
+               f"must be one of {', '.join(WHISPER_DIMS)}, got {enc!r}")
+
+
+@dataclass
+class NeonConfig:
+    """The whole trainable model on top of a frozen backbone."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    control_mode: str = "arms_only"
+    hand_type: str = "dex3"
+    neck: bool = False
+    representation: dict[str, str] = field(default_factory=dict)  # group -> absolute | relative
+    num_action_steps: int = 16  # chunk length, the one place it is stated
+    fps: float = 30.0  # rate at which chunk steps are executed
+    fusion_dim: int = 512  # width of every token entering fusion and of the action heads' residual stream
+    fusion_heads: int = 8
+    mlp_hidden: int = 512  # hidden width of the ReLU^2 MLPs in fusion, heads and speech head
+    action_head_layers: int = 3
+    proprioception_hidden: int = 256
+    eef_hidden: int = 128
+    lidar_hidden: int = 128  # PointNet width
+    use_audio: bool = False
+    use_lidar: bool = False
+    use_eef: bool = False
+    action_softcap: float = 10.0  # cap on normalised (z-scored) actions; far above the usual +-3 range
+    speech_responses: list[str] = field(default_factory=lambda: list(DEFAULT_RESPONSES))
+    max_instruction_chars: int = 512
+
+    def action_space(self) -> G1ActionSpace:
+        return G1ActionSpace(self.control_mode, self.hand_type, self.neck, dict(self.representation), self.fps)
+
+    def validate(self) -> "NeonConfig":
+        if isinstance(self.backbone, dict):
+            self.backbone = BackboneConfig(**self.backbone)
+        self.backbone.validate()
+        _check(self.control_mode in CONTROL_MODES, "control_mode", f"must be one of {CONTROL_MODES}, got {self.control_mode!r}")
+        _check(self.hand_type in HAND_TYPES, "hand_type", f"must be one of {HAND_TYPES}, got {self.hand_type!r}")
+        _check(1 <= self.num_action_steps <= 256, "num_action_steps", f"must be in 1..256, got {self.num_action_steps}")
+        _check(self.fps > 0, "fps", f"must be positive, got {self.fps}")
+        for name in ("fusion_dim", "mlp_hidden", "proprioception_hidden", "eef_hidden", "lidar_hidden"):
+            _check(getattr(self, name) >= 8, name, f"must be at least 8, got {getattr(self, name)}")
+        _check(self.fusion_heads >= 1 and self.fusion_dim % self.fusion_heads == 0, "fusion_heads",
+               f"must divide fusion_dim={self.fusion_dim}, got {self.fusion_heads}")
+        _check(self.action_head_layers >= 1, "action_head_layers", f"must be at least 1, got {self.action_head_layers}")
+        _check(self.action_softcap >= 3.0, "action_softcap",
+               f"must be well above the normalised action range (>= 3), got {self.action_softcap}")
+        _check(len(self.speech_responses) >= 1 and self.speech_responses[0] == "", "speech_responses",
+               "must be a list whose first entry is '' (the 'say nothing' class)")
+        _check(len(set(self.speech_responses)) == len(self.speech_responses), "speech_responses", "entries must be unique")
+        try:
+            self.action_space()
+        except ValueError as e:
+            raise ConfigError(f"representation: {e}") from None
+        return self
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model_type"] = "neon_vla"
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NeonConfig":
+        data = dict(data)
+        data.pop("model_type", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        bb = data.pop("backbone", {})
+        bb_known = {f.name for f in dataclasses.fields(BackboneConfig)}
+        bb_unknown = sorted(set(bb) - bb_known)
+        if bb_unknown:
+            raise ConfigError(f"unknown backbone config field(s): {', '.join(bb_unknown)}")
+        return cls(backbone=BackboneConfig(**bb), **data).validate()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "NeonConfig":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{path} not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from None

@@ -1,0 +1,75 @@
+"""Encoders that turn non-visual inputs into one `fusion_dim` token each.
+
+Inputs arrive already normalised (see `neon.normalization`): joint states as
+z-scores, EEF poses in metres and unit quaternions, LiDAR points in metres.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neon.layers import ReLU2MLP, relu2, rms_norm
+
+EEF_DIM = 14  # left then right wrist: x, y, z, qw, qx, qy, qz
+LIDAR_RANGE_M = 20.0  # Livox MID-360 useful range; xyz are divided by it
+LIDAR_INTENSITY_MAX = 255.0
+
+
+class ProprioEncoder(nn.Module):
+    """Float[(B, D)] normalised joint state -> Float[(B, d)]."""
+
+    def __init__(self, state_dim: int, hidden: int, d: int):
+        super().__init__()
+        self.mlp = ReLU2MLP(state_dim, hidden, d)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.mlp(state)
+
+
+class EEFEncoder(nn.Module):
+    """Float[(B, 14)] left/right wrist poses -> Float[(B, d)]."""
+
+    def __init__(self, hidden: int, d: int):
+        super().__init__()
+        self.mlp = ReLU2MLP(EEF_DIM, hidden, d)
+
+    def forward(self, eef: torch.Tensor) -> torch.Tensor:
+        pose = eef.view(-1, 2, 7)
+        # q and -q are the same rotation: pick the one with w >= 0 so the encoder sees one of them.
+        sign = torch.where(pose[..., 3:4] < 0, -1.0, 1.0)
+        pose = torch.cat([pose[..., :3], pose[..., 3:] * sign], dim=-1)
+        return self.mlp(pose.reshape(-1, EEF_DIM))
+
+
+class PointNetEncoder(nn.Module):
+    """PointNet-style encoder: a shared per-point MLP, then a masked max-pool.
+
+    Float[(B, N, 4)] points (x, y, z in metres, intensity 0..255) with
+    Bool[(B, N)] valid mask -> Float[(B, d)]. Works for any N, and the result
+    does not depend on point order.
+    """
+
+    def __init__(self, hidden: int, d: int):
+        super().__init__()
+        self.point_mlp = nn.Sequential(nn.Linear(4, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, hidden))
+        self.out = nn.Linear(hidden, d)
+
+    def forward(self, points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        scale = points.new_tensor([LIDAR_RANGE_M] * 3 + [LIDAR_INTENSITY_MAX])
+        feats = relu2(self.point_mlp(points / scale))  # (B, N, hidden)
+        feats = feats.masked_fill(~valid[..., None], float("-inf"))
+        pooled = feats.max(dim=1).values
+        pooled = torch.where(torch.isfinite(pooled), pooled, torch.zeros_like(pooled))  # clouds with no points
+        return self.out(pooled)
+
+
+class AudioProjection(nn.Module):
+    """Float[(B, A)] pooled audio features from the (frozen) audio encoder -> Float[(B, d)]."""
+
+    def __init__(self, audio_dim: int, d: int):
+        super().__init__()
+        self.proj = nn.Linear(audio_dim, d)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(rms_norm(feats))

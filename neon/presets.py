@@ -1,0 +1,84 @@
+"""Model configurations behind the named presets of the original design.
+
+The trainer (`neon_train`) adds batch size, learning rate and the rest on top
+of these; here is only what decides the architecture and so the trainable
+parameter count. `TARGET_PARAMS` are the design's published counts, checked
+(within 15%) by the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from neon.config import BackboneConfig, NeonConfig
+
+BACKBONE_SHORT = {
+    "omni7b": "Qwen/Qwen2.5-Omni-7B",
+    "omni3b": "Qwen/Qwen2.5-Omni-3B",
+    "cosmos8b": "nvidia/Cosmos-Reason2-8B",
+    "cosmos2b": "nvidia/Cosmos-Reason2-2B",
+    "vl7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "vl3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+}
+
+# Head sizes per scale; everything else keeps NeonConfig's defaults.
+SCALES = {
+    "standard": dict(mlp_hidden=512, action_head_layers=3, proprioception_hidden=256),
+    "large": dict(mlp_hidden=2048, action_head_layers=8, proprioception_hidden=512),
+}
+
+
+def model_config(backbone: str, mode: str, scale: str = "standard", **overrides) -> NeonConfig:
+    """NeonConfig for a backbone (id or short name), control mode and scale."""
+    model_id = BACKBONE_SHORT.get(backbone, backbone)
+    cfg = NeonConfig(backbone=BackboneConfig(model_id=model_id), control_mode=mode, **{**SCALES[scale], **overrides})
+    return cfg.validate()
+
+
+def _edge_3b() -> NeonConfig:
+    # Jetson-sized: half-width fusion and heads on Omni-3B (about 2M trainable parameters).
+    return model_config("omni3b", "arms_only", fusion_dim=256, mlp_hidden=256, proprioception_hidden=256)
+
+
+def _g1_omnimodal() -> NeonConfig:
+    return model_config("omni7b", "whole_body", use_audio=True, use_lidar=True, use_eef=True)
+
+
+NAMED_MODEL_CONFIGS: dict[str, Callable[[], NeonConfig]] = {
+    "default_arms_only": lambda: model_config("omni7b", "arms_only"),
+    "default_wholebody": lambda: model_config("omni7b", "whole_body"),
+    "cosmos_physics": lambda: model_config("cosmos8b", "arms_only"),
+    "edge_3b": _edge_3b,
+    "large_arms": lambda: model_config("omni7b", "arms_only", "large"),
+    "large_cosmos": lambda: model_config("cosmos8b", "arms_only", "large"),
+    "large_wholebody": lambda: model_config("omni7b", "whole_body", "large"),
+    "g1_omnimodal": _g1_omnimodal,
+}
+
+# Trainable parameter counts published by the original design (the backbone excluded).
+TARGET_PARAMS = {
+    "default_arms_only": 7.3e6,
+    "default_wholebody": 10e6,
+    "cosmos_physics": 8e6,
+    "edge_3b": 2e6,
+    "large_arms": 44e6,
+    "large_cosmos": 44e6,
+    "large_wholebody": 55e6,
+}
+
+
+def grid_model_configs() -> dict[str, Callable[[], NeonConfig]]:
+    """The 24 backbone x mode x scale configs, named like `omni7b_arms_only_standard`."""
+    out = {}
+    for short in BACKBONE_SHORT:
+        for mode in ("arms_only", "whole_body"):
+            for scale in SCALES:
+                out[f"{short}_{mode}_{scale}"] = (lambda s=short, m=mode, sc=scale: model_config(s, m, sc))
+    return out
+
+
+def get_model_config(name: str) -> NeonConfig:
+    table = {**NAMED_MODEL_CONFIGS, **grid_model_configs()}
+    if name not in table:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]()
