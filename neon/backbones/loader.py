@@ -160,11 +160,11 @@ class Backbone:
         hf_logging.set_verbosity_error()
         try:
             self.model = _freeze(_model_class(self.spec.family).from_pretrained(path, **kwargs))
+            self.processor = PROCESSOR_CLASSES[self.spec.family].from_pretrained(path)
         finally:
             hf_logging.set_verbosity(level)
         if self.device.type != "cuda":
             self.model.to(self.device)
-        self.processor = PROCESSOR_CLASSES[self.spec.family].from_pretrained(path)
         self.info = LoadInfo(cfg.model_id, str(path), str(self.dtype).replace("torch.", ""), attn,
                              quant is not None, str(self.device))
         self.whisper = None

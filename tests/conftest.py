@@ -1,0 +1,49 @@
+"""Shared fixtures. Everything runs offline: real transformers classes on the tiny backbones."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports huggingface_hub: never touch the network, keep tiny builds in one place per machine.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("NEON_CACHE_DIR", str(Path(tempfile.gettempdir()) / "neon-test-cache"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def backbones():
+    """Loaded tiny backbones, keyed by (model_id, load_in_4bit); loaded lazily and reused."""
+    from neon.backbones.loader import Backbone
+    from neon.config import BackboneConfig
+
+    cache = {}
+
+    def get(model_id: str, load_in_4bit: bool = False):
+        key = (model_id, load_in_4bit)
+        if key not in cache:
+            cache[key] = Backbone(BackboneConfig(model_id=model_id, load_in_4bit=load_in_4bit))
+        return cache[key]
+
+    return get
+
+
+def tiny_config(backbone: str, mode: str = "arms_only", **kw):
+    """A small NeonConfig on a tiny backbone (narrow heads keep the suite fast)."""
+    from neon.presets import model_config
+
+    kw = {"fusion_dim": 64, "fusion_heads": 4, "mlp_hidden": 64, "proprioception_hidden": 64, **kw}
+    return model_config(backbone, mode, **kw)
+
+
+def attach(model, backbones, load_in_4bit: bool = False):
+    """Give a model a (shared) tiny backbone instead of loading a new one."""
+    model.backbone = backbones(model.config.backbone.model_id, load_in_4bit)
+    return model.eval()
+
+
+def scene(seed: int = 0, h: int = 120, w: int = 160) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

@@ -1,0 +1,122 @@
+"""Backbones: the real transformers classes on the offline tiny models, 4-bit, offline failures."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import scene
+
+from neon.backbones.loader import Backbone, HubUnavailableError, pool_tokens, resolve_attn_implementation
+from neon.backbones.registry import BACKBONES, UnknownBackboneError, get_spec
+from neon.config import BackboneConfig, ConfigError
+
+TINY = ["neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni"]
+
+
+def test_registry_holds_the_six_backbones():
+    real = {k: v for k, v in BACKBONES.items() if not v.tiny}
+    assert set(real) == {"Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2.5-Omni-3B", "nvidia/Cosmos-Reason2-8B",
+                         "nvidia/Cosmos-Reason2-2B", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"}
+    assert get_spec("Qwen/Qwen2.5-Omni-7B").hidden_size == 3584 and get_spec("omni-3b").hidden_size == 2048
+    assert [s.native_audio for s in real.values()] == [True, True, False, False, False, False]
+    with pytest.raises(UnknownBackboneError, match="known:"):
+        get_spec("Qwen/Qwen9-Giant")
+
+
+@pytest.mark.parametrize("model_id", TINY)
+def test_tiny_backbones_load_through_from_pretrained(backbones, model_id):
+    bb = backbones(model_id)
+    expected = {"neon-tiny/qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
+                "neon-tiny/qwen2.5-omni": "Qwen2_5OmniThinkerForConditionalGeneration"}[model_id]
+    assert type(bb.model).__name__ == expected and type(bb.model).__module__.startswith("transformers.")
+    assert not hasattr(bb.processor, "video_processor")  # images and audio only: no torchvision needed
+    assert all(not p.requires_grad for p in bb.model.parameters())
+    feats = bb.encode([scene(0), scene(1, 480, 640)], ["pick up the red cup", "wave"])
+    assert feats.shape == (2, 16, bb.hidden_size) and feats.dtype == torch.float32
+    assert torch.isfinite(feats).all()
+    assert not torch.allclose(feats[0], feats[1])  # the image and text reach the features
+
+
+@pytest.mark.parametrize("model_id", TINY)
+def test_4bit_loading_on_cpu(backbones, model_id):
+    import bitsandbytes as bnb
+
+    bb4 = backbones(model_id, True)
+    assert bb4.info.quantized_4bit
+    n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in bb4.model.modules())
+    assert n4 >= 8
+    quant = [m for m in bb4.model.modules() if isinstance(m, bnb.nn.Linear4bit)][0]
+    assert quant.weight.quant_type == "nf4" and quant.weight.quant_state.nested  # double quantisation
+    img, text = [scene(3)], ["open the gripper"]
+    f32, f4 = backbones(model_id).encode(img, text), bb4.encode(img, text)
+    cos = torch.nn.functional.cosine_similarity(f32.flatten(), f4.flatten(), dim=0)
+    assert cos > 0.8, f"4-bit features drifted too far from full precision (cos={cos:.3f})"
+
+
+def test_mean_pooling_and_hidden_layer():
+    bb = Backbone(BackboneConfig(model_id="neon-tiny/qwen2.5-vl", load_in_4bit=False, pooling="mean", hidden_layer=1))
+    feats = bb.encode([scene(0)], ["stop"])
+    assert feats.shape == (1, 1, 64)
+
+
+def test_pool_tokens_ignores_padding():
+    hidden = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    mean = pool_tokens(hidden, mask, "mean", 4)
+    assert torch.allclose(mean[0, 0], hidden[0, :4].mean(0))
+    bins = pool_tokens(hidden, mask, "tokens", 2)
+    assert torch.allclose(bins[0], torch.stack([hidden[0, :2].mean(0), hidden[0, 2:4].mean(0)]))
+
+
+@pytest.mark.parametrize("model_id", TINY)
+def test_audio_features(backbones, model_id):
+    bb = backbones(model_id)
+    t = np.arange(16000) / 16000
+    clips = [np.sin(2 * np.pi * 440 * t).astype(np.float32) * 0.3, None, np.sin(2 * np.pi * 880 * t[:8000]) * 0.3]
+    feats, present = bb.encode_audio(clips)
+    assert feats.shape == (3, bb.audio_dim) and present.tolist() == [True, False, True]
+    assert feats[1].abs().sum() == 0 and torch.isfinite(feats).all()
+    assert not torch.allclose(feats[0], feats[2])
+    assert (bb.whisper is None) == (model_id == "neon-tiny/qwen2.5-omni")  # Omni hears with its own tower
+
+
+def test_attention_implementation_detection():
+    assert resolve_attn_implementation("auto") == "sdpa"  # no CUDA / flash-attn here
+    assert resolve_attn_implementation("eager") == "eager"
+
+
+def test_backbone_config_validation_names_fields():
+    with pytest.raises(ConfigError, match="backbone.pooling"):
+        BackboneConfig(model_id="neon-tiny/qwen2.5-vl", pooling="max").validate()
+    with pytest.raises(ConfigError, match="backbone.freeze_backbone"):
+        BackboneConfig(freeze_backbone=False).validate()
+    with pytest.raises(UnknownBackboneError):
+        BackboneConfig(model_id="someone/else").validate()
+
+
+def test_real_model_offline_fails_at_once(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
+    code = ("from neon.config import BackboneConfig\nfrom neon.backbones.loader import Backbone\n"
+            "Backbone(BackboneConfig(model_id='Qwen/Qwen2.5-VL-3B-Instruct'))")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "HubUnavailableError" in r.stderr and "HF_HUB_OFFLINE is set" in r.stderr
+    assert "Qwen/Qwen2.5-VL-3B-Instruct" in r.stderr
+    assert time.monotonic() - t0 < 60  # includes the Python + transformers import
+
+
+def test_unreachable_hub_without_offline_flag_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    from neon.backbones import loader
+
+    t0 = time.monotonic()
+    with pytest.raises(HubUnavailableError, match="unreachable"):
+        loader.resolve_model_dir("nvidia/Cosmos-Reason2-2B")
+    assert time.monotonic() - t0 < 5

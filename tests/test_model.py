@@ -1,0 +1,271 @@
+"""NeonVLA end to end on the tiny backbones: predict, checkpoints, bad inputs, parameter counts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import attach, scene, tiny_config
+
+from neon.checkpoint import CheckpointError
+from neon.inputs import InputError
+from neon.model import WEIGHTS_FILE, NeonInputs, NeonVLA, count_parameters
+from neon.normalization import NormStats
+from neon.presets import TARGET_PARAMS, get_model_config
+
+TINY = ["neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni"]
+
+
+def randomize(model: NeonVLA, seed: int = 0) -> NeonVLA:
+    """Give every parameter non-trivial values, as training would (zero-init outputs included)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def full_obs(model, seed=0):
+    rng = np.random.default_rng(seed)
+    space = model.action_space
+    return dict(
+        image=scene(seed),
+        instruction="pick up the red cup",
+        state=rng.uniform(space.lower, space.upper).astype(np.float32),
+        audio=(0.2 * rng.standard_normal(16000)).astype(np.float32),
+        lidar=np.c_[rng.uniform(-5, 5, (500, 3)), rng.uniform(0, 255, 500)],
+        eef={"left": [*rng.uniform(-0.5, 0.5, 3), 1, 0, 0, 0], "right": [*rng.uniform(-0.5, 0.5, 3), 0, 0, 0, 1]},
+    )
+
+
+@pytest.mark.parametrize("backbone", TINY)
+@pytest.mark.parametrize("mode", ["arms_only", "whole_body"])
+@pytest.mark.parametrize("sensors", [False, True])
+def test_predict_returns_chunk_inside_limits(backbones, backbone, mode, sensors):
+    cfg = tiny_config(backbone, mode, use_audio=sensors, use_lidar=sensors, use_eef=sensors)
+    model = attach(randomize(NeonVLA(cfg)), backbones)
+    space = model.action_space
+    obs = full_obs(model)
+    if not sensors:
+        obs = {k: obs[k] for k in ("image", "instruction", "state")}
+    out = model.predict(**obs)
+    assert out.actions.shape == (16, space.dim) == (16, {"arms_only": 28, "whole_body": 46}[mode])
+    assert out.actions.dtype == np.float32 and np.isfinite(out.actions).all()
+    assert (out.actions >= space.lower).all() and (out.actions <= space.upper).all()
+    assert out.joint_names == space.names and out.fps == 30.0
+    assert {"validate", "backbone", "heads", "postprocess", "total"} <= set(out.timings_ms)
+    assert ("audio" in out.timings_ms) == sensors
+    assert isinstance(out.speech, str) and 0 <= out.speech_confidence <= 1
+    # Sensors that a model uses can also be missing: the learned "absent" embeddings stand in.
+    partial = model.predict(image=obs["image"], instruction=obs["instruction"])
+    assert partial.actions.shape == out.actions.shape
+
+
+@pytest.mark.parametrize("backbone", TINY)
+def test_sensor_inputs_change_the_prediction(backbones, backbone):
+    model = attach(randomize(NeonVLA(tiny_config(backbone, use_audio=True, use_lidar=True, use_eef=True))), backbones)
+    obs = full_obs(model)
+    base = model.predict(**obs).actions
+    for key in ("audio", "lidar", "eef", "state"):
+        other = dict(obs, **{key: full_obs(model, seed=7)[key]})
+        assert not np.allclose(model.predict(**other).actions, base), f"{key} does not reach the heads"
+    assert not np.allclose(model.predict(**dict(obs, instruction="walk away")).actions, base)
+    assert not np.allclose(model.predict(**dict(obs, image=scene(9))).actions, base)
+
+
+def test_untrained_model_predicts_the_mean_action(backbones):
+    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones)
+    out = model.predict(image=scene(), instruction="wave")
+    mean = np.broadcast_to(model.norm_stats.action_mean, out.actions.shape)
+    assert np.allclose(out.actions, model.action_space.clip(mean), atol=1e-6)
+    assert out.speech == ""  # zero-initialised speech head: uniform, so it says nothing
+
+
+def test_relative_representation_needs_state_and_is_anchored_on_it(backbones):
+    cfg = tiny_config("neon-tiny/qwen2.5-vl", representation={"arms": "relative"})
+    model = attach(NeonVLA(cfg), backbones)
+    with pytest.raises(InputError, match="state is required.*arms"):
+        model.predict(image=scene(), instruction="wave")
+    state = (model.action_space.lower + model.action_space.upper) / 2 + 0.1
+    out = model.predict(image=scene(), instruction="wave", state=state)
+    arms = model.action_space.group_slice("arms")
+    assert np.allclose(out.actions[:, arms], state[arms], atol=1e-5)  # fresh heads hold the current pose
+
+
+def test_batched_forward_trains_heads_only(backbones):
+    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-omni", "whole_body", use_lidar=True)), backbones)
+    model.train()
+    feats = model.backbone.encode([scene(i) for i in range(3)], ["a", "b", "c"])
+    x = NeonInputs(feats, torch.zeros(3, 46), torch.tensor([True, False, True]),
+                   lidar=torch.randn(3, 50, 4), lidar_valid=torch.ones(3, 50, dtype=torch.bool))
+    actions, speech = model(x)
+    assert actions.shape == (3, 16, 46) and speech.shape == (3, len(model.config.speech_responses))
+    (actions.square().mean() + speech.logsumexp(-1).mean()).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("heads."))
+    assert all(p.grad is None for p in model.backbone.model.parameters())
+    assert not any(k.startswith("backbone") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("backbone", TINY)
+def test_save_load_gives_identical_outputs(backbones, backbone, tmp_path):
+    cfg = tiny_config(backbone, "whole_body", use_audio=True, use_lidar=True, use_eef=True,
+                      representation={"arms": "relative"})
+    space = cfg.action_space()
+    stats = NormStats(space.names, np.zeros(space.dim), np.ones(space.dim), np.full(space.dim, 0.05),
+                      np.full(space.dim, 0.2), source="test")
+    model = attach(randomize(NeonVLA(cfg, stats), seed=3), backbones)
+    model.save_pretrained(tmp_path / "ckpt")
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == sorted(["action_space.json", "config.json", "manifest.json", "norm_stats.json", WEIGHTS_FILE])
+    assert list(tmp_path.iterdir()) == [tmp_path / "ckpt"]  # no temporary leftovers
+    loaded = attach(NeonVLA.from_pretrained(tmp_path / "ckpt"), backbones)
+    obs = full_obs(model)
+    a, b = model.predict(**obs), loaded.predict(**obs)
+    assert np.array_equal(a.actions, b.actions) and a.speech_confidence == b.speech_confidence
+    assert loaded.norm_stats.source == "test" and loaded.config.to_dict() == model.config.to_dict()
+
+
+class Payload:
+    """An arbitrary picklable object: loading must refuse to unpickle it."""
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = randomize(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")))
+    return model, model.save_pretrained(tmp_path / "ckpt")
+
+
+def test_truncated_weights_give_clear_error(checkpoint):
+    _, ckpt = checkpoint
+    weights = ckpt / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (ckpt / "manifest.json").unlink()  # without the checksum, safetensors itself must notice
+    with pytest.raises(CheckpointError, match=r"neon_weights.safetensors is truncated or corrupted"):
+        NeonVLA.from_pretrained(ckpt)
+
+
+def test_corrupted_weights_fail_the_checksum(checkpoint):
+    _, ckpt = checkpoint
+    weights = ckpt / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted or was modified"):
+        NeonVLA.from_pretrained(ckpt)
+
+
+def test_mismatched_weights_name_the_keys(checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    _, ckpt = checkpoint
+    state = load_file(str(ckpt / WEIGHTS_FILE))
+    state.pop("speech.mlp.proj.bias")
+    state["proprio.mlp.fc.weight"] = torch.zeros(3, 3)
+    save_file(state, str(ckpt / WEIGHTS_FILE))
+    (ckpt / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing speech.mlp.proj.bias.*wrong shapes proprio.mlp.fc.weight"):
+        NeonVLA.from_pretrained(ckpt)
+
+
+def test_legacy_pt_loads_without_unpickling_objects(checkpoint):
+    model, ckpt = checkpoint
+    (ckpt / WEIGHTS_FILE).unlink()
+    (ckpt / "manifest.json").unlink()
+    torch.save(model.state_dict(), ckpt / "neon_weights.pt")
+    loaded = NeonVLA.from_pretrained(ckpt)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+    torch.save({"x": Payload()}, ckpt / "neon_weights.pt")
+    with pytest.raises(CheckpointError, match="could not be read safely"):
+        NeonVLA.from_pretrained(ckpt)
+
+
+def test_bad_checkpoint_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a Hub repo id"):
+        NeonVLA.from_pretrained(str(tmp_path / "missing" / "deep"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json not found"):
+        NeonVLA.from_pretrained(tmp_path / "empty")
+
+
+def test_failed_save_keeps_previous_checkpoint(checkpoint, monkeypatch):
+    model, ckpt = checkpoint
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    import safetensors.torch
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        randomize(model, seed=9).save_pretrained(ckpt)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(image=np.zeros((3, 224, 224), np.uint8)), r"image must be HxWx3 uint8, got \(3, 224, 224\) uint8"),
+    (dict(image=np.zeros((224, 224, 3), np.float32)), r"image must be HxWx3 uint8, got \(224, 224, 3\) float32"),
+    (dict(image=None), "image is required"),
+    (dict(image="cup.jpg"), "image must be an HxWx3 uint8 array, got str"),
+    (dict(instruction="  "), "instruction is empty"),
+    (dict(instruction=42), "instruction must be a string"),
+    (dict(state=np.full(28, np.nan)), "state has NaN or Inf at: left_shoulder_pitch"),
+    (dict(state=np.zeros(29)), r"state must have 28 values"),
+    (dict(state={"left_elbow": 0.1, "left_pinky": 0.2}), "unknown joint name.*left_pinky"),
+    (dict(audio=np.zeros((2, 16000))), "audio must be 1-D mono"),
+    (dict(audio=np.full(100, np.inf, np.float32)), "audio holds NaN or Inf"),
+    (dict(lidar=np.zeros((10, 5))), r"lidar must be Nx3 .* or Nx4"),
+    (dict(eef=np.zeros(14)), "eef left quaternion has norm 0.000"),
+    (dict(eef={"left": [0, 0, 0, 1, 0, 0, 0]}), "missing right"),
+])
+def test_bad_inputs_name_the_problem(backbones, bad, match):
+    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", use_audio=True, use_lidar=True, use_eef=True)),
+                   backbones)
+    obs = {"image": scene(), "instruction": "wave", **bad}
+    with pytest.raises(InputError, match=match):
+        model.predict(**obs)
+
+
+def test_state_as_joint_name_map(backbones):
+    model = attach(randomize(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl"))), backbones)
+    space = model.action_space
+    vec = np.linspace(-0.3, 0.3, space.dim).astype(np.float32)
+    by_name = {f"{n}_joint": float(v) for n, v in zip(space.names, vec)}
+    a = model.predict(image=scene(), instruction="wave", state=vec).actions
+    b = model.predict(image=scene(), instruction="wave", state=dict(reversed(list(by_name.items())))).actions
+    assert np.allclose(a, b)
+
+
+def test_predict_without_backbone_says_so():
+    model = NeonVLA(tiny_config("neon-tiny/qwen2.5-vl"))
+    with pytest.raises(RuntimeError, match="load_backbone"):
+        model.predict(image=scene(), instruction="wave")
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_PARAMS))
+def test_trainable_parameter_counts_match_the_design(name):
+    total = count_parameters(get_model_config(name))["total"]
+    target = TARGET_PARAMS[name]
+    assert abs(total / target - 1) <= 0.15, f"{name}: {total / 1e6:.2f}M vs design {target / 1e6:.1f}M"
+
+
+def test_counting_matches_a_real_instantiation():
+    cfg = get_model_config("edge_3b")
+    model = NeonVLA(cfg)
+    assert count_parameters(cfg)["total"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_config_json_round_trip_and_validation(tmp_path):
+    from neon.config import ConfigError, NeonConfig
+
+    cfg = get_model_config("g1_omnimodal")
+    assert NeonConfig.from_dict(json.loads(cfg.to_json())).to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="fusion_heads: must divide fusion_dim=512"):
+        NeonConfig(fusion_heads=7).validate()
+    with pytest.raises(ConfigError, match="control_mode"):
+        NeonConfig(control_mode="legs").validate()
+    with pytest.raises(ConfigError, match="unknown config field.*mlp_hiden"):
+        NeonConfig.from_dict({**cfg.to_dict(), "mlp_hiden": 3})
+    with pytest.raises(ConfigError, match="action_softcap"):
+        NeonConfig(action_softcap=1.0).validate()
