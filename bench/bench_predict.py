@@ -19,11 +19,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from neon.model import NeonVLA  # noqa: E402
-from neon.presets import model_config  # noqa: E402
+from neon.model import NeonVLA
+from neon.presets import model_config
 
 
 def observation(model: NeonVLA, rng: np.random.Generator, sensors: bool) -> dict:

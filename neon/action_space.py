@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -326,7 +326,7 @@ class G1ActionSpace:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "G1ActionSpace":
+    def from_dict(cls, data: dict) -> G1ActionSpace:
         space = cls(
             control_mode=data["control_mode"],
             hand_type=data.get("hand_type", "dex3"),
@@ -350,7 +350,7 @@ class G1ActionSpace:
         return path
 
     @classmethod
-    def load(cls, directory_or_file: str | os.PathLike) -> "G1ActionSpace":
+    def load(cls, directory_or_file: str | os.PathLike) -> G1ActionSpace:
         path = Path(directory_or_file)
         if path.is_dir():
             path = path / ACTION_SPACE_FILE

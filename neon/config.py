@@ -118,7 +118,7 @@ class NeonConfig:
     def action_space(self) -> G1ActionSpace:
         return G1ActionSpace(self.control_mode, self.hand_type, self.neck, dict(self.representation), self.fps)
 
-    def validate(self) -> "NeonConfig":
+    def validate(self) -> NeonConfig:
         if isinstance(self.backbone, dict):
             self.backbone = BackboneConfig(**self.backbone)
         self.backbone.validate()
@@ -149,7 +149,7 @@ class NeonConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NeonConfig":
+    def from_dict(cls, data: dict) -> NeonConfig:
         data = dict(data)
         data.pop("model_type", None)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -167,7 +167,7 @@ class NeonConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "NeonConfig":
+    def from_json_file(cls, path: str | Path) -> NeonConfig:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))

@@ -138,7 +138,7 @@ class NeonVLA(nn.Module):
         return actions, self.speech(fused)
 
     # ------------------------------------------------------------------ inference
-    def load_backbone(self, device: str | torch.device | None = None) -> "NeonVLA":
+    def load_backbone(self, device: str | torch.device | None = None) -> NeonVLA:
         """Load the frozen backbone named in the config and move the heads next to it."""
         from neon.backbones.loader import Backbone
 
@@ -262,7 +262,7 @@ class NeonVLA(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None) -> "NeonVLA":
+    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None) -> NeonVLA:
         """Load a checkpoint from a local folder or a Hub repo id (the backbone is loaded separately)."""
         directory = _resolve_checkpoint(str(path_or_repo), revision)
         manifest = _read_json(directory / MANIFEST_FILE) if (directory / MANIFEST_FILE).exists() else None

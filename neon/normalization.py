@@ -49,7 +49,7 @@ class NormStats:
             setattr(self, field, arr)
 
     @classmethod
-    def from_limits(cls, space: G1ActionSpace) -> "NormStats":
+    def from_limits(cls, space: G1ActionSpace) -> NormStats:
         """Stats for a model that has seen no data: centre and quarter-range of each joint's limits."""
         mid, half = (space.upper + space.lower) / 2, (space.upper - space.lower) / 2
         rel = space.relative_mask()
@@ -63,7 +63,7 @@ class NormStats:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NormStats":
+    def from_dict(cls, data: dict) -> NormStats:
         try:
             return cls(data["names"], *(np.asarray(data[k], np.float32) for k in
                                         ("state_mean", "state_std", "action_mean", "action_std")),
@@ -77,7 +77,7 @@ class NormStats:
         atomic_write_text(Path(directory) / NORM_STATS_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "NormStats":
+    def load(cls, directory: str | Path) -> NormStats:
         path = Path(directory) / NORM_STATS_FILE
         try:
             return cls.from_dict(json.loads(path.read_text()))
@@ -97,7 +97,7 @@ class ActionTransform:
                 f"the action space has {space.dim} ({', '.join(space.names[:3])}, ...)"
             )
         self.space, self.stats = space, stats
-        t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        t = lambda a: torch.as_tensor(a, dtype=torch.float32)
         self._rel = t(space.relative_mask().astype(np.float32))
         self._s_mean, self._s_std = t(stats.state_mean), t(stats.state_std)
         self._a_mean, self._a_std = t(stats.action_mean), t(stats.action_std)

@@ -8,7 +8,7 @@ parameter count. `TARGET_PARAMS` are the design's published counts, checked
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from neon.config import BackboneConfig, NeonConfig
 

@@ -8,8 +8,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("NEON_CACHE_DIR", str(Path(tempfile.gettempdir()) / "neon-test-cache"))
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -231,7 +231,7 @@ def test_state_as_joint_name_map(backbones):
     model = attach(randomize(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl"))), backbones)
     space = model.action_space
     vec = np.linspace(-0.3, 0.3, space.dim).astype(np.float32)
-    by_name = {f"{n}_joint": float(v) for n, v in zip(space.names, vec)}
+    by_name = {f"{n}_joint": float(v) for n, v in zip(space.names, vec, strict=True)}
     a = model.predict(image=scene(), instruction="wave", state=vec).actions
     b = model.predict(image=scene(), instruction="wave", state=dict(reversed(list(by_name.items())))).actions
     assert np.allclose(a, b)

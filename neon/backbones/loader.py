@@ -249,7 +249,7 @@ class Backbone:
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, budget: int) -> torch.Tensor:
     """Pool Float[(B, N, H)] hidden states over valid tokens into Float[(B, K, H)]."""
     out = []
-    for h, m in zip(hidden, mask):
+    for h, m in zip(hidden, mask, strict=True):
         valid = h[m]  # (n, H)
         if pooling == "mean":
             out.append(valid.mean(0, keepdim=True))
