@@ -99,6 +99,7 @@ class NeonConfig:
     hand_type: str = "dex3"
     neck: bool = False
     representation: dict[str, str] = field(default_factory=dict)  # group -> absolute | relative
+    action_scaler: float = 1.0  # relative deltas are multiplied by this before normalisation (GR00T DreamGen)
     num_action_steps: int = 16  # chunk length, the one place it is stated
     fps: float = 30.0  # rate at which chunk steps are executed
     fusion_dim: int = 512  # width of every token entering fusion and of the action heads' residual stream
@@ -126,6 +127,7 @@ class NeonConfig:
         _check(self.hand_type in HAND_TYPES, "hand_type", f"must be one of {HAND_TYPES}, got {self.hand_type!r}")
         _check(1 <= self.num_action_steps <= 256, "num_action_steps", f"must be in 1..256, got {self.num_action_steps}")
         _check(self.fps > 0, "fps", f"must be positive, got {self.fps}")
+        _check(self.action_scaler > 0, "action_scaler", f"must be positive, got {self.action_scaler}")
         for name in ("fusion_dim", "mlp_hidden", "proprioception_hidden", "eef_hidden", "lidar_hidden"):
             _check(getattr(self, name) >= 8, name, f"must be at least 8, got {getattr(self, name)}")
         _check(self.fusion_heads >= 1 and self.fusion_dim % self.fusion_heads == 0, "fusion_heads",

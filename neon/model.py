@@ -89,8 +89,8 @@ class NeonVLA(nn.Module):
         super().__init__()
         self.config = config.validate()
         self.action_space: G1ActionSpace = config.action_space()
-        self.norm_stats = norm_stats or NormStats.from_limits(self.action_space)
-        self.transform = ActionTransform(self.action_space, self.norm_stats)
+        self.norm_stats = norm_stats or NormStats.from_limits(self.action_space, config.action_scaler)
+        self.transform = ActionTransform(self.action_space, self.norm_stats, config.action_scaler)
         self.backbone = None  # a neon.backbones.loader.Backbone once load_backbone() ran; never saved
 
         c, space = config, self.action_space

@@ -49,11 +49,12 @@ class NormStats:
             setattr(self, field, arr)
 
     @classmethod
-    def from_limits(cls, space: G1ActionSpace) -> NormStats:
+    def from_limits(cls, space: G1ActionSpace, action_scaler: float = 1.0) -> NormStats:
         """Stats for a model that has seen no data: centre and quarter-range of each joint's limits."""
         mid, half = (space.upper + space.lower) / 2, (space.upper - space.lower) / 2
         rel = space.relative_mask()
-        return cls(space.names, mid, half / 2, np.where(rel, 0.0, mid), np.where(rel, half / 8, half / 2))
+        return cls(space.names, mid, half / 2, np.where(rel, 0.0, mid),
+                   np.where(rel, action_scaler * half / 8, half / 2))
 
     def to_dict(self) -> dict:
         return {
@@ -88,9 +89,13 @@ class NormStats:
 
 
 class ActionTransform:
-    """Paired transform between physical absolute actions and the normalised targets the heads predict."""
+    """Paired transform between physical absolute actions and the normalised targets the heads predict.
 
-    def __init__(self, space: G1ActionSpace, stats: NormStats):
+    encode: a -> (a - state on relative dims) * action_scaler on relative dims -> z-score.
+    decode: the exact inverse. `action_scaler` follows GR00T DreamGen's relative actions.
+    """
+
+    def __init__(self, space: G1ActionSpace, stats: NormStats, action_scaler: float = 1.0):
         if stats.names != space.names:
             raise NormStatsError(
                 f"norm stats are for {len(stats.names)} dims ({', '.join(stats.names[:3])}, ...), "
@@ -98,23 +103,32 @@ class ActionTransform:
             )
         self.space, self.stats = space, stats
         t = lambda a: torch.as_tensor(a, dtype=torch.float32)
-        self._rel = t(space.relative_mask().astype(np.float32))
+        if not action_scaler > 0:
+            raise NormStatsError(f"action_scaler must be positive, got {action_scaler}")
+        rel = space.relative_mask()
+        self._rel = t(rel.astype(np.float32))
+        self._scale = t(np.where(rel, action_scaler, 1.0).astype(np.float32))
         self._s_mean, self._s_std = t(stats.state_mean), t(stats.state_std)
         self._a_mean, self._a_std = t(stats.action_mean), t(stats.action_std)
 
     def _on(self, x: torch.Tensor):
-        return [v.to(x.device) for v in (self._rel, self._s_mean, self._s_std, self._a_mean, self._a_std)]
+        return [v.to(x.device) for v in (self._rel, self._scale, self._s_mean, self._s_std, self._a_mean, self._a_std)]
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
-        _, s_mean, s_std, _, _ = self._on(state)
+        _, _, s_mean, s_std, _, _ = self._on(state)
         return (state - s_mean) / s_std
+
+    def to_representation(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Physical absolute actions -> what the heads predict before z-scoring (deltas where relative, scaled)."""
+        rel, scale, *_ = self._on(actions)
+        return (actions - rel * state[..., None, :]) * scale
 
     def encode(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Float[(B, T, D)] physical absolute actions, Float[(B, D)] state -> normalised targets."""
-        rel, _, _, a_mean, a_std = self._on(actions)
-        return (actions - rel * state[:, None, :] - a_mean) / a_std
+        *_, a_mean, a_std = self._on(actions)
+        return (self.to_representation(actions, state) - a_mean) / a_std
 
     def decode(self, pred: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Float[(B, T, D)] normalised predictions, Float[(B, D)] state -> physical absolute actions."""
-        rel, _, _, a_mean, a_std = self._on(pred)
-        return pred * a_std + a_mean + rel * state[:, None, :]
+        rel, scale, _, _, a_mean, a_std = self._on(pred)
+        return (pred * a_std + a_mean) / scale + rel * state[..., None, :]

@@ -1,0 +1,497 @@
+"""Read and write LeRobot datasets (codebase v2.1 and v3.0) with pyarrow and PyAV.
+
+The LeRobot library itself needs torchvision, which has no CPU build here, so
+Neon implements the on-disk format directly:
+
+v2.1: `data/chunk-XXX/episode_XXXXXX.parquet` and
+`videos/chunk-XXX/<camera>/episode_XXXXXX.mp4` per episode, plus
+`meta/info.json`, `meta/episodes.jsonl`, `meta/tasks.jsonl`.
+
+v3.0: episodes packed into `data/chunk-XXX/file-XXX.parquet` and
+`videos/<camera>/chunk-XXX/file-XXX.mp4`; `meta/episodes/chunk-XXX/file-XXX.parquet`
+rows hold each episode's `dataset_from_index`/`dataset_to_index` and
+`videos/<camera>/from_timestamp`; `meta/tasks.parquet`, `meta/stats.json`.
+
+GR00T-flavoured datasets add `meta/modality.json` (see `neon.data.modality`).
+Writing goes to a temporary sibling folder that is renamed into place only when
+complete, so a crash never leaves a dataset that loads as valid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Iterable
+
+import numpy as np
+
+from neon.data.video import VideoError, encode_video
+
+log = logging.getLogger(__name__)
+
+V21, V30 = "v2.1", "v3.0"
+SUPPORTED_VERSIONS = ("v2.0", V21, V30)
+V21_DATA = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+V21_VIDEO = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+V30_DATA = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+V30_VIDEO = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+V30_EPISODES = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+CHUNK_SIZE = 1000
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+class DatasetError(ValueError):
+    """A dataset is malformed; the message names the file and the field."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class EpisodeMeta:
+    index: int
+    length: int
+    tasks: list[str]
+    data_file: str  # relative to the dataset root
+    from_index: int  # first row of this episode in data_file
+    videos: dict[str, tuple[str, float]] = field(default_factory=dict)  # camera -> (relative path, start time)
+
+
+class LeRobotDataset:
+    """A LeRobot dataset on disk: metadata, per-episode numeric columns, and video frame access.
+
+    Numeric columns are read once per data file (memory-mapped) and kept as numpy arrays.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        info_path = self.root / "meta" / "info.json"
+        self.info = _read_json(info_path, "info.json")
+        self.version = self.info.get("codebase_version")
+        if self.version not in SUPPORTED_VERSIONS:
+            raise DatasetError(f"{info_path}: codebase_version {self.version!r} is not supported "
+                               f"(supported: {', '.join(SUPPORTED_VERSIONS)})")
+        for key in ("fps", "features"):
+            if key not in self.info:
+                raise DatasetError(f"{info_path}: missing field {key!r}")
+        self.fps = float(self.info["fps"])
+        self.features: dict = self.info["features"]
+        self.video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        self.episodes = self._read_episodes_v30() if self.version == V30 else self._read_episodes_v21()
+        if not self.episodes:
+            raise DatasetError(f"{self.root}: the dataset has no episodes")
+        self._columns: dict[str, dict[str, np.ndarray]] = {}
+        modality = self.root / "meta" / "modality.json"
+        self.modality = _read_json(modality, "modality.json") if modality.exists() else None
+
+    # -- metadata
+    def _read_episodes_v21(self) -> list[EpisodeMeta]:
+        tasks_path = self.root / "meta" / "tasks.jsonl"
+        tasks = {int(r["task_index"]): r["task"] for r in _read_jsonl(tasks_path, ("task_index", "task"))}
+        chunks = int(self.info.get("chunks_size", CHUNK_SIZE))
+        data_t = self.info.get("data_path", V21_DATA)
+        video_t = self.info.get("video_path", V21_VIDEO)
+        out = []
+        for r in _read_jsonl(self.root / "meta" / "episodes.jsonl", ("episode_index", "length")):
+            i = int(r["episode_index"])
+            fmt = dict(episode_chunk=i // chunks, episode_index=i)
+            videos = {k: (video_t.format(video_key=k, **fmt), 0.0) for k in self.video_keys}
+            out.append(EpisodeMeta(i, int(r["length"]), list(r.get("tasks", [])), data_t.format(**fmt), 0, videos))
+        self._task_names = tasks
+        return out
+
+    def _read_episodes_v30(self) -> list[EpisodeMeta]:
+        import pyarrow.parquet as pq
+
+        tasks_path = self.root / "meta" / "tasks.parquet"
+        table = _read_parquet(tasks_path)
+        names = _task_name_column(table, tasks_path)
+        self._task_names = dict(zip(table.column("task_index").to_pylist(), names, strict=True))
+        files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(f"{self.root / 'meta' / 'episodes'}: no episode metadata files")
+        data_t = self.info.get("data_path", V30_DATA)
+        video_t = self.info.get("video_path", V30_VIDEO)
+        out = []
+        for f in files:
+            try:
+                rows = pq.read_table(f).to_pylist()
+            except Exception as e:
+                raise DatasetError(f"{f} cannot be read as parquet: {e}") from None
+            for r in rows:
+                try:
+                    data = data_t.format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"])
+                    videos = {k: (video_t.format(video_key=k, chunk_index=r[f"videos/{k}/chunk_index"],
+                                                 file_index=r[f"videos/{k}/file_index"]),
+                                  float(r[f"videos/{k}/from_timestamp"])) for k in self.video_keys}
+                    out.append(EpisodeMeta(int(r["episode_index"]), int(r["length"]), list(r.get("tasks") or []),
+                                           data, int(r["dataset_from_index"]), videos))
+                except KeyError as e:
+                    raise DatasetError(f"{f}: episode row lacks field {e.args[0]!r}") from None
+        out.sort(key=lambda e: e.index)
+        return out
+
+    @property
+    def num_frames(self) -> int:
+        return sum(e.length for e in self.episodes)
+
+    def feature_names(self, key: str) -> list[str]:
+        """Per-dimension names of a vector feature (LeRobot stores a list, or {"motors": [...]})."""
+        feat = self.features.get(key)
+        if feat is None:
+            raise DatasetError(f"{self.root / 'meta' / 'info.json'}: no feature {key!r}")
+        names = feat.get("names")
+        if isinstance(names, dict):
+            names = [n for v in names.values() for n in (v if isinstance(v, list) else [v])]
+        size = int(np.prod(feat.get("shape", [1])))
+        if not names or len(names) != size:
+            names = [f"{key}.{i}" for i in range(size)]
+        return list(names)
+
+    # -- numeric columns
+    def columns(self, episode: EpisodeMeta) -> dict[str, np.ndarray]:
+        """All numeric features of one episode: name -> array of shape (length, *feature shape)."""
+        table = self._data_file(episode.data_file)
+        lo, hi = episode.from_index, episode.from_index + episode.length
+        n = len(next(iter(table.values())))
+        if hi > n:
+            raise DatasetError(f"{self.root / episode.data_file}: episode {episode.index} needs rows {lo}..{hi - 1}, "
+                               f"the file has {n}")
+        return {k: v[lo:hi] for k, v in table.items()}
+
+    def _data_file(self, rel: str) -> dict[str, np.ndarray]:
+        if rel in self._columns:
+            return self._columns[rel]
+        path = self.root / rel
+        table = _read_parquet(path)
+        out = {}
+        for key, feat in self.features.items():
+            if feat.get("dtype") in ("video", "image", "string"):
+                continue
+            if key not in table.column_names:
+                if key in INDEX_COLUMNS:
+                    continue
+                raise DatasetError(f"{path}: column {key!r} declared in info.json is missing")
+            out[key] = _column_to_numpy(table.column(key), feat, path, key)
+        if self.version == V30:
+            if len(self._columns) >= 4:  # keep a few packed files resident
+                self._columns.pop(next(iter(self._columns)))
+        self._columns[rel] = out
+        return out
+
+    def video_path(self, episode: EpisodeMeta, camera: str) -> tuple[Path, float]:
+        rel, start = episode.videos[camera]
+        return self.root / rel, start
+
+    def task_of(self, episode: EpisodeMeta, cols: dict[str, np.ndarray], t: int) -> str:
+        if "task_index" in cols:
+            return self._task_names.get(int(np.asarray(cols["task_index"][t]).reshape(-1)[0]), "")
+        return episode.tasks[0] if episode.tasks else ""
+
+    def check_videos(self) -> None:
+        """Fail early, naming the file, when a referenced video is missing."""
+        for ep in self.episodes:
+            for cam in self.video_keys:
+                path, _ = self.video_path(ep, cam)
+                if not path.is_file():
+                    raise DatasetError(f"{path}: video file for episode {ep.index}, camera {cam!r} is missing")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} is missing; is {path.parent.parent} a LeRobot dataset?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{n}: not valid JSON ({e})") from None
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DatasetError(f"{path}:{n}: missing field {missing[0]!r}")
+        rows.append(row)
+    return rows
+
+
+def _read_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        return pq.read_table(path, memory_map=True)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot be read as parquet (truncated or corrupted?): {e}") from None
+
+
+def _task_name_column(table, path: Path) -> list[str]:
+    for name in ("task", "__index_level_0__"):
+        if name in table.column_names:
+            return [str(x) for x in table.column(name).to_pylist()]
+    raise DatasetError(f"{path}: no task text column ('task' or the pandas index)")
+
+
+def _column_to_numpy(column, feat: dict, path: Path, key: str) -> np.ndarray:
+    import pyarrow as pa
+
+    shape = [int(s) for s in feat.get("shape", [1])]
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    variable = -1 in shape
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        if variable:  # e.g. audio samples per frame: keep ragged rows
+            return np.array([np.asarray(x, dtype=np.float32) for x in arr.to_pylist()], dtype=object)
+        while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+            arr = arr.flatten()
+        flat = arr.to_numpy(zero_copy_only=False)
+        per_row = int(np.prod(shape))
+        if flat.size != per_row * len(column):
+            raise DatasetError(f"{path}: feature {key!r} has {flat.size} values in {len(column)} rows, "
+                               f"info.json declares shape {shape}")
+        return flat.reshape(len(column), *shape)
+    values = arr.to_numpy(zero_copy_only=False)
+    if int(np.prod(shape)) != 1:
+        raise DatasetError(f"{path}: feature {key!r} is a scalar column, info.json declares shape {shape}")
+    return values.reshape(len(values), *shape) if shape != [1] else values.reshape(len(values), 1)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+@dataclass
+class EpisodeData:
+    """One episode to write: per-frame arrays, camera frames and its task text."""
+
+    task: str
+    frames: dict[str, np.ndarray]  # feature -> (T, *shape); ragged features as lists of 1-D arrays
+    videos: dict[str, np.ndarray] = field(default_factory=dict)  # camera key -> UInt8[(T, H, W, 3)]
+
+    @property
+    def length(self) -> int:
+        lengths = {len(v) for v in self.frames.values()} | {len(v) for v in self.videos.values()}
+        if len(lengths) != 1:
+            raise DatasetError(f"episode {self.task!r}: features have different lengths {sorted(lengths)}")
+        return lengths.pop()
+
+
+def write_dataset(
+    root: str | Path,
+    episodes: Iterable[EpisodeData],
+    *,
+    fps: float,
+    features: dict[str, dict],
+    version: str = V30,
+    codec: str = "av1",
+    robot_type: str = "unitree_g1",
+    extra_meta: dict[str, dict] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a LeRobot dataset atomically and return its root.
+
+    `features` declares the per-frame numeric features (dtype, shape, names) and the
+    cameras (dtype "video", shape [H, W, 3]); index columns are added here.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if version not in (V21, V30):
+        raise DatasetError(f"can write LeRobot {V21} or {V30}, not {version!r}")
+    root = Path(root).absolute()
+    if root.exists() and not overwrite:
+        raise DatasetError(f"{root} already exists (pass overwrite=True to replace it)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.writing-", dir=root.parent))
+    try:
+        cams = [k for k, f in features.items() if f.get("dtype") == "video"]
+        numeric = [k for k in features if k not in cams]
+        tasks: dict[str, int] = {}
+        ep_rows, data_tables, videos, stats_acc = [], [], {c: [] for c in cams}, _StatsAccumulator()
+        video_info: dict[str, dict] = {}
+        total = 0
+        for i, ep in enumerate(episodes):
+            n = ep.length
+            task_index = tasks.setdefault(ep.task, len(tasks))
+            cols = {k: _to_arrow(ep.frames[k], features[k], k) for k in numeric}
+            cols["timestamp"] = pa.array(np.arange(n, dtype=np.float32) / np.float32(fps))
+            cols["frame_index"] = pa.array(np.arange(n, dtype=np.int64))
+            cols["episode_index"] = pa.array(np.full(n, i, np.int64))
+            cols["index"] = pa.array(np.arange(total, total + n, dtype=np.int64))
+            cols["task_index"] = pa.array(np.full(n, task_index, np.int64))
+            table = pa.table(cols)
+            stats_acc.add({k: ep.frames[k] for k in numeric if features[k].get("shape") != [-1]})
+            row = {"episode_index": i, "tasks": [ep.task], "length": n}
+            if version == V21:
+                fmt = dict(episode_chunk=i // CHUNK_SIZE, episode_index=i)
+                path = tmp / V21_DATA.format(**fmt)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table, path)
+                for cam in cams:
+                    video_info[cam] = encode_video(tmp / V21_VIDEO.format(video_key=cam, **fmt), ep.videos[cam], fps)
+            else:
+                data_tables.append(table)
+                row.update({"data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": total,
+                            "dataset_to_index": total + n, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+                for cam in cams:
+                    start = total / fps
+                    row.update({f"videos/{cam}/chunk_index": 0, f"videos/{cam}/file_index": 0,
+                                f"videos/{cam}/from_timestamp": start, f"videos/{cam}/to_timestamp": start + n / fps})
+                    videos[cam].append(ep.videos[cam])
+            for cam in cams:
+                stats_acc.add_video(cam, ep.videos[cam])
+            ep_rows.append(row)
+            total += n
+        if not ep_rows:
+            raise DatasetError("no episodes to write")
+
+        meta = tmp / "meta"
+        meta.mkdir(parents=True, exist_ok=True)
+        if version == V30:
+            path = tmp / V30_DATA.format(chunk_index=0, file_index=0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.concat_tables(data_tables), path)
+            for cam in cams:
+                video_info[cam] = encode_video(tmp / V30_VIDEO.format(video_key=cam, chunk_index=0, file_index=0),
+                                               np.concatenate(videos[cam]), fps)
+            ep_path = tmp / V30_EPISODES.format(chunk_index=0, file_index=0)
+            ep_path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(ep_rows), ep_path)
+            _write_tasks_parquet(meta / "tasks.parquet", tasks)
+        else:
+            (meta / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ep_rows))
+            (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": v, "task": k}) + "\n"
+                                                      for k, v in tasks.items()))
+        (meta / "stats.json").write_text(json.dumps(stats_acc.result(), indent=2) + "\n")
+
+        all_features = {}
+        for k, f in features.items():
+            f = dict(f)
+            if k in cams:
+                f.setdefault("names", ["height", "width", "channels"])
+                f["info"] = video_info[k]
+            all_features[k] = f
+        for k, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+                         ("index", "int64"), ("task_index", "int64")):
+            all_features[k] = {"dtype": dtype, "shape": [1], "names": None}
+        info = {
+            "codebase_version": version,
+            "robot_type": robot_type,
+            "total_episodes": len(ep_rows),
+            "total_frames": total,
+            "total_tasks": len(tasks),
+            "chunks_size": CHUNK_SIZE,
+            "fps": fps,
+            "splits": {"train": f"0:{len(ep_rows)}"},
+            "data_path": V30_DATA if version == V30 else V21_DATA,
+            "video_path": (V30_VIDEO if version == V30 else V21_VIDEO) if cams else None,
+            "features": all_features,
+        }
+        if version == V21:
+            info.update(total_videos=len(ep_rows) * len(cams), total_chunks=(len(ep_rows) - 1) // CHUNK_SIZE + 1)
+        else:
+            info.update(data_files_size_in_mb=100, video_files_size_in_mb=500)
+        (meta / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        for name, content in (extra_meta or {}).items():
+            (meta / name).write_text(json.dumps(content, indent=2) + "\n")
+        _fsync_tree(tmp)
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            os.replace(root, old)
+            os.replace(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+        return root
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _to_arrow(values, feat: dict, key: str):
+    import pyarrow as pa
+
+    shape = feat.get("shape", [1])
+    if shape == [-1]:  # ragged: one 1-D float array per frame
+        return pa.array([np.asarray(v, np.float32) for v in values], type=pa.list_(pa.float32()))
+    arr = np.asarray(values)
+    if arr.shape[1:] != tuple(shape) and not (shape == [1] and arr.ndim == 1):
+        raise DatasetError(f"feature {key!r}: values have shape {arr.shape[1:]}, declared {shape}")
+    dtype = np.dtype(feat.get("dtype", "float32"))
+    if shape == [1]:
+        return pa.array(arr.reshape(-1).astype(dtype))
+    flat = arr.reshape(len(arr), -1).astype(dtype)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]).cast(
+        pa.list_(pa.from_numpy_dtype(dtype)))
+
+
+def _write_tasks_parquet(path: Path, tasks: dict[str, int]) -> None:
+    """tasks.parquet as pandas writes it (task text as the index), without needing pandas."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"], "column_indexes": [],
+        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+                     "numpy_type": "int64", "metadata": None},
+                    {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode",
+                     "numpy_type": "object", "metadata": None}],
+        "creator": {"library": "neon"}, "pandas_version": "2.2.0",
+    }
+    table = pa.table({"task_index": pa.array(list(tasks.values()), pa.int64()),
+                      "__index_level_0__": pa.array(list(tasks), pa.string())})
+    table = table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+    pq.write_table(table, path)
+
+
+class _StatsAccumulator:
+    """LeRobot-style stats.json: mean, std, min, max, count per feature (video: per channel, 0..1)."""
+
+    def __init__(self):
+        self.sums: dict[str, list] = {}
+
+    def add(self, frames: dict[str, np.ndarray]) -> None:
+        for k, v in frames.items():
+            a = np.asarray(v, np.float64).reshape(len(v), -1)
+            s = self.sums.setdefault(k, [0, 0.0, 0.0, np.inf, -np.inf])
+            s[0] += len(a)
+            s[1] = s[1] + a.sum(0)
+            s[2] = s[2] + (a ** 2).sum(0)
+            s[3] = np.minimum(s[3], a.min(0))
+            s[4] = np.maximum(s[4], a.max(0))
+
+    def add_video(self, key: str, frames: np.ndarray) -> None:
+        px = frames[:, ::4, ::4].reshape(-1, 3).astype(np.float64) / 255.0  # subsampled pixels
+        self.add({key: px})
+
+    def result(self) -> dict:
+        out = {}
+        for k, (n, s, ss, lo, hi) in self.sums.items():
+            mean = s / n
+            std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
+            out[k] = {"mean": mean.tolist(), "std": std.tolist(), "min": np.asarray(lo).tolist(),
+                      "max": np.asarray(hi).tolist(), "count": [int(n)]}
+        return out
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+__all__ = ["LeRobotDataset", "EpisodeMeta", "EpisodeData", "write_dataset", "DatasetError", "VideoError"]

@@ -1,0 +1,125 @@
+"""Video files with PyAV: encode frames into an mp4, decode frames by timestamp.
+
+LeRobot stores camera streams as mp4 (AV1 by default; H.264 and MPEG-4 in
+older datasets). Decoding seeks to the keyframe before the requested time and
+decodes forward, so random access costs at most one GOP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at level 3
+
+# Encoder preference per codec family; the first one PyAV has wins.
+ENCODERS = {"av1": ["libsvtav1", "libaom-av1", "av1"], "h264": ["libx264", "h264"], "mpeg4": ["mpeg4"]}
+_ENCODER_OPTIONS = {"libsvtav1": {"preset": "10", "crf": "30"}, "libx264": {"preset": "veryfast", "crf": "20"},
+                    "mpeg4": {"qscale": "3"}}
+
+
+class VideoError(RuntimeError):
+    """A video file is missing, unreadable, or lacks the requested frame."""
+
+
+def pick_encoder(codec: str) -> str:
+    import av
+
+    for name in ENCODERS.get(codec, [codec]):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:
+            continue
+    raise VideoError(f"no encoder for {codec!r} in this PyAV build (tried {', '.join(ENCODERS.get(codec, [codec]))})")
+
+
+def encode_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = "av1", gop: int = 15) -> dict:
+    """Write UInt8[(T, H, W, 3)] frames to `path`; return LeRobot's `info` block for the feature."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise VideoError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise VideoError(f"frame size must be even for yuv420p, got {h}x{w}")
+    encoder = pick_encoder(codec)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=_rate(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {**_ENCODER_OPTIONS.get(encoder, {}), "g": str(gop)}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return {"video.fps": fps, "video.height": h, "video.width": w, "video.channels": 3,
+            "video.codec": {"libsvtav1": "av1", "libaom-av1": "av1", "libx264": "h264"}.get(encoder, encoder),
+            "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "has_audio": False}
+
+
+def _rate(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)
+
+
+class VideoReader:
+    """Decode single frames by timestamp from a few open files (one reader per DataLoader worker)."""
+
+    def __init__(self, max_open: int = 8):
+        self.max_open = max_open
+        self._open: OrderedDict[str, object] = OrderedDict()
+
+    def _container(self, path: str):
+        import av
+
+        c = self._open.pop(path, None)
+        if c is None:
+            if not os.path.isfile(path):
+                raise VideoError(f"video file {path} not found")
+            try:
+                c = av.open(path)
+            except av.error.FFmpegError as e:
+                raise VideoError(f"video file {path} cannot be opened: {e}") from None
+            if not c.streams.video:
+                c.close()
+                raise VideoError(f"video file {path} has no video stream")
+            while len(self._open) >= self.max_open:
+                self._open.popitem(last=False)[1].close()
+        self._open[path] = c
+        return c
+
+    def frame(self, path: str | Path, timestamp: float, fps: float) -> np.ndarray:
+        """UInt8[(H, W, 3)] frame shown at `timestamp` seconds (nearest within half a frame)."""
+        import av
+
+        path = str(path)
+        c = self._container(path)
+        stream = c.streams.video[0]
+        tol = 0.5 / fps
+        try:
+            c.seek(max(0, int((timestamp - tol) / stream.time_base)), stream=stream, backward=True, any_frame=False)
+            last = None
+            for frame in c.decode(stream):
+                if frame.time is None:
+                    continue
+                if frame.time >= timestamp - tol:
+                    if frame.time > timestamp + tol and last is not None:
+                        frame = last
+                    return frame.to_ndarray(format="rgb24")
+                last = frame
+        except av.error.FFmpegError as e:
+            self._open.pop(path, None)
+            raise VideoError(f"video file {path} is corrupted near t={timestamp:.3f}s: {e}") from None
+        raise VideoError(f"video file {path} has no frame at t={timestamp:.3f}s (it ends earlier)")
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
