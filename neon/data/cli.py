@@ -2,6 +2,7 @@
 
     neon-data synth --out data/g1_synth [--mode whole_body] [--episodes 24] [--length 60] [--seed 0]
     neon-data info PATH_OR_HUB [--mode arms_only]
+    neon-data soup SOUP.yaml [--mode whole_body]
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soup(args: argparse.Namespace) -> int:
+    from neon.action_space import G1ActionSpace
+    from neon.data.soup import DataSoup, DataSoupConfig
+
+    cfg = DataSoupConfig.from_file(args.file)
+    soup = DataSoup(cfg, G1ActionSpace(args.mode), args.steps)
+    relative, scaler = cfg.action_representation()
+    print(f"{args.file}: {len(cfg.sources)} source(s), {len(soup)} samples, seed {cfg.seed}, "
+          f"balance_by_size={cfg.balance_by_size}; actions {'relative x' + format(scaler, 'g') if relative else 'absolute'}")
+    print(f"  {'source':20s} {'type':16s} {'samples':>8s} {'weight':>7s} {'p(draw)':>8s} {'fps':>5s}")
+    for s, src, p in zip(cfg.sources, soup.sources, soup.source_probabilities(), strict=True):
+        fps = f"{src.fps:g}" if src.fps else "-"
+        print(f"  {s.name:20s} {s.type:16s} {len(src):8d} {s.weight:7.2f} {p:8.3f} {fps:>5s}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="neon-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["arms_only", "whole_body"], default="arms_only")
     p.add_argument("--steps", type=int, default=16)
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("soup", help="load a data soup file (YAML or JSON) and print its sources and mix")
+    p.add_argument("file")
+    p.add_argument("--mode", choices=["arms_only", "whole_body"], default="arms_only")
+    p.add_argument("--steps", type=int, default=16)
+    p.set_defaults(func=cmd_soup)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from neon.data.lerobot import DatasetError

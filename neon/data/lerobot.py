@@ -341,7 +341,8 @@ def write_dataset(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 pq.write_table(table, path)
                 for cam in cams:
-                    video_info[cam] = encode_video(tmp / V21_VIDEO.format(video_key=cam, **fmt), ep.videos[cam], fps)
+                    video_info[cam] = encode_video(tmp / V21_VIDEO.format(video_key=cam, **fmt), ep.videos[cam], fps,
+                                                   codec)
             else:
                 data_tables.append(table)
                 row.update({"data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": total,
@@ -366,7 +367,7 @@ def write_dataset(
             pq.write_table(pa.concat_tables(data_tables), path)
             for cam in cams:
                 video_info[cam] = encode_video(tmp / V30_VIDEO.format(video_key=cam, chunk_index=0, file_index=0),
-                                               np.concatenate(videos[cam]), fps)
+                                               np.concatenate(videos[cam]), fps, codec)
             ep_path = tmp / V30_EPISODES.format(chunk_index=0, file_index=0)
             ep_path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(ep_rows), ep_path)

@@ -12,6 +12,7 @@ A sample (`dict`) holds:
     lidar        Float[(N, 4)] | None
     audio        Float[(S,)] | None       16 kHz, from the episode start up to t (at most AUDIO_WINDOW_S)
     speech_target int                     index into the response vocabulary, -1 = no target
+    fps          float                    the source's frame rate: chunk step i is i / fps after t
     source       int                      index of the source in its soup
 """
 
@@ -109,6 +110,9 @@ class LeRobotSource:
         self.index = np.array([(k, t) for k, e in enumerate(chosen) for t in range(e.length)], dtype=np.int64)
         self._video, self._video_pid = None, None
 
+    def __getstate__(self) -> dict:  # open video files stay behind when a worker process is spawned
+        return {**self.__dict__, "_video": None, "_video_pid": None}
+
     def _mapping(self, key: str, what: str) -> JointMapping:
         if self.ds.modality is not None and what in self.ds.modality:
             names = modality_names(self.ds.modality[what], int(np.prod(self.ds.features[key]["shape"])))
@@ -154,6 +158,7 @@ class LeRobotSource:
             "lidar": cols[self.lidar_key][t].reshape(-1, 4).astype(np.float32) if self.lidar_key else None,
             "audio": self._audio(cols, t) if self.audio_key else None,
             "speech_target": -1,
+            "fps": self.fps,
             "episode": int(ep.index),
             "frame": t,
         }
@@ -230,6 +235,7 @@ class VoiceCommandSource:
             "lidar": None,
             "audio": read_wav(self.root / row["audio"]) if row.get("audio") else None,
             "speech_target": target,
+            "fps": 0.0,
             "episode": i,
             "frame": 0,
         }

@@ -18,7 +18,7 @@ os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration 
 # Encoder preference per codec family; the first one PyAV has wins.
 ENCODERS = {"av1": ["libsvtav1", "libaom-av1", "av1"], "h264": ["libx264", "h264"], "mpeg4": ["mpeg4"]}
 _ENCODER_OPTIONS = {"libsvtav1": {"preset": "10", "crf": "30"}, "libx264": {"preset": "veryfast", "crf": "20"},
-                    "mpeg4": {"qscale": "3"}}
+                    "mpeg4": {"qscale": "2"}}
 
 
 class VideoError(RuntimeError):
@@ -54,6 +54,8 @@ def encode_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = 
         stream = container.add_stream(encoder, rate=_rate(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {**_ENCODER_OPTIONS.get(encoder, {}), "g": str(gop)}
+        if encoder == "mpeg4":  # rate-controlled only: ~1 bit per pixel keeps it near AV1/H.264 quality
+            stream.bit_rate = int(w * h * fps)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -91,6 +93,9 @@ class VideoReader:
             if not c.streams.video:
                 c.close()
                 raise VideoError(f"video file {path} has no video stream")
+            # Decode on this thread only: decoder thread pools (dav1d's in particular) deadlock in
+            # DataLoader workers forked from a process that had them running. Parallelism comes from workers.
+            c.streams.video[0].codec_context.thread_count = 1
             while len(self._open) >= self.max_open:
                 self._open.popitem(last=False)[1].close()
         self._open[path] = c
