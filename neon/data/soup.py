@@ -185,6 +185,7 @@ def collate(samples: list[dict]) -> dict:
         "action_mask": torch.from_numpy(np.stack([s["action_mask"] for s in samples])),
         "speech_target": torch.tensor([s["speech_target"] for s in samples]),
         "source": torch.tensor([s.get("source", 0) for s in samples]),
+        "row": torch.tensor([s.get("row", -1) for s in samples]),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "frame": torch.tensor([s["frame"] for s in samples]),
         "audio": [s["audio"] for s in samples],

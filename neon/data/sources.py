@@ -13,6 +13,7 @@ A sample (`dict`) holds:
     audio        Float[(S,)] | None       16 kHz, from the episode start up to t (at most AUDIO_WINDOW_S)
     speech_target int                     index into the response vocabulary, -1 = no target
     fps          float                    the source's frame rate: chunk step i is i / fps after t
+    row          int                      the frame's index among all the dataset's frames (feature cache key)
     source       int                      index of the source in its soup
 """
 
@@ -108,6 +109,11 @@ class LeRobotSource:
         chosen = self.ds.episodes if episodes is None else [self.ds.episodes[i] for i in episodes]
         self.episodes = chosen
         self.index = np.array([(k, t) for k, e in enumerate(chosen) for t in range(e.length)], dtype=np.int64)
+        # Row of each chosen episode's first frame among all the dataset's frames (stable across subsets).
+        starts = np.cumsum([0] + [e.length for e in self.ds.episodes])
+        position = {e.index: p for p, e in enumerate(self.ds.episodes)}
+        self.first_row = np.array([starts[position[e.index]] for e in chosen], dtype=np.int64)
+        self.num_rows = int(starts[-1])
         self._video, self._video_pid = None, None
 
     def __getstate__(self) -> dict:  # open video files stay behind when a worker process is spawned
@@ -159,6 +165,7 @@ class LeRobotSource:
             "audio": self._audio(cols, t) if self.audio_key else None,
             "speech_target": -1,
             "fps": self.fps,
+            "row": int(self.first_row[k] + t),
             "episode": int(ep.index),
             "frame": t,
         }
@@ -212,6 +219,7 @@ class VoiceCommandSource:
             raise DatasetError(f"{path}: no utterances")
         self.responses = sorted({r.get("response", "") or "" for r in self.rows})
         self.fps = None
+        self.num_rows = len(self.rows)
         self.vocabulary: list[str] | None = None  # set by the soup: the model's speech_responses
 
     def __len__(self) -> int:
@@ -236,6 +244,7 @@ class VoiceCommandSource:
             "audio": read_wav(self.root / row["audio"]) if row.get("audio") else None,
             "speech_target": target,
             "fps": 0.0,
+            "row": i,
             "episode": i,
             "frame": 0,
         }
