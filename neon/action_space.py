@@ -168,6 +168,7 @@ def canonical_joint_name(name: str) -> str:
     if re.fullmatch(r"k[A-Z]\w*", n):
         n = n[1:]
     n = _CAMEL.sub("_", n).lower().replace("-", "_").replace(" ", "_")
+    n = re.sub(r"(?<=[a-z])(?=\d)", "_", n)  # thumb0 -> thumb_0
     n = re.sub(r"_+", "_", n).strip("_")
     for suffix in ("_joint", "_pos", "_q"):
         if n.endswith(suffix):

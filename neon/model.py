@@ -244,8 +244,11 @@ class NeonVLA(nn.Module):
         return counts
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config, action space, norm stats and weights into `directory`, atomically."""
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, bytes | str] | None = None) -> Path:
+        """Write config, action space, norm stats and weights into `directory`, atomically.
+
+        `extra_files` (name -> content) land in the same atomic write, e.g. a trainer's split.json.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -255,6 +258,8 @@ class NeonVLA(nn.Module):
             self.norm_stats.save(tmp)
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "neon", "neon_version": __version__})
+            for name, content in (extra_files or {}).items():
+                (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
             files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             manifest = {"format": "neon-checkpoint", "format_version": CHECKPOINT_FORMAT,
                         "neon_version": __version__, "sha256": files}

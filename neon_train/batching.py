@@ -42,6 +42,10 @@ def model_inputs(model: NeonVLA, batch: dict, sources: list, cache: FeatureCache
             a, h = bb.encode_audio([batch["audio"][i] for i in idx])
             audio[idx], has_audio[idx] = a.cpu(), h.cpu()
         if cache is not None:
+            # Use what the cache stores (float16) on misses too, so a run gives the same numbers
+            # whether a frame was computed now or read back (resumed runs match uninterrupted ones).
+            vl[idx] = vl[idx].half().float()
+            audio[idx] = audio[idx].half().float()
             for k in torch.unique(batch["source"][idx]).tolist():
                 sel = idx[batch["source"].numpy()[idx] == k]
                 rows = batch["row"].numpy()[sel]

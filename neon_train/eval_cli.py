@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--stride", type=int, default=1, help="evaluate every N-th frame")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out rule and the random baseline")
-    p.add_argument("--cache-dir", default=None, help="backbone feature cache folder (default: none)")
+    p.add_argument("--cache-dir", default=None,
+                   help="backbone feature cache folder (default: the trainer's, ~/.cache/neon/features)")
+    p.add_argument("--no-cache", action="store_true", help="compute every backbone feature afresh")
     p.add_argument("--device", default=None)
     p.add_argument("--joints", nargs="*", default=None, help="joints to plot (default: the 4 that move most)")
     return p
@@ -31,12 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     from neon.backbones.loader import HubUnavailableError
     from neon.checkpoint import CheckpointError
     from neon.data.lerobot import DatasetError
+    from neon.backbones.tiny import cache_root
     from neon_train.evaluate import evaluate, markdown_report
+
+    cache_dir = None if args.no_cache else (args.cache_dir or str(cache_root() / "features"))
 
     try:
         report = evaluate(args.model, args.dataset, trajs=args.trajs, baselines=args.baselines, plot=args.plot,
                           out=args.out, batch_size=args.batch_size, stride=args.stride, seed=args.seed,
-                          cache_dir=args.cache_dir, device=args.device, plot_joints=args.joints)
+                          cache_dir=cache_dir, device=args.device, plot_joints=args.joints)
     except (CheckpointError, DatasetError, HubUnavailableError, ActionSpaceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

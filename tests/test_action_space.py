@@ -90,6 +90,7 @@ def test_representation_per_group():
     ("observation.state.left_elbow", "left_elbow"),
     ("right_hand_thumb_0_joint", "right_hand_thumb_0"),
     ("WAIST_YAW", "waist_yaw"),
+    ("kLeftHandThumb0", "left_hand_thumb_0"),
 ])
 def test_canonical_names(raw, canonical):
     assert canonical_joint_name(raw) == canonical

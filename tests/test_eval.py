@@ -181,7 +181,8 @@ def test_cli_and_bad_arguments(trained, synth, tmp_path, capsys):
         evaluate(trained, str(tmp_path / "missing_dataset"))
 
 
-def test_pep723_script(tmp_path):
+@pytest.mark.parametrize("script", ["eval_neon.py", "train_neon.py"])
+def test_pep723_script(tmp_path, script):
     import shutil
     import subprocess
     import sys
@@ -189,18 +190,18 @@ def test_pep723_script(tmp_path):
     from pathlib import Path
 
     scripts = Path(__file__).resolve().parents[1] / "scripts"
-    text = (scripts / "eval_neon.py").read_text()
+    text = (scripts / script).read_text()
     block = "\n".join(line[2:] for line in text.split("# /// script\n")[1].split("# ///")[0].splitlines())
     meta = tomllib.loads(block)
     deps = {d.split(">")[0].split("<")[0].split("=")[0] for d in meta["dependencies"]}
     assert {"torch", "transformers", "bitsandbytes", "pyarrow", "av", "matplotlib"} <= deps
-    r = subprocess.run([sys.executable, str(scripts / "eval_neon.py"), "--help"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, str(scripts / script), "--help"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--baselines" in r.stdout
+    assert r.returncode == 0 and "--dataset" in r.stdout
     # Uploaded alone (as `hf jobs uv run` does) and without NEON_SOURCE: a clear error, not a traceback.
-    for name in ("eval_neon.py", "neon_bootstrap.py"):
+    for name in (script, "neon_bootstrap.py"):
         shutil.copy(scripts / name, tmp_path / name)
     env = {"PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-S", str(tmp_path / "eval_neon.py")], cwd=tmp_path, env=env,
+    r = subprocess.run([sys.executable, "-S", str(tmp_path / script)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "set NEON_SOURCE" in r.stderr

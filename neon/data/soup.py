@@ -117,20 +117,24 @@ class DataSoup(Dataset):
     """All sources of a soup behind one index: [0, len(source 0)), then source 1, ..."""
 
     def __init__(self, config: DataSoupConfig, space: G1ActionSpace, num_steps: int,
-                 responses: list[str] | None = None):
+                 responses: list[str] | None = None, episodes: dict[str, list[int]] | None = None,
+                 only: list[str] | None = None):
+        """`episodes` restricts LeRobot sources (by name) to episode positions; `only` keeps just those sources."""
         self.config = config.validate()
         self.space, self.num_steps = space, num_steps
+        self.source_configs = [s for s in config.sources if only is None or s.name in only]
         self.sources = []
-        for s in config.sources:
+        for s in self.source_configs:
             if s.type == "voice_commands":
                 src = VoiceCommandSource(s.path, space, num_steps, name=s.name)
                 src.vocabulary = responses
             else:  # lerobot and cosmos_dreamgen (GR00T-LeRobot: modality.json is read when present)
-                src = LeRobotSource(s.path, space, num_steps, name=s.name, camera=s.camera)
+                src = LeRobotSource(s.path, space, num_steps, name=s.name, camera=s.camera,
+                                    episodes=(episodes or {}).get(s.name))
             if len(src) == 0:
                 raise DatasetError(f"source {s.name!r} has no samples")
             self.sources.append(src)
-        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources]) if self.sources else np.zeros(1, np.int64)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -142,7 +146,7 @@ class DataSoup(Dataset):
         return sample
 
     def source_probabilities(self) -> np.ndarray:
-        w = np.array([s.weight for s in self.config.sources], dtype=np.float64)
+        w = np.array([s.weight for s in self.source_configs], dtype=np.float64)
         if self.config.balance_by_size:
             w = w * np.array([len(s) for s in self.sources])
         return w / w.sum()

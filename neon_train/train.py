@@ -1,0 +1,421 @@
+"""NeonTrainer: the whole training step on one page.
+
+    config = large_arms_config(); config.hub_model_id = "you/neon-g1-large"
+    stats = NeonTrainer(config).train()      # {"best_loss": ..., "steps": ..., ...}
+
+Per optimizer step: `gradient_accumulation` micro-batches of `batch_size`
+samples drawn from the soup -> frozen backbone under no_grad (or the feature
+cache) -> heads (bf16 autocast on GPUs that have it) -> masked MSE over the
+action chunk (padding mask x per-group weights) + speech cross-entropy on voice
+samples -> clip to `max_grad_norm` -> paged AdamW 8-bit (beta1 0.85) -> cosine
+schedule with warmup. Held-out loss every `eval_steps`; best and last
+checkpoints written atomically (weights, norm stats, action space, split,
+and for `last` the optimizer and trainer state, so `resume` continues the same
+step count and loss curve). Under torchrun / accelerate launch the heads run
+in DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from neon.backbones.tiny import cache_root
+from neon.data.lerobot import DatasetError
+from neon.data.soup import DataSoup, collate
+from neon.data.sources import LeRobotSource, VoiceCommandSource
+from neon.data.stats import norm_stats_for
+from neon.model import NeonVLA
+from neon_train.batching import model_inputs
+from neon_train.config import TrainConfig
+from neon_train.evaluate import SPLIT_FILE, seeded_split, split_rule_text
+from neon_train.feature_cache import FeatureCache
+from neon_train.hub import model_card, push_checkpoint
+from neon_train.state_io import state_from_bytes, state_to_bytes
+
+log = logging.getLogger(__name__)
+# Expected on CPU-only machines: bitsandbytes keeps the 8-bit states in ordinary memory there.
+warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAIN_CONFIG_FILE = "training_config.json"
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    d = _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+    return d
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    micro_batches: int = 0  # micro-batches consumed from the sample stream (per rank)
+    best_loss: float = float("inf")
+    best_step: int = -1
+    history: list = field(default_factory=list)  # [step, train loss, lr]
+    val_history: list = field(default_factory=list)  # [step, held-out loss]
+
+
+class MicroBatchStream:
+    """Batches of soup indices: epoch after epoch of the soup's seeded sampler, rank r taking every r-th batch."""
+
+    def __init__(self, soup: DataSoup, batch_size: int, seed: int, dist: _Dist, skip: int = 0):
+        self.soup, self.batch_size, self.seed, self.dist, self.skip = soup, batch_size, seed, dist, skip
+
+    def __iter__(self):
+        epoch, n = 0, 0
+        while True:
+            sampler = self.soup.sampler(len(self.soup))
+            sampler.seed = self.seed
+            sampler.set_epoch(epoch)
+            idx = list(sampler)
+            batches = [idx[i:i + self.batch_size] for i in range(0, len(idx) - self.batch_size + 1, self.batch_size)]
+            for b in batches[self.dist.rank::self.dist.world]:
+                if n >= self.skip:
+                    yield b
+                n += 1
+            epoch += 1
+
+
+class NeonTrainer:
+    def __init__(self, config: TrainConfig, device: str | None = None, backbone=None, resume: bool = False,
+                 on_step=None):
+        """`backbone` lets tests share an already loaded Backbone; `on_step(step, loss)` is called after each step."""
+        self.config = config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._backbone = backbone
+        self.resume = resume
+        self.on_step = on_step
+        self.dist = _Dist()
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_model_config(self, probe: DataSoup) -> None:
+        """Fold what the data decides into the model config: relative actions, speech responses."""
+        cfg = self.config
+        relative, scaler = cfg.data.action_representation()
+        if relative:
+            groups = cfg.model.action_space().groups
+            cfg.model.representation = {g: "relative" for g in groups if g != "locomotion"}
+            cfg.model.action_scaler = scaler
+        responses = list(cfg.model.speech_responses)
+        for src in probe.sources:
+            if isinstance(src, VoiceCommandSource):
+                responses += [r for r in src.responses if r not in responses]
+        cfg.model.speech_responses = responses
+        cfg.model.validate()
+
+    def _split(self, probe: DataSoup) -> tuple[dict, dict]:
+        cfg, train_eps, val_eps = self.config, {}, {}
+        for s, src in zip(cfg.data.sources, probe.sources, strict=True):
+            if not isinstance(src, LeRobotSource):
+                continue
+            n = len(src.episodes)
+            if n < 2:
+                log.warning("source %r has %d episode(s): it is used for training and held-out loss alike", s.name, n)
+                train_eps[s.name] = val_eps[s.name] = list(range(n))
+                continue
+            held = seeded_split(n, cfg.seed, cfg.val_fraction)
+            val_eps[s.name] = held
+            train_eps[s.name] = [k for k in range(n) if k not in set(held)]
+        return train_eps, val_eps
+
+    def _split_json(self, probe: DataSoup, val_eps: dict) -> str:
+        sources = {}
+        for s, src in zip(self.config.data.sources, probe.sources, strict=True):
+            if s.name in val_eps:
+                sources[s.name] = {"path": s.path, "root": str(Path(src.root).resolve()),
+                                   "val_episodes": [src.episodes[k].index for k in val_eps[s.name]]}
+        return json.dumps({"rule": split_rule_text(self.config.seed, self.config.val_fraction),
+                           "seed": self.config.seed, "sources": sources}, indent=2) + "\n"
+
+    def _optimizer(self, params):
+        cfg = self.config
+        if cfg.optim == "paged_adamw_8bit":
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW8bit(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                            weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                 weight_decay=cfg.weight_decay)
+
+    def _lr_lambda(self, total: int):
+        warm = min(self.config.warmup_steps, max(0, total - 1))
+
+        def f(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            progress = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        return f
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        cfg = self.config.validate()
+        self.dist = dist = _init_distributed()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        out = Path(cfg.output_dir)
+
+        probe = DataSoup(cfg.data, cfg.model.action_space(), cfg.model.num_action_steps)
+        self._prepare_model_config(probe)
+        space, steps = cfg.model.action_space(), cfg.model.num_action_steps
+        train_eps, val_eps = self._split(probe)
+        train_soup = DataSoup(cfg.data, space, steps, cfg.model.speech_responses, episodes=train_eps)
+        val_soup = DataSoup(cfg.data, space, steps, cfg.model.speech_responses, episodes=val_eps, only=list(val_eps))
+        stats, per_source = norm_stats_for(train_soup.sources, space, cfg.model.action_scaler)
+        split_json = self._split_json(probe, val_eps)
+
+        state = TrainState()
+        model = NeonVLA(cfg.model, stats)
+        last = out / "last"
+        resumed_optimizer = None
+        if self.resume and (last / TRAINER_STATE).is_file():
+            loaded = NeonVLA.from_pretrained(last)
+            model.load_state_dict(loaded.state_dict())
+            saved = json.loads((last / TRAINER_STATE).read_text())
+            state = TrainState(**saved["state"])
+            resumed_optimizer = state_from_bytes((last / OPTIMIZER_FILE).read_bytes())
+            log.info("resuming from %s at step %d", last, state.step)
+        elif self.resume:
+            log.warning("--resume: no checkpoint at %s, starting from scratch", last)
+        if self._backbone is not None:
+            model.backbone = self._backbone
+            model.to(self._backbone.device)
+        else:
+            model.load_backbone(self.device)
+        device = model.device
+        net = model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None,
+                      find_unused_parameters=True)
+
+        samples_per_step = cfg.batch_size * cfg.gradient_accumulation * dist.world
+        total = cfg.max_steps or cfg.epochs * max(1, math.ceil(len(train_soup) / samples_per_step))
+        optimizer = self._optimizer(model.parameters())
+        if resumed_optimizer is not None:
+            optimizer.load_state_dict(resumed_optimizer)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(total))
+        for _ in range(state.step):  # the schedule is a pure function of the step
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scheduler.step()
+
+        cache = None
+        if cfg.use_feature_cache:
+            cache = FeatureCache(cfg.feature_cache_dir or cache_root() / "features", cfg.model.backbone,
+                                 model.audio is not None)
+        stream = MicroBatchStream(train_soup, cfg.batch_size, cfg.seed, dist, skip=state.micro_batches)
+        loader = DataLoader(train_soup, batch_sampler=stream, num_workers=cfg.num_workers, collate_fn=collate,
+                            persistent_workers=cfg.num_workers > 0)
+        val_batches = self._val_batches(val_soup)
+        group_w = torch.ones(space.dim)
+        for g, w in cfg.group_loss_weights.items():
+            group_w[space.group_slice(g)] = w
+        group_w = group_w.to(device)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if cfg.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+                    else contextlib.nullcontext())
+        writer = SummaryWriter(str(out / "runs")) if dist.main else None
+        hub_results: list[dict] = []
+        if dist.main:
+            log.info("training %s trainable parameters for %d steps (%d samples/step, world %d)",
+                     f"{model.parameter_counts()['total']:,}", total, samples_per_step, dist.world)
+
+        bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not dist.main or None)
+        it = iter(loader)
+        t_start, samples_seen = time.perf_counter(), 0
+        interrupted = False
+        try:
+            while state.step < total:
+                net.train()
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = 0.0
+                for micro in range(cfg.gradient_accumulation):
+                    batch = next(it)
+                    state.micro_batches += 1
+                    sync = micro == cfg.gradient_accumulation - 1 or dist.world == 1
+                    ctx = contextlib.nullcontext() if sync else net.no_sync()
+                    with ctx:
+                        loss = self._loss(net, model, batch, train_soup, cache, group_w, autocast)
+                        (loss / cfg.gradient_accumulation).backward()
+                    step_loss += loss.item() / cfg.gradient_accumulation
+                    samples_seen += len(batch["images"]) * dist.world
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                lr = scheduler.get_last_lr()[0]
+                state.history.append([state.step, step_loss, lr])
+                rate = samples_seen / max(1e-9, time.perf_counter() - t_start)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+                bar.update(1)
+                if writer and state.step % cfg.logging_steps == 0:
+                    writer.add_scalar("train/loss", step_loss, state.step)
+                    writer.add_scalar("train/lr", lr, state.step)
+                    writer.add_scalar("train/grad_norm", float(grad_norm), state.step)
+                    writer.add_scalar("train/samples_per_s", rate, state.step)
+                if state.step % cfg.eval_steps == 0 or state.step == total:
+                    val = self._val_loss(net, model, val_batches, val_soup, cache, group_w)
+                    state.val_history.append([state.step, val])
+                    if writer:
+                        writer.add_scalar("val/loss", val, state.step)
+                    if val < state.best_loss:
+                        state.best_loss, state.best_step = val, state.step
+                        if dist.main:
+                            self._save(model, out / "best", split_json, state, per_source)
+                            if cfg.push_to_hub:
+                                hub_results.append(push_checkpoint(out / "best", cfg.hub_model_id, cfg.hub_private,
+                                                                   f"step {state.step}: held-out loss {val:.5f}"))
+                if dist.main and (state.step % cfg.save_steps == 0 or state.step == total):
+                    self._save_last(model, optimizer, out, split_json, state, per_source)
+                if self.on_step is not None:
+                    self.on_step(state.step, step_loss)
+        except KeyboardInterrupt:
+            interrupted = True
+            if dist.main:
+                log.warning("interrupted at step %d: saving %s so --resume can continue", state.step, last)
+                self._save_last(model, optimizer, out, split_json, state, per_source)
+        finally:
+            bar.close()
+            if writer:
+                writer.close()
+        in_sync = self._replicas_in_sync(model) if dist.world > 1 else True
+        elapsed = time.perf_counter() - t_start
+        failed = [h for h in hub_results if not h["ok"]]
+        if failed and dist.main:
+            log.error("pushing to the Hub failed %d time(s); the local checkpoints in %s are complete. Last error: %s",
+                      len(failed), out, failed[-1]["error"])
+        return {
+            "best_loss": state.best_loss,
+            "best_step": state.best_step,
+            "final_loss": state.history[-1][1] if state.history else float("nan"),
+            "steps": state.step,
+            "total_steps": total,
+            "interrupted": interrupted,
+            "samples_per_s": samples_seen / max(1e-9, elapsed),
+            "seconds": elapsed,
+            "history": state.history,
+            "val_history": state.val_history,
+            "best_checkpoint": str(out / "best"),
+            "last_checkpoint": str(last),
+            "world_size": dist.world,
+            "replicas_in_sync": in_sync,
+            "feature_cache": ({"hits": cache.stats.hits, "misses": cache.stats.misses} if cache else None),
+            "hub": hub_results,
+            "trainable_parameters": model.parameter_counts()["total"],
+        }
+
+    # ------------------------------------------------------------------ pieces
+    def _loss(self, net, model: NeonVLA, batch: dict, soup: DataSoup, cache, group_w, autocast) -> torch.Tensor:
+        with torch.no_grad():
+            inp = model_inputs(model, batch, soup.sources, cache)
+        with autocast:
+            pred, speech = net(inp)
+        dev = pred.device
+        target = model.transform.encode(batch["actions"].to(dev), batch["state"].to(dev))
+        weight = batch["action_mask"].to(dev).float() * group_w
+        loss = (weight * (pred.float() - target) ** 2).sum() / weight.sum().clamp(min=1.0)
+        speech_target = batch["speech_target"].to(dev)
+        has_speech = speech_target >= 0
+        if has_speech.any():
+            loss = loss + self.config.speech_loss_weight * F.cross_entropy(speech[has_speech].float(),
+                                                                           speech_target[has_speech])
+        else:
+            loss = loss + 0.0 * speech.sum()  # keeps DDP's gradient buckets identical across ranks
+        return loss
+
+    def _val_batches(self, soup: DataSoup) -> list[list[int]]:
+        if len(soup) == 0:
+            return []
+        n = min(len(soup), self.config.val_max_samples)
+        idx = np.linspace(0, len(soup) - 1, n).astype(int).tolist()  # spread over every held-out episode
+        return [idx[i:i + self.config.batch_size * 4] for i in range(0, n, self.config.batch_size * 4)]
+
+    @torch.no_grad()
+    def _val_loss(self, net, model: NeonVLA, batches, soup: DataSoup, cache, group_w) -> float:
+        net.eval()
+        total, weight = 0.0, 0.0
+        for b in batches:
+            batch = collate([soup[i] for i in b])
+            inp = model_inputs(model, batch, soup.sources, cache)
+            pred, _ = model(inp)
+            target = model.transform.encode(batch["actions"].to(pred.device), batch["state"].to(pred.device))
+            w = batch["action_mask"].to(pred.device).float() * group_w
+            total += float((w * (pred - target) ** 2).sum())
+            weight += float(w.sum())
+        return total / weight if weight else float("nan")
+
+    def _extra(self, split_json: str, state: TrainState, per_source: dict) -> dict[str, str]:
+        cfg = self.config
+        return {
+            SPLIT_FILE: split_json,
+            TRAIN_CONFIG_FILE: cfg.to_json(),
+            "norm_stats_per_source.json": json.dumps({k: v.to_dict() for k, v in per_source.items()}, indent=2),
+            "README.md": model_card(cfg, state.best_loss, state.best_step, state.step),
+        }
+
+    def _save(self, model: NeonVLA, directory: Path, split_json: str, state: TrainState, per_source: dict) -> None:
+        model.save_pretrained(directory, self._extra(split_json, state, per_source))
+
+    def _save_last(self, model, optimizer, out: Path, split_json: str, state: TrainState, per_source: dict) -> None:
+        extra = self._extra(split_json, state, per_source)
+        extra[OPTIMIZER_FILE] = state_to_bytes(optimizer.state_dict())
+        extra[TRAINER_STATE] = json.dumps({"state": state.__dict__}, indent=2)
+        model.save_pretrained(out / "last", extra)
+
+    def _replicas_in_sync(self, model: NeonVLA) -> bool:
+        import torch.distributed as dist
+
+        h = hashlib.sha256()
+        for p in model.parameters():
+            h.update(p.detach().cpu().numpy().tobytes())
+        digest = torch.tensor(list(h.digest()[:8]), dtype=torch.int64)
+        gathered = [torch.zeros_like(digest) for _ in range(self.dist.world)]
+        dist.all_gather(gathered, digest)
+        ok = all(torch.equal(g, gathered[0]) for g in gathered)
+        if self.dist.main:
+            log.warning("DDP replicas in sync: %s (world size %d)", ok, self.dist.world)
+        return ok
+
+
+__all__ = ["NeonTrainer", "TrainConfig", "DatasetError"]

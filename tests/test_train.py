@@ -1,0 +1,150 @@
+"""neon-train: a short run learns, resume is exact, Hub failures never lose checkpoints, presets, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from neon.config import ConfigError
+from neon.data.soup import DataSoupConfig, DataSourceConfig
+from neon.data.synthetic import SynthConfig, generate
+from neon.model import NeonVLA
+from neon_train.cli import main as train_main
+from neon_train.config import PRESETS, TrainConfig, get_preset, large_arms_config
+from neon_train.evaluate import evaluate
+from neon_train.train import NeonTrainer
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("train") / "synth", SynthConfig(episodes=64, length=30, image_size=64),
+                    progress=False)
+
+
+@pytest.fixture(scope="module")
+def feature_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+def small_config(synth, out, feature_dir, **kw) -> TrainConfig:
+    model = tiny_config("neon-tiny/qwen2.5-vl")
+    model.backbone.load_in_4bit = False
+    defaults = dict(model=model, data=DataSoupConfig([DataSourceConfig("synth", str(synth))]), batch_size=16,
+                    gradient_accumulation=1, learning_rate=3e-3, warmup_steps=10, push_to_hub=False,
+                    output_dir=str(out), num_workers=0, feature_cache_dir=str(feature_dir), eval_steps=50)
+    defaults.update(kw)
+    return TrainConfig(**defaults)
+
+
+def test_short_run_learns_and_beats_baselines(synth, feature_dir, tmp_path, backbones):
+    cfg = small_config(synth, tmp_path / "run", feature_dir, max_steps=250)
+    stats = NeonTrainer(cfg, backbone=backbones("neon-tiny/qwen2.5-vl")).train()
+    vals = [v for _, v in stats["val_history"]]
+    assert vals[-1] < 0.6 * vals[0], stats["val_history"]  # held-out loss goes down
+    assert stats["best_loss"] == min(vals) and stats["steps"] == 250
+    best = Path(stats["best_checkpoint"])
+    for name in ("split.json", "training_config.json", "README.md", "norm_stats.json", "neon_weights.safetensors"):
+        assert (best / name).is_file(), name
+    split = json.loads((best / "split.json").read_text())
+    held = split["sources"]["synth"]["val_episodes"]
+    report = evaluate(best, str(synth), trajs=len(held), baselines=True, progress=False)
+    assert report["split"]["evaluated_episodes"] == sorted(held)  # held-out episodes, recorded by the trainer
+    mse = {k: v["mse"] for k, v in report["results"].items()}
+    assert mse["model"] < mse["zero"] and mse["model"] < mse["hold"], mse
+    assert report["improvement_pct"]["hold"]["total"] > 20
+
+
+def test_resume_continues_the_same_curve(synth, feature_dir, tmp_path, backbones):
+    bb = backbones("neon-tiny/qwen2.5-vl")
+    kw = dict(max_steps=6, batch_size=4, gradient_accumulation=2, save_steps=1, eval_steps=3, warmup_steps=2)
+    full = NeonTrainer(small_config(synth, tmp_path / "full", feature_dir, **kw), backbone=bb).train()
+
+    def stop_at_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    cut = NeonTrainer(small_config(synth, tmp_path / "cut", feature_dir, **kw), backbone=bb, on_step=stop_at_3).train()
+    assert cut["interrupted"] and cut["steps"] == 3
+    resumed = NeonTrainer(small_config(synth, tmp_path / "cut", feature_dir, **kw), backbone=bb, resume=True).train()
+    assert resumed["steps"] == 6 and [s for s, _, _ in resumed["history"]] == list(range(1, 7))
+    for (s1, l1, lr1), (s2, l2, lr2) in zip(full["history"], resumed["history"], strict=True):
+        assert s1 == s2 and lr1 == pytest.approx(lr2) and l1 == pytest.approx(l2, rel=1e-4, abs=1e-6), (s1, l1, l2)
+    a = NeonVLA.from_pretrained(tmp_path / "full" / "last").state_dict()
+    b = NeonVLA.from_pretrained(tmp_path / "cut" / "last").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_failed_hub_push_keeps_local_checkpoint(synth, feature_dir, tmp_path, backbones, monkeypatch, caplog):
+    import neon_train.hub as hub
+
+    monkeypatch.setattr(hub.time, "sleep", lambda s: None)  # no real backoff in tests
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = small_config(synth, tmp_path / "run", feature_dir, max_steps=2, eval_steps=1, push_to_hub=True,
+                       hub_model_id="neon-tests/never-pushed")
+    stats = NeonTrainer(cfg, backbone=backbones("neon-tiny/qwen2.5-vl")).train()
+    assert stats["hub"] and not any(h["ok"] for h in stats["hub"])
+    assert all(h["attempts"] == 3 and h["error"] for h in stats["hub"])
+    assert "local checkpoints" in caplog.text and "complete" in caplog.text
+    model = NeonVLA.from_pretrained(stats["best_checkpoint"])  # intact and loadable
+    assert model.config.backbone.model_id == "neon-tiny/qwen2.5-vl"
+
+
+def test_cli_trains_from_a_soup_file(synth, tmp_path, capsys):
+    soup = tmp_path / "soup.yaml"
+    DataSoupConfig([DataSourceConfig("synth", str(synth), weight=2.0)], seed=1).save(soup)
+    rc = train_main(["--backbone", "neon-tiny/qwen2.5-omni", "--mode", "arms_only", "--audio", "--dataset", str(soup),
+                     "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--workers", "0",
+                     "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "fc")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["steps"] == 2 and summary["world_size"] == 1
+    cfg = json.loads((tmp_path / "out" / "best" / "training_config.json").read_text())
+    assert cfg["model"]["use_audio"] and cfg["model"]["backbone"]["model_id"] == "neon-tiny/qwen2.5-omni"
+    assert cfg["push_to_hub"] is False and cfg["data"]["sources"][0]["weight"] == 2.0
+    assert (tmp_path / "out" / "last" / "optimizer.safetensors").is_file()
+    assert list((tmp_path / "out" / "runs").iterdir())  # TensorBoard event files
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_dry_run_every_preset_offline(preset, capsys):
+    assert train_main(["--preset", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"control_mode"' in out and "total" in out
+
+
+def test_presets_follow_the_design():
+    assert len(PRESETS) == 32
+    std, large = get_preset("vl3b_whole_body_standard"), get_preset("cosmos2b_arms_only_large")
+    assert (std.learning_rate, std.batch_size, std.gradient_accumulation) == (2e-4, 4, 8)
+    assert (std.model.mlp_hidden, std.model.action_head_layers) == (512, 3)
+    assert (large.learning_rate, large.batch_size, large.gradient_accumulation) == (1e-4, 2, 16)
+    assert (large.model.mlp_hidden, large.model.action_head_layers, large.model.proprioception_hidden) == (2048, 8, 512)
+    cfg = large_arms_config()
+    assert cfg.model.backbone.model_id == "Qwen/Qwen2.5-Omni-7B" and cfg.model.control_mode == "arms_only"
+    assert (cfg.adam_beta1, cfg.max_grad_norm, cfg.optim, cfg.push_to_hub) == (0.85, 0.3, "paged_adamw_8bit", True)
+    omni = get_preset("g1_omnimodal").model
+    assert omni.use_audio and omni.use_lidar and omni.use_eef and omni.control_mode == "whole_body"
+    with pytest.raises(ConfigError, match="hub_model_id"):
+        TrainConfig(push_to_hub=True).validate()
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("huge")
+
+
+def test_ddp_two_processes(synth, tmp_path):
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "neon_train.cli", "--backbone", "neon-tiny/qwen2.5-vl", "--dataset", str(synth),
+           "--max-steps", "3", "--batch-size", "2", "--grad-accum", "2", "--workers", "0", "--eval-steps", "3",
+           "--output", str(tmp_path / "ddp"), "--cache-dir", str(tmp_path / "fc")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "DDP replicas in sync: True (world size 2)" in r.stderr
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    assert (tmp_path / "ddp" / "best" / "neon_weights.safetensors").is_file()
