@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--save-steps", type=int)
     p.add_argument("--no-cache", action="store_true", help="do not use the backbone feature cache")
+    p.add_argument("--augment", action="store_true", help="random crop + colour jitter on frames (turns the cache off)")
     p.add_argument("--cache-dir", help="backbone feature cache folder (default ~/.cache/neon/features)")
     p.add_argument("--optim", choices=["paged_adamw_8bit", "adamw"])
     p.add_argument("--device")
@@ -82,6 +83,8 @@ def resolve_config(args: argparse.Namespace):
             setattr(cfg, name, getattr(args, arg))
     if args.no_cache:
         cfg.feature_cache = False
+    if args.augment:
+        cfg.image_augmentation = True
     sources = []
     for i, d in enumerate(args.dataset):
         if d.endswith((".yaml", ".yml", ".json")) and Path(d).is_file():

@@ -82,6 +82,8 @@ class TrainConfig:
             (0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)"),
             (not (self.push_to_hub and not self.hub_model_id), "hub_model_id",
              "is required when push_to_hub is true (or pass --no-push)"),
+            (not (self.image_augmentation and self.feature_cache), "feature_cache",
+             "cannot be on with image_augmentation: augmented frames are new every time"),
             (all(g in self.model.action_space().groups for g in self.group_loss_weights), "group_loss_weights",
              f"names a group outside {self.model.action_space().groups}"),
         ]

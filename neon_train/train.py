@@ -39,6 +39,7 @@ from neon.data.soup import DataSoup, collate
 from neon.data.sources import LeRobotSource, VoiceCommandSource
 from neon.data.stats import norm_stats_for
 from neon.model import NeonVLA
+from neon_train.augment import augment
 from neon_train.batching import model_inputs
 from neon_train.config import TrainConfig
 from neon_train.evaluate import SPLIT_FILE, seeded_split, split_rule_text
@@ -347,6 +348,9 @@ class NeonTrainer:
 
     # ------------------------------------------------------------------ pieces
     def _loss(self, net, model: NeonVLA, batch: dict, soup: DataSoup, cache, group_w, autocast) -> torch.Tensor:
+        if self.config.image_augmentation:
+            rng = np.random.default_rng([self.config.seed, self.dist.rank, int(batch["row"].sum()), len(batch["row"])])
+            batch["images"] = [augment(im, rng) for im in batch["images"]]
         with torch.no_grad():
             inp = model_inputs(model, batch, soup.sources, cache)
         with autocast:

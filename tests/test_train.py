@@ -148,3 +148,19 @@ def test_ddp_two_processes(synth, tmp_path):
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["steps"] == 3
     assert (tmp_path / "ddp" / "best" / "neon_weights.safetensors").is_file()
+
+
+def test_image_augmentation_turns_the_cache_off(synth, tmp_path, backbones):
+    import numpy as np
+
+    from neon_train.augment import augment
+
+    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    a, b = augment(img, np.random.default_rng(1)), augment(img, np.random.default_rng(2))
+    assert a.shape == img.shape and a.dtype == np.uint8 and not np.array_equal(a, b)
+    cfg = small_config(synth, tmp_path / "aug", tmp_path / "fc", max_steps=2, image_augmentation=True)
+    assert not cfg.use_feature_cache
+    stats = NeonTrainer(cfg, backbone=backbones("neon-tiny/qwen2.5-vl")).train()
+    assert stats["feature_cache"] is None and stats["steps"] == 2
+    with pytest.raises(ConfigError, match="feature_cache"):
+        small_config(synth, tmp_path / "x", tmp_path / "fc", image_augmentation=True, feature_cache=True).validate()
