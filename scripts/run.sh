@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up .venv (if needed) and run Neon's main job on the embedded default:
-# one end-to-end predict() on the offline tiny backbone, printing the action
-# chunk and per-stage timings. Extra arguments go to `neon demo`.
+# Set up .venv (if needed) and start Neon's main job: neon-serve on the embedded default
+# (the offline tiny backbone; the first start trains its heads on the synthetic G1 dataset,
+# about a minute on 2 cores, then the checkpoint is cached). Extra arguments go to neon-serve.
+# Query it from another shell with:  .venv/bin/python -m neon_runtime.query
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh" dev
 cd "$ROOT"
-exec "$ROOT/.venv/bin/neon" demo "$@"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+exec "$ROOT/.venv/bin/neon-serve" "$@"

@@ -48,3 +48,14 @@ else
     "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[$EXTRAS]"
     echo "$want" > "$stamp"
 fi
+
+# The test suite drives the server with an unmodified openpi client, which pins numpy<2: it gets
+# an environment of its own. (openpi-client 0.1.2 imports typing_extensions without declaring it.)
+if [[ ",$EXTRAS," == *",dev,"* ]]; then
+    OPENPI="$ROOT/.venv-openpi"
+    if ! "$OPENPI/bin/python" -c "import openpi_client.websocket_client_policy" 2>/dev/null; then
+        echo "[setup] creating $OPENPI with openpi-client (for the server's compatibility test)"
+        "$PYTHON" -m venv "$OPENPI"
+        "$OPENPI/bin/python" -m pip install -q openpi-client==0.1.2 typing_extensions
+    fi
+fi

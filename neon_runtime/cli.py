@@ -1,0 +1,154 @@
+"""`neon-serve`: serve a Neon checkpoint over HTTP and WebSocket.
+
+    neon-serve                                   # the embedded default: tiny offline backbone, trained locally once
+    neon-serve --model you/neon-g1-v1 --host 0.0.0.0 --token "$NEON_TOKEN"
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import ipaddress
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("neon.serve")
+
+DEFAULT_VERSION = 1
+DEFAULT_BACKBONE = "neon-tiny/qwen2.5-omni"
+DEFAULT_TRAIN_STEPS = 150
+
+
+def default_checkpoint(progress: bool = True) -> tuple[Path, str]:
+    """The embedded default checkpoint: built on first use, then cached. Returns (folder, what it is)."""
+    from neon.backbones.tiny import cache_root
+
+    root = cache_root() / "default"
+    target = root / f"tiny-omni-arms-v{DEFAULT_VERSION}"
+    note_file = target / "NEON_DEFAULT.txt"
+    if note_file.is_file():
+        return target, note_file.read_text().strip()
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        tmp = Path(tmp)
+        from neon.data.synthetic import SynthConfig, generate
+
+        data = generate(tmp / "synth", SynthConfig(episodes=64, length=40, image_size=64), progress=False)
+        out = tmp / "run"
+        note = None
+        if importlib.util.find_spec("neon_train") is not None:
+            log.info("embedded default: training heads on the synthetic G1 dataset (%d steps, once)", DEFAULT_TRAIN_STEPS)
+            # A separate process: the runtime never imports the trainer.
+            cmd = [sys.executable, "-m", "neon_train.cli", "--backbone", DEFAULT_BACKBONE, "--mode", "arms_only",
+                   "--dataset", str(data), "--max-steps", str(DEFAULT_TRAIN_STEPS), "--batch-size", "16",
+                   "--grad-accum", "1", "--lr", "3e-3", "--workers", "0", "--eval-steps", "50", "--no-push",
+                   "--output", str(out), "--cache-dir", str(tmp / "features")]
+            r = subprocess.run(cmd, capture_output=not progress, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if r.returncode == 0 and (out / "best" / "config.json").is_file():
+                note = (f"embedded default: offline tiny Qwen2.5-Omni backbone, heads trained for {DEFAULT_TRAIN_STEPS} "
+                        "steps on Neon's synthetic G1 dataset (arms_only, seed 0); a plumbing demo, not a robot policy")
+                src = out / "best"
+            else:
+                log.warning("embedded default: training failed (exit %s); serving freshly initialised heads", r.returncode)
+        if note is None:
+            from neon.action_space import G1ActionSpace
+            from neon.data.sources import LeRobotSource
+            from neon.data.stats import norm_stats_for
+            from neon.model import NeonVLA
+            from neon.presets import model_config
+
+            space = G1ActionSpace("arms_only")
+            stats, _ = norm_stats_for([LeRobotSource(str(data), space, 16)], space, cache_dir=tmp / "stats")
+            src = tmp / "fresh"
+            NeonVLA(model_config(DEFAULT_BACKBONE, "arms_only"), stats).save_pretrained(src)
+            note = ("embedded default: offline tiny Qwen2.5-Omni backbone with freshly initialised heads (the trainer "
+                    "is not installed): every chunk is the synthetic data's mean action")
+        (src / "NEON_DEFAULT.txt").write_text(note + "\n")
+        staged = root / f".{target.name}.staged"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(src, staged)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staged, target)
+    return target, note
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neon-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="checkpoint folder or Hub repo id (default: the embedded tiny default)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=os.environ.get("NEON_TOKEN"), help="required to bind beyond loopback "
+                   "(default: $NEON_TOKEN)")
+    p.add_argument("--heads", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-obs-age", type=float, default=0.5, help="refuse observations older than this (s)")
+    p.add_argument("--max-joint-velocity", type=float, default=2.0, help="rad/s limit applied to every chunk")
+    p.add_argument("--dry-run", action="store_true", help="mark every chunk as not executable")
+    p.add_argument("--device")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if not _is_loopback(args.host) and not args.token:
+        print(f"error: binding to {args.host} exposes the robot's policy to the network; pass --token "
+              "(or set NEON_TOKEN)", file=sys.stderr)
+        return 2
+    if args.heads == "onnx":
+        print("error: --heads onnx is not available yet (ONNX export comes with edge deployment); use --heads torch",
+              file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from neon.backbones.loader import HubUnavailableError
+    from neon.checkpoint import CheckpointError
+    from neon.model import NeonVLA
+    from neon_runtime.policy import PolicyRunner
+    from neon_runtime.safety import SafetyConfig
+    from neon_runtime.server import Metrics, ServerSettings, create_app, warm_up
+
+    note = ""
+    try:
+        if args.model:
+            path = args.model
+            model = NeonVLA.from_pretrained(path)
+        else:
+            folder, note = default_checkpoint()
+            path = str(folder)
+            model = NeonVLA.from_pretrained(folder)
+            log.info("%s (%s)", note, folder)
+        model.load_backbone(args.device)
+    except (CheckpointError, HubUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    safety = SafetyConfig(max_joint_velocity=args.max_joint_velocity, max_observation_age_s=args.max_obs_age,
+                          dry_run=args.dry_run)
+    metrics = Metrics()
+    runner = PolicyRunner(model, safety, args.max_batch, args.max_wait_ms, metrics, source=path)
+    app = create_app(runner, ServerSettings(token=args.token, default_model_note=note), metrics)
+    warm_up(runner)
+    log.info("ready: http://%s:%d/predict, ws://%s:%d/ws (docs at /docs)", args.host, args.port, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_per_message_deflate=False)
+    runner.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

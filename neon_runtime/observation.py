@@ -1,0 +1,101 @@
+"""Decode a request (JSON or msgpack dict) into a validated observation.
+
+Neon's own keys and openpi's are both accepted:
+
+    image        observation/image           UInt8[(H, W, 3)], or base64 / raw JPEG or PNG bytes
+    instruction  prompt                      text
+    state        observation/state           Float[(D,)] in action-space order, or {joint name: value}
+    audio                                    16 kHz mono (float or int16)
+    lidar                                    Float[(N, 3|4)]
+    eef                                      Float[(14,)] or {"left": 7 values, "right": 7 values}
+    timestamp                                observation time, Unix seconds (the chunk is anchored to it)
+
+openpi's other cameras (wrist, exterior) are accepted and ignored; any other key is an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from neon.inputs import InputError
+
+NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "timestamp", "client_id", "token"}
+OPENPI_ALIASES = {"observation/image": "image", "prompt": "instruction", "observation/state": "state"}
+OPENPI_IGNORED = {"observation/wrist_image", "observation/wrist_image_left", "observation/exterior_image_1_left",
+                  "observation/exterior_image_2_left", "observation/joint_position", "observation/gripper_position"}
+
+
+@dataclass
+class Limits:
+    max_image_pixels: int = 4096 * 4096
+    max_lidar_points: int = 200_000
+
+
+def decode_image(value, limits: Limits) -> np.ndarray:
+    """An image from an array, nested lists, base64 text, or encoded bytes."""
+    from PIL import Image
+
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise InputError("image: a string must be base64-encoded JPEG or PNG") from None
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(value)) as im:
+                if im.width * im.height > limits.max_image_pixels:
+                    raise InputError(f"image is {im.width}x{im.height}, more than {limits.max_image_pixels} pixels")
+                return np.asarray(im.convert("RGB"))
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"image bytes are not a readable JPEG or PNG ({type(e).__name__})") from None
+    if isinstance(value, list):
+        try:
+            value = np.asarray(value, dtype=np.uint8)
+        except (ValueError, OverflowError, TypeError):
+            raise InputError("image: a nested list must hold 0..255 integers shaped HxWx3") from None
+    if isinstance(value, np.ndarray) and value.ndim >= 2 and value.shape[0] * value.shape[1] > limits.max_image_pixels:
+        raise InputError(f"image is {value.shape[1]}x{value.shape[0]}, more than {limits.max_image_pixels} pixels")
+    return value
+
+
+def parse_request(data, limits: Limits) -> tuple[dict, list[str]]:
+    """-> (keyword arguments for `NeonVLA.observation`, plus 'timestamp'; openpi keys ignored)."""
+    if not isinstance(data, dict):
+        raise InputError(f"the request must be a map of observation fields, got {type(data).__name__}")
+    data = {k.decode() if isinstance(k, bytes) else str(k): v for k, v in data.items()}
+    unknown = sorted(set(data) - NEON_KEYS - set(OPENPI_ALIASES) - OPENPI_IGNORED)
+    if unknown:
+        raise InputError(f"unknown key(s): {', '.join(unknown)}; expected some of "
+                         f"{', '.join(sorted(NEON_KEYS - {'token'}))} (or openpi's {', '.join(OPENPI_ALIASES)})")
+    out, ignored = {}, sorted(set(data) & OPENPI_IGNORED)
+    for key, value in data.items():
+        name = OPENPI_ALIASES.get(key, key)
+        if name in out:
+            raise InputError(f"{key!r} and its alias both given")
+        if key in OPENPI_IGNORED or name in ("client_id", "token"):
+            continue
+        out[name] = value
+    if "image" not in out:
+        raise InputError("image is required (key 'image' or 'observation/image')")
+    out["image"] = decode_image(out["image"], limits)
+    if out.get("lidar") is not None:
+        n = len(out["lidar"]) if hasattr(out["lidar"], "__len__") else 0
+        if n > limits.max_lidar_points:
+            raise InputError(f"lidar has {n} points, at most {limits.max_lidar_points} allowed")
+    for key in ("state", "audio", "lidar", "eef"):
+        if isinstance(out.get(key), list):
+            try:
+                out[key] = np.asarray(out[key], dtype=np.float32)
+            except (ValueError, TypeError):
+                raise InputError(f"{key}: expected numbers") from None
+    ts = out.get("timestamp")
+    if ts is not None and not isinstance(ts, (int, float)):
+        raise InputError(f"timestamp must be Unix seconds (a number), got {type(ts).__name__}")
+    out.setdefault("instruction", "")
+    return out, ignored

@@ -1,0 +1,311 @@
+"""neon-serve over real uvicorn on loopback: HTTP, WebSocket, openpi-client, batching, bad input, auth, reload."""
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import websockets.sync.client as ws_client
+from conftest import attach, tiny_config
+from PIL import Image
+from serving import serve
+
+from neon.model import NeonVLA
+from neon_runtime import wire
+from neon_runtime.cli import main as serve_main
+from neon_runtime.policy import PolicyRunner, Superseded
+from neon_runtime.safety import SafetyConfig
+from neon_runtime.server import Metrics, ServerSettings, create_app, warm_up
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret-token"
+
+
+def make_model(backbones, seed=0):
+    import torch
+
+    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def image(seed=0, size=224):
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def png_b64(img):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def server(backbones):
+    model = make_model(backbones)
+    runner = PolicyRunner(model, SafetyConfig(max_joint_velocity=100.0), max_batch=8, max_wait_ms=20, metrics=Metrics(),
+                          source="test-model")
+    warm_up(runner)
+    with serve(create_app(runner, ServerSettings(token=None))) as addr:
+        yield addr, runner
+    runner.close()
+
+
+def obs_json(seed=0, **kw):
+    return {"image": png_b64(image(seed)), "instruction": f"pick up block {seed}", "state": [0.0] * 28,
+            "timestamp": time.time(), **kw}
+
+
+def test_http_json_and_msgpack_round_trip(server):
+    addr, runner = server
+    body = obs_json(1)
+    r = httpx.post(f"http://{addr}/predict", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    actions = np.array(out["actions"])
+    space = runner.model.action_space
+    assert actions.shape == (16, 28) and (actions >= space.lower - 1e-5).all() and (actions <= space.upper + 1e-5).all()
+    assert out["joint_names"] == space.names and out["fps"] == 30.0
+    assert out["observation_timestamp"] == pytest.approx(body["timestamp"])
+    assert {"backbone", "heads", "safety", "queue", "total"} <= set(out["server_timing"])
+    assert isinstance(out["speech"], str) and out["dry_run"] is False
+    packed = wire.packb({"image": image(1), "instruction": "pick up block 1", "state": np.zeros(28, np.float32)})
+    r = httpx.post(f"http://{addr}/predict", content=packed, timeout=60,
+                   headers={"content-type": "application/msgpack", "accept": "application/msgpack"})
+    assert r.status_code == 200
+    out2 = wire.unpackb(r.content)
+    assert out2["actions"].dtype == np.float32 and np.allclose(out2["actions"], actions, atol=1e-4)
+    # State by joint name, in any order.
+    named = {n: 0.0 for n in reversed(space.names)}
+    r = httpx.post(f"http://{addr}/predict", json={**obs_json(1), "state": named}, timeout=60)
+    assert r.status_code == 200 and np.allclose(r.json()["actions"], actions, atol=1e-4)
+
+
+def test_health_ready_metadata_metrics_openapi(server):
+    addr, _ = server
+    assert httpx.get(f"http://{addr}/health").json() == {"status": "ok"}
+    assert httpx.get(f"http://{addr}/ready").json() == {"status": "ready"}
+    meta = httpx.get(f"http://{addr}/metadata").json()
+    assert meta["schema_version"] == 1 and meta["num_action_steps"] == 16
+    assert meta["action_space"]["control_mode"] == "arms_only" and meta["modalities"]["image"]
+    assert meta["model"]["source"] == "test-model"
+    httpx.post(f"http://{addr}/predict", json=obs_json(2), timeout=60)
+    text = httpx.get(f"http://{addr}/metrics").text
+    for name in ("neon_stage_seconds_bucket", 'stage="backbone"', "neon_batch_size_count", "neon_queue_depth",
+                 "neon_requests_total"):
+        assert name in text, name
+    spec = httpx.get(f"http://{addr}/openapi.json").json()
+    assert {"/predict", "/health", "/ready", "/metadata", "/metrics", "/reload"} <= set(spec["paths"])
+    assert "422" in spec["paths"]["/predict"]["post"]["responses"]
+
+
+def test_websocket_round_trip_and_errors_keep_the_connection(server):
+    addr, _ = server
+    with ws_client.connect(f"ws://{addr}/ws", compression="deflate", max_size=None) as c:
+        assert c.response.headers.get("sec-websocket-extensions") is None  # compression refused: off
+        meta = wire.unpackb(c.recv())
+        assert meta["schema_version"] == 1 and not meta["needs_token"]
+        good = {"observation/image": image(3), "observation/state": np.zeros(28, np.float32), "prompt": "wave"}
+        c.send(wire.packb(good))
+        out = wire.unpackb(c.recv())
+        assert out["actions"].shape == (16, 28) and "server_timing" in out
+        for bad, reason in ((b"\x93\x01", "bad_input"),
+                            (wire.packb({**good, "observation/image": image(3).astype(np.float32)}), "bad_input"),
+                            (wire.packb({**good, "observation/state": np.full(28, np.nan, np.float32)}), "bad_input"),
+                            (wire.packb({**good, "bogus": 1}), "bad_input")):
+            c.send(bad)
+            err = wire.unpackb(c.recv())
+            assert err["error"] == reason and err["detail"]
+        c.send(wire.packb(good))
+        assert wire.unpackb(c.recv())["actions"].shape == (16, 28)  # still usable
+
+
+def test_unmodified_openpi_client(server):
+    addr, _ = server
+    python = ROOT / ".venv-openpi" / "bin" / "python"
+    assert python.exists(), "the openpi client environment is missing: run scripts/setup.sh"
+    host, port = addr.split(":")
+    script = f"""
+import numpy as np
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+policy = WebsocketClientPolicy(host="{host}", port={port})
+meta = policy.get_server_metadata()
+out = policy.infer({{"observation/image": np.zeros((224, 224, 3), np.uint8),
+                    "observation/wrist_image": np.zeros((224, 224, 3), np.uint8),
+                    "observation/state": np.zeros(28, np.float32), "prompt": "pick up the cup"}})
+print(meta["num_action_steps"], out["actions"].shape, sorted(out["server_timing"])[0], out["ignored_keys"])
+"""
+    r = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "16 (16, 28) audio ['observation/wrist_image']" or \
+        r.stdout.startswith("16 (16, 28)"), r.stdout
+
+
+def test_concurrent_clients_get_their_own_answers(server, backbones):
+    addr, runner = server
+    n = 8
+    expected = {}
+    for i in range(n):
+        ref = runner.model.predict(image=image(10 + i), instruction=f"pick up block {i}", state=np.zeros(28))
+        expected[i] = runner.safety.apply(ref.actions, np.zeros(28, np.float32), ref.fps)[0]
+    results, batch_sizes = {}, []
+
+    def client(i):
+        r = httpx.post(f"http://{addr}/predict", timeout=120,
+                       json={"image": png_b64(image(10 + i)), "instruction": f"pick up block {i}", "state": [0.0] * 28})
+        results[i] = np.array(r.json()["actions"])
+        batch_sizes.append(r.json()["server_timing"]["batch_size"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(n):
+        assert np.allclose(results[i], expected[i], atol=1e-4), i
+    assert max(batch_sizes) > 1  # they were micro-batched
+
+
+@pytest.mark.parametrize("case,status", [
+    ("truncated_msgpack", 400), ("wrong_dtype", 422), ("wrong_shape", 422), ("nan_state", 422),
+    ("oversized", 413), ("unknown_keys", 422), ("missing_image", 422), ("stale", 409), ("bad_json", 422),
+])
+def test_bad_input_gets_4xx_and_server_keeps_serving(server, case, status):
+    addr, _ = server
+    url = f"http://{addr}/predict"
+    mp = {"content-type": "application/msgpack"}
+    good = {"image": image(4), "instruction": "wave", "state": np.zeros(28, np.float32)}
+    if case == "truncated_msgpack":
+        r = httpx.post(url, content=wire.packb(good)[:100], headers=mp)
+    elif case == "wrong_dtype":
+        r = httpx.post(url, content=wire.packb({**good, "image": image(4).astype(np.float64)}), headers=mp)
+    elif case == "wrong_shape":
+        r = httpx.post(url, content=wire.packb({**good, "image": image(4).transpose(2, 0, 1).copy()}), headers=mp)
+    elif case == "nan_state":
+        r = httpx.post(url, content=wire.packb({**good, "state": np.full(28, np.nan, np.float32)}), headers=mp)
+    elif case == "oversized":
+        r = httpx.post(url, content=b"\0" * (17 * 1024 * 1024), headers=mp)
+    elif case == "unknown_keys":
+        r = httpx.post(url, json={**obs_json(4), "gripper_force": 3})
+    elif case == "missing_image":
+        r = httpx.post(url, json={"instruction": "wave", "state": [0.0] * 28})
+    elif case == "stale":
+        r = httpx.post(url, json=obs_json(4, timestamp=time.time() - 5))
+    else:
+        r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+    assert httpx.post(url, json=obs_json(5), timeout=60).status_code == 200
+
+
+def test_auth_and_hot_reload_under_load(backbones, tmp_path):
+    model = make_model(backbones, seed=1)
+    other = make_model(backbones, seed=2)
+    other.save_pretrained(tmp_path / "v2")
+    runner = PolicyRunner(model, max_batch=4, max_wait_ms=5, source="v1")
+    warm_up(runner)
+    with serve(create_app(runner, ServerSettings(token=TOKEN))) as addr:
+        url = f"http://{addr}/predict"
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        assert httpx.post(url, json=obs_json(6)).status_code == 401
+        assert httpx.post(url, json=obs_json(6), headers={"authorization": "Bearer nope"}).status_code == 401
+        with ws_client.connect(f"ws://{addr}/ws") as c:  # token as the first message
+            assert wire.unpackb(c.recv())["needs_token"]
+            c.send(wire.packb({"observation/image": image(6), "prompt": "x"}))
+            assert wire.unpackb(c.recv())["error"] == "unauthorized"
+            c.send(wire.packb({"token": TOKEN}))
+            assert wire.unpackb(c.recv()) == {"authenticated": True}
+            c.send(wire.packb({"observation/image": image(6), "prompt": "x", "observation/state": np.zeros(28)}))
+            assert wire.unpackb(c.recv())["actions"].shape == (16, 28)
+        before = httpx.post(url, json=obs_json(7), headers=auth, timeout=60).json()["actions"]
+        statuses, stop = [], threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                statuses.append(httpx.post(url, json=obs_json(7), headers=auth, timeout=60).status_code)
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        assert httpx.post(f"http://{addr}/reload", json={"model": str(tmp_path / "v2")}).status_code == 401
+        r = httpx.post(f"http://{addr}/reload", json={"model": str(tmp_path / "v2")}, headers=auth, timeout=120)
+        assert r.status_code == 200 and r.json()["reloads"] == 1
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert len(statuses) > 5 and set(statuses) == {200}  # nothing failed while swapping
+        after = httpx.post(url, json=obs_json(7), headers=auth, timeout=60).json()["actions"]
+        assert not np.allclose(before, after)
+        assert httpx.get(f"http://{addr}/metadata").json()["model"]["source"] == str(tmp_path / "v2")
+        bad = httpx.post(f"http://{addr}/reload", json={"model": str(tmp_path / "missing")}, headers=auth)
+        assert bad.status_code == 400 and httpx.post(url, json=obs_json(7), headers=auth).status_code == 200
+    runner.close()
+
+
+def test_newest_observation_wins(backbones):
+    model = make_model(backbones)
+    runner = PolicyRunner(model, max_batch=1, max_wait_ms=0)
+    obs = model.observation(image=image(8), instruction="wave", state=np.zeros(28))
+    blocker = runner.submit(obs)  # occupies the model
+    old = runner.submit(obs, client="robot-1")
+    new = runner.submit(obs, client="robot-1")
+    with pytest.raises(Superseded):
+        old.result(timeout=60)
+    assert new.result(timeout=60)["actions"].shape == (16, 28)
+    blocker.result(timeout=60)
+    runner.close()
+
+
+def test_serve_refuses_open_binding_without_token(capsys):
+    assert serve_main(["--host", "0.0.0.0"]) == 2
+    assert "pass --token" in capsys.readouterr().err
+    assert serve_main(["--heads", "onnx", "--model", "x"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_metadata_json_is_plain(server):
+    addr, _ = server
+    json.dumps(httpx.get(f"http://{addr}/metadata").json())
+
+
+def test_main_job_serves_the_embedded_default():
+    """README's main job: neon-serve on the embedded default (trained once, then cached), queried by neon_runtime.query."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "neon_runtime.cli", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        meta = httpx.get(f"http://127.0.0.1:{port}/metadata").json()
+        assert "embedded default" in meta["model"]["note"] and "trained" in meta["model"]["note"]
+        r = subprocess.run([sys.executable, "-m", "neon_runtime.query", "--url", f"http://127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "chunk 16 x 28 at 30 fps" in r.stdout and "left_shoulder_pitch" in r.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
