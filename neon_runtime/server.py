@@ -63,6 +63,20 @@ class Metrics:
         self.requests = Counter("neon_requests_total", "requests answered", ["transport"], registry=self.registry)
 
 
+class PredictRequest(BaseModel):
+    """One observation (JSON form; the msgpack form carries the same keys with NumPy arrays)."""
+
+    image: str | list = Field(description="base64 JPEG/PNG, or HxWx3 uint8 nested lists (msgpack: an ndarray)")
+    instruction: str = Field("", description="what to do; openpi key: prompt")
+    state: list[float] | dict[str, float] | None = Field(
+        None, description="joint positions in action-space order, or {joint name: value}; openpi key: observation/state")
+    audio: list[float] | None = Field(None, description="16 kHz mono samples in [-1, 1]")
+    lidar: list[list[float]] | None = Field(None, description="N x 3 or N x 4 points (x, y, z m, intensity)")
+    eef: list[float] | dict[str, list[float]] | None = Field(
+        None, description="14 values, or {'left': 7, 'right': 7}: x, y, z, qw, qx, qy, qz")
+    timestamp: float | None = Field(None, description="observation time, Unix seconds")
+
+
 class PredictResponse(BaseModel):
     actions: list[list[float]] = Field(description="(T, D) chunk in physical units (rad, m/s), inside joint limits")
     joint_names: list[str]
@@ -150,7 +164,15 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    request_schema = PredictRequest.model_json_schema()
+    body_doc = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": request_schema},
+        MSGPACK: {"schema": {"type": "string", "format": "binary",
+                             "description": "msgpack map with the same keys; arrays as msgpack-numpy (openpi's format)"}},
+    }}}
+
     @app.post("/predict", response_model=PredictResponse, summary="One observation -> one action chunk",
+              openapi_extra=body_doc,
               responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
                          413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
     async def predict(request: Request):

@@ -106,6 +106,9 @@ def test_health_ready_metadata_metrics_openapi(server):
     spec = httpx.get(f"http://{addr}/openapi.json").json()
     assert {"/predict", "/health", "/ready", "/metadata", "/metrics", "/reload"} <= set(spec["paths"])
     assert "422" in spec["paths"]["/predict"]["post"]["responses"]
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/msgpack"} <= set(body)
+    assert "instruction" in body["application/json"]["schema"]["properties"]
 
 
 def test_websocket_round_trip_and_errors_keep_the_connection(server):
