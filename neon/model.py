@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,7 +268,7 @@ class NeonVLA(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None) -> NeonVLA:
         """Load a checkpoint from a local folder or a Hub repo id (the backbone is loaded separately)."""
-        directory = _resolve_checkpoint(str(path_or_repo), revision)
+        directory = resolve_checkpoint(str(path_or_repo), revision)
         manifest = _read_json(directory / MANIFEST_FILE) if (directory / MANIFEST_FILE).exists() else None
         if manifest is not None:
             for name, digest in manifest.get("sha256", {}).items():
@@ -342,18 +341,15 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _resolve_checkpoint(path_or_repo: str, revision: str | None) -> Path:
+def resolve_checkpoint(path_or_repo: str, revision: str | None) -> Path:
     p = Path(path_or_repo).expanduser()
     if p.is_dir():
         return p
     if p.exists():
         raise CheckpointError(f"{p} is a file; pass the checkpoint folder that holds {CONFIG_FILE}")
-    if _REPO_ID.match(path_or_repo) and not path_or_repo.startswith((".", "/", "~")):
-        from neon.backbones.loader import resolve_model_dir
+    from neon.backbones.loader import looks_like_repo_id, resolve_model_dir
 
+    if looks_like_repo_id(path_or_repo):
         return resolve_model_dir(path_or_repo, revision, kind="checkpoint",
                                  allow_patterns=["*.json", "*.safetensors", "*.pt", "*.onnx", "*.md"])
     raise CheckpointError(f"{path_or_repo} is neither a checkpoint folder nor a Hub repo id (owner/name)")

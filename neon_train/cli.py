@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from neon.data.soup import DataSoupConfig, DataSourceConfig
 
 # Unitree's own G1 Dex3 teleoperation data in LeRobot form: the default when no --dataset is given (arms_only).
 DEFAULT_DATASET = {"arms_only": "unitreerobotics/G1_Dex3_ToastedBread_Dataset"}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +97,9 @@ def resolve_config(args: argparse.Namespace):
     elif not cfg.data.sources and cfg.model.control_mode in DEFAULT_DATASET:
         cfg.data.sources = [DataSourceConfig("default", DEFAULT_DATASET[cfg.model.control_mode])]
     if args.output:
-        if _REPO_ID.match(args.output) and not Path(args.output).exists() and not args.output.startswith((".", "/")):
+        from neon.backbones.loader import looks_like_repo_id
+
+        if looks_like_repo_id(args.output) and not Path(args.output).exists():
             cfg.hub_model_id = args.output
             cfg.output_dir = str(Path("outputs") / args.output.split("/")[1])
         else:

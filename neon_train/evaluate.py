@@ -126,9 +126,9 @@ def evaluate(
         net = model
         model_name = "<in-memory model>"
     else:
-        from neon.model import _resolve_checkpoint
+        from neon.model import resolve_checkpoint
 
-        model_dir = _resolve_checkpoint(str(model), None)
+        model_dir = resolve_checkpoint(str(model), None)
         net = NeonVLA.from_pretrained(model_dir)
         model_name = str(model)
     if net.backbone is None:

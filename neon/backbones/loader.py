@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,14 @@ class HubUnavailableError(RuntimeError):
 
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """True for `owner/name` that is not a local path (no ./, /, ~ prefix, exactly one slash)."""
+    return bool(_REPO_ID.match(text)) and not text.startswith((".", "/", "~"))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

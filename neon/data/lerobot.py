@@ -92,12 +92,12 @@ class LeRobotDataset:
     # -- metadata
     def _read_episodes_v21(self) -> list[EpisodeMeta]:
         tasks_path = self.root / "meta" / "tasks.jsonl"
-        tasks = {int(r["task_index"]): r["task"] for r in _read_jsonl(tasks_path, ("task_index", "task"))}
+        tasks = {int(r["task_index"]): r["task"] for r in read_jsonl(tasks_path, ("task_index", "task"))}
         chunks = int(self.info.get("chunks_size", CHUNK_SIZE))
         data_t = self.info.get("data_path", V21_DATA)
         video_t = self.info.get("video_path", V21_VIDEO)
         out = []
-        for r in _read_jsonl(self.root / "meta" / "episodes.jsonl", ("episode_index", "length")):
+        for r in read_jsonl(self.root / "meta" / "episodes.jsonl", ("episode_index", "length")):
             i = int(r["episode_index"])
             fmt = dict(episode_chunk=i // chunks, episode_index=i)
             videos = {k: (video_t.format(video_key=k, **fmt), 0.0) for k in self.video_keys}
@@ -211,7 +211,8 @@ def _read_json(path: Path, what: str) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Rows of a JSON-lines file; errors name the file, the line and the missing field."""
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
     rows = []

@@ -19,7 +19,6 @@ A sample (`dict`) holds:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import wave
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from neon.action_space import G1ActionSpace, JointMapping
-from neon.data.lerobot import DatasetError, LeRobotDataset
+from neon.data.lerobot import DatasetError, LeRobotDataset, read_jsonl
 from neon.data.modality import modality_names
 from neon.data.video import VideoReader
 
@@ -51,11 +50,11 @@ def resolve_dataset_dir(path_or_repo: str, revision: str | None = None) -> Path:
         return p
     if p.exists():
         raise DatasetError(f"{p} is a file; pass the dataset folder (the one holding meta/info.json)")
-    if "/" in path_or_repo and not path_or_repo.startswith((".", "/", "~")):
+    from neon.backbones.loader import _env_true, hub_reachable, looks_like_repo_id
+
+    if looks_like_repo_id(path_or_repo):
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
-
-        from neon.backbones.loader import _env_true, hub_reachable
 
         offline = _env_true("HF_HUB_OFFLINE") or not hub_reachable()
         try:
@@ -202,19 +201,12 @@ class VoiceCommandSource:
         path = self.root / "utterances.jsonl"
         if not path.is_file():
             raise DatasetError(f"{path}: file is missing (a voice_commands source needs utterances.jsonl)")
-        self.rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{n}: not valid JSON ({e})") from None
-            if not isinstance(row.get("text"), str) or not row["text"].strip():
-                raise DatasetError(f"{path}:{n}: field 'text' must be a non-empty string")
+        self.rows = read_jsonl(path, ("text",))
+        for n, row in enumerate(self.rows, 1):
+            if not isinstance(row["text"], str) or not row["text"].strip():
+                raise DatasetError(f"{path}: utterance {n}: field 'text' must be a non-empty string")
             if row.get("audio") and not (self.root / row["audio"]).is_file():
-                raise DatasetError(f"{path}:{n}: audio file {self.root / row['audio']} is missing")
-            self.rows.append(row)
+                raise DatasetError(f"{path}: utterance {n}: audio file {self.root / row['audio']} is missing")
         if not self.rows:
             raise DatasetError(f"{path}: no utterances")
         self.responses = sorted({r.get("response", "") or "" for r in self.rows})
