@@ -28,12 +28,12 @@ def ramp_dataset(root, fps, lengths, version="v3.0", codec="av1", names=None, mo
     for e, n in enumerate(lengths):
         t = np.arange(n, dtype=np.float32)
         value = (e * 1000 + t)[:, None] * np.ones(d, np.float32) / 1000
-        video = np.zeros((n, 32, 48, 3), np.uint8)  # grey levels: luma survives every codec best
-        video[:, :16] = (t * 7 % 250)[:, None, None, None]  # top half: the frame index
-        video[:, 16:] = 40 * e  # bottom half: the episode
+        video = np.zeros((n, 64, 96, 3), np.uint8)  # grey levels: luma survives every codec best
+        video[:, :32] = (t * 7 % 250)[:, None, None, None]  # top half: the frame index
+        video[:, 32:] = 40 * e  # bottom half: the episode
         eps.append(EpisodeData(f"task {e % 2}", {"observation.state": value - 0.001, "action": value},
                                {"observation.images.cam_high": video}))
-    feats = {"observation.images.cam_high": {"dtype": "video", "shape": [32, 48, 3]},
+    feats = {"observation.images.cam_high": {"dtype": "video", "shape": [64, 96, 3]},
              "observation.state": {"dtype": "float32", "shape": [d], "names": names},
              "action": {"dtype": "float32", "shape": [d], "names": names}}
     extra = {"modality.json": modality} if modality else None
@@ -55,10 +55,10 @@ def test_writer_reader_round_trip(tmp_path, version, codec):
         path, start = ds.video_path(ep, "observation.images.cam_high")
         for t in range(ep.length):
             frame = reader.frame(path, start + t / ds.fps, ds.fps)
-            assert frame.shape == (32, 48, 3)
+            assert frame.shape == (64, 96, 3)
             # Lossy codecs: brightness within a few levels of what was written.
-            assert abs(float(frame[2:14].mean()) - t * 7 % 250) < 3, (ep.index, t)  # frames are 7 levels apart
-            assert abs(float(frame[18:30].mean()) - 40 * ep.index) < 3
+            assert abs(float(frame[4:28].mean()) - t * 7 % 250) < 3, (ep.index, t)  # frames are 7 levels apart
+            assert abs(float(frame[36:60].mean()) - 40 * ep.index) < 3
     stats = json.loads((root / "meta" / "stats.json").read_text())
     assert stats["action"]["count"] == [36] and len(stats["action"]["mean"]) == ARMS.dim
 
@@ -95,7 +95,7 @@ def test_chunks_and_padding_at_episode_ends(tmp_path, fps):
     # A chunk well inside an episode is all real.
     s = src.sample(2)
     assert np.allclose(s["actions"][:, 5], (2 + np.arange(16)) / 1000) and s["action_mask"].all()
-    assert abs(float(s["image"][2:14].mean()) - 14) < 3  # frame t = 2 decoded
+    assert abs(float(s["image"][4:28].mean()) - 14) < 3  # frame t = 2 decoded
 
 
 def test_names_mapped_and_unmapped_reported_once(tmp_path, caplog):
@@ -261,7 +261,7 @@ def test_synthetic_is_deterministic_and_needs_vision_and_language(tmp_path, synt
     a, b = LeRobotDataset(synth), LeRobotDataset(again)
     for ea, eb in zip(a.episodes, b.episodes, strict=True):
         assert np.array_equal(a.columns(ea)["action"], b.columns(eb)["action"])
-    big = generate(tmp_path / "big", SynthConfig(episodes=40, length=20, image_size=32), progress=False)
+    big = generate(tmp_path / "big", SynthConfig(episodes=40, length=20, image_size=64), progress=False)
     src = LeRobotSource(str(big), ARMS, 16)
     finals = {}
     for k, ep in enumerate(src.episodes):
@@ -276,7 +276,7 @@ def test_synthetic_is_deterministic_and_needs_vision_and_language(tmp_path, synt
 
 
 def test_whole_body_synthetic_has_locomotion(tmp_path):
-    root = generate(tmp_path / "wb", SynthConfig(mode="whole_body", episodes=12, length=20, image_size=32),
+    root = generate(tmp_path / "wb", SynthConfig(mode="whole_body", episodes=12, length=20, image_size=64),
                     progress=False)
     src = LeRobotSource(str(root), G1ActionSpace("whole_body"), 16)
     assert src.dim_available.all()
@@ -362,6 +362,14 @@ def test_unsupported_version_and_hub_offline(tmp_path, synth):
         LeRobotDataset(bad)
     with pytest.raises(DatasetError, match="not in the local Hugging Face cache"):
         LeRobotSource("unitreerobotics/G1_Dex3_ToastedBread_Dataset", ARMS, 16)
+
+
+def test_av1_refuses_frames_below_64_pixels(tmp_path):
+    from neon.data.video import VideoError, encode_video
+
+    with pytest.raises(VideoError, match="at least 64x64"):
+        encode_video(tmp_path / "x.mp4", np.zeros((3, 32, 32, 3), np.uint8), 30, "av1")
+    encode_video(tmp_path / "y.mp4", np.zeros((3, 32, 32, 3), np.uint8), 30, "h264")  # fine for H.264
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):

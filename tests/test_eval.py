@@ -167,8 +167,8 @@ def test_cli_and_bad_arguments(trained, synth, tmp_path, capsys):
     other = tmp_path / "other_robot"
     names = ["x", "y", "z", "gripper"]
     write_dataset(other, [EpisodeData("push", {"observation.state": np.zeros((5, 4)), "action": np.zeros((5, 4))},
-                                      {"observation.images.front": np.zeros((5, 32, 32, 3), np.uint8)})],
-                  fps=10, features={"observation.images.front": {"dtype": "video", "shape": [32, 32, 3]},
+                                      {"observation.images.front": np.zeros((5, 64, 64, 3), np.uint8)})],
+                  fps=10, features={"observation.images.front": {"dtype": "video", "shape": [64, 64, 3]},
                                     "observation.state": {"dtype": "float32", "shape": [4], "names": names},
                                     "action": {"dtype": "float32", "shape": [4], "names": names}})
     assert eval_main(["--model", str(trained), "--dataset", str(other)]) == 2

@@ -17,7 +17,7 @@ from neon_train.feature_cache import FeatureCache
 
 @pytest.fixture
 def setup(tmp_path, backbones):
-    root = generate(tmp_path / "synth", SynthConfig(episodes=3, length=10, image_size=32), progress=False)
+    root = generate(tmp_path / "synth", SynthConfig(episodes=3, length=10, image_size=64), progress=False)
     cfg = tiny_config("neon-tiny/qwen2.5-vl", use_audio=True)
     cfg.backbone.load_in_4bit = False
     model = NeonVLA(cfg)

@@ -196,8 +196,9 @@ def generate(root, cfg: SynthConfig | None = None, overwrite: bool = False, prog
     from tqdm import tqdm
 
     cfg = cfg or SynthConfig()
-    if cfg.image_size % 2 or cfg.image_size < 32:
-        raise ValueError(f"image_size must be even and at least 32, got {cfg.image_size}")
+    smallest = 64 if cfg.codec == "av1" else 32
+    if cfg.image_size % 2 or cfg.image_size < smallest:
+        raise ValueError(f"image_size must be even and at least {smallest} for {cfg.codec}, got {cfg.image_size}")
     if cfg.length < 2 or cfg.episodes < 1:
         raise ValueError(f"need at least 1 episode of 2 frames, got {cfg.episodes} x {cfg.length}")
     space = G1ActionSpace(cfg.mode, "dex3", fps=cfg.fps)

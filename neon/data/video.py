@@ -48,6 +48,9 @@ def encode_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = 
     if h % 2 or w % 2:
         raise VideoError(f"frame size must be even for yuv420p, got {h}x{w}")
     encoder = pick_encoder(codec)
+    if encoder == "libsvtav1" and min(h, w) < 64:
+        # SVT-AV1 fails intermittently on smaller frames ("no frame in undisplayed queue").
+        raise VideoError(f"AV1 (SVT) needs frames of at least 64x64, got {h}x{w}; use codec h264 or mpeg4")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
