@@ -132,6 +132,25 @@ def test_trajectory_from_synthetic_g1_topics_and_watchdog(graph, checkpoint):
     assert wait_for(lambda: len(sim.trajs) > count)  # resumes by itself
 
 
+def test_whole_body_publishes_locomotion_twist_and_hears_audio(graph, tmp_path):
+    from geometry_msgs.msg import Twist
+    from std_msgs.msg import Int16MultiArray
+
+    cfg = tiny_config("neon-tiny/qwen2.5-omni", "whole_body", use_audio=True)
+    cfg.backbone.load_in_4bit = False
+    ckpt = NeonVLA(cfg).save_pretrained(tmp_path / "wb")
+    neon = graph(make_node("neon_wb", model=str(ckpt), dry_run=False, rate_hz=5.0))
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_wb")), [n for n in neon.space.names if n not in ("vx", "vy", "yaw_rate")])
+    twists = []
+    sim.node.create_subscription(Twist, "/neon/cmd_vel", twists.append, 10)
+    mic = sim.node.create_publisher(Int16MultiArray, "/neon/audio", qos_profile_sensor_data)
+    sim.node.create_timer(0.1, lambda: mic.publish(Int16MultiArray(data=[100, -100] * 800)))
+    assert wait_for(lambda: len(sim.trajs) >= 1 and len(twists) >= 1)
+    assert len(sim.trajs[-1].joint_names) == 43 and "vx" not in sim.trajs[-1].joint_names
+    assert abs(twists[-1].linear.x) <= 0.5 and abs(twists[-1].angular.z) <= 0.6
+    assert neon.latest["audio"].value is not None and len(neon.latest["audio"].value) > 0
+
+
 def test_dry_run_publishes_preview_only(graph, checkpoint):
     neon = graph(make_node("neon_dry", model=str(checkpoint), rate_hz=5.0))  # dry_run defaults to true
     sim = G1Sim(graph(rclpy.create_node("g1_sim_dry")), neon.space.names)

@@ -37,6 +37,7 @@ PARAMETERS: dict[str, object] = {
     "joint_states_topic": "/joint_states",
     "instruction_topic": "/neon/instruction",
     "audio_topic": "/neon/audio",  # std_msgs/Int16MultiArray, 16 kHz mono PCM
+    "audio_data_topic": "",  # audio_common_msgs/AudioData (16 kHz mono s16le), when that package is installed
     "lidar_topic": "/utlidar/cloud_livox_mid360",
     "eef_left_topic": "/neon/eef/left",
     "eef_right_topic": "/neon/eef/right",
@@ -114,7 +115,14 @@ def make_node(node_name: str = "neon", **overrides):
                                      command)
             cfg = self.policy.config
             if cfg.use_audio:
-                self.create_subscription(Int16MultiArray, p["audio_topic"], self._on_audio, sensor)
+                self.create_subscription(Int16MultiArray, p["audio_topic"], lambda m: self._on_audio(m.data), sensor)
+                if p["audio_data_topic"]:
+                    try:
+                        from audio_common_msgs.msg import AudioData
+                    except ImportError:
+                        raise ValueError("audio_data_topic is set but audio_common_msgs is not installed") from None
+                    self.create_subscription(AudioData, p["audio_data_topic"],
+                                             lambda m: self._on_audio(np.frombuffer(bytes(m.data), "<i2")), sensor)
             if cfg.use_lidar:
                 self.create_subscription(PointCloud2, p["lidar_topic"], lambda m: self._decode("lidar", cloud_to_array, m),
                                          sensor)
@@ -148,8 +156,8 @@ def make_node(node_name: str = "neon", **overrides):
         def _on_joints(self, msg):
             self.latest["joints"].set(dict(zip(msg.name, msg.position, strict=False)))
 
-        def _on_audio(self, msg):
-            pcm = np.asarray(msg.data, np.int16).astype(np.float32) / 32768.0
+        def _on_audio(self, samples):
+            pcm = np.asarray(samples, np.int16).astype(np.float32) / 32768.0
             self._audio = np.concatenate([self._audio, pcm])[-int(AUDIO_SECONDS * 16000):]
             self.latest["audio"].set(self._audio)
 
