@@ -91,6 +91,7 @@ class NeonVLA(nn.Module):
         self.norm_stats = norm_stats or NormStats.from_limits(self.action_space, config.action_scaler)
         self.transform = ActionTransform(self.action_space, self.norm_stats, config.action_scaler)
         self.backbone = None  # a neon.backbones.loader.Backbone once load_backbone() ran; never saved
+        self.heads_runtime = None  # an exported runtime for everything after the backbone (e.g. ONNX), or None
 
         c, space = config, self.action_space
         d = c.fusion_dim
@@ -120,6 +121,8 @@ class NeonVLA(nn.Module):
 
     def forward(self, x: NeonInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (Float[(B, T, D)] normalised actions, Float[(B, R)] speech logits)."""
+        if self.heads_runtime is not None:
+            return self.heads_runtime(x)
         tokens = {"proprio": self.proprio(self.transform.normalize_state(x.state))}
         present = {"proprio": x.state_present}
         if self.eef is not None:

@@ -111,10 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: binding to {args.host} exposes the robot's policy to the network; pass --token "
               "(or set NEON_TOKEN)", file=sys.stderr)
         return 2
-    if args.heads == "onnx":
-        print("error: --heads onnx is not available yet (ONNX export comes with edge deployment); use --heads torch",
-              file=sys.stderr)
-        return 2
     import uvicorn
 
     from neon.backbones.loader import HubUnavailableError
@@ -135,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             model = NeonVLA.from_pretrained(folder)
             log.info("%s (%s)", note, folder)
         model.load_backbone(args.device)
-    except (CheckpointError, HubUnavailableError) as e:
+        if args.heads == "onnx":
+            from neon.model import resolve_checkpoint
+            from neon_runtime.onnx_heads import use_onnx_heads
+
+            use_onnx_heads(model, resolve_checkpoint(path, None))
+    except (CheckpointError, HubUnavailableError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     safety = SafetyConfig(max_joint_velocity=args.max_joint_velocity, max_observation_age_s=args.max_obs_age,

@@ -160,6 +160,11 @@ class PolicyRunner:
         """Load a new checkpoint (reusing the loaded backbone when it is the same) and swap it in."""
         new = NeonVLA.from_pretrained(path)
         old = self.model
+        if old.heads_runtime is not None:  # keep serving with ONNX heads: the new checkpoint's export
+            from neon.model import resolve_checkpoint
+            from neon_runtime.onnx_heads import use_onnx_heads
+
+            use_onnx_heads(new, resolve_checkpoint(str(path), None))
         if old.backbone is not None and _same_backbone(old, new):
             new.backbone = old.backbone
             new.to(old.backbone.device).eval()

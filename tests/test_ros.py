@@ -145,10 +145,23 @@ def test_whole_body_publishes_locomotion_twist_and_hears_audio(graph, tmp_path):
     sim.node.create_subscription(Twist, "/neon/cmd_vel", twists.append, 10)
     mic = sim.node.create_publisher(Int16MultiArray, "/neon/audio", qos_profile_sensor_data)
     sim.node.create_timer(0.1, lambda: mic.publish(Int16MultiArray(data=[100, -100] * 800)))
-    assert wait_for(lambda: len(sim.trajs) >= 1 and len(twists) >= 1)
+    assert wait_for(lambda: len(sim.trajs) >= 1 and len(twists) >= 1 and neon.latest["audio"].value is not None)
     assert len(sim.trajs[-1].joint_names) == 43 and "vx" not in sim.trajs[-1].joint_names
     assert abs(twists[-1].linear.x) <= 0.5 and abs(twists[-1].angular.z) <= 0.6
-    assert neon.latest["audio"].value is not None and len(neon.latest["audio"].value) > 0
+    assert len(neon.latest["audio"].value) > 0 and np.abs(neon.latest["audio"].value).max() > 0
+
+
+def test_onnx_heads_in_the_node(graph, checkpoint, tmp_path):
+    import shutil
+
+    from neon_runtime.onnx_heads import ONNX_DIR, export_heads
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    export_heads(NeonVLA.from_pretrained(ckpt), ckpt / ONNX_DIR)
+    neon = graph(make_node("neon_onnx", model=str(ckpt), heads="onnx", dry_run=False, rate_hz=5.0))
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_onnx")), neon.space.names)
+    assert wait_for(lambda: len(sim.trajs) >= 1) and "ONNX heads" in neon.policy.describe()
 
 
 def test_dry_run_publishes_preview_only(graph, checkpoint):

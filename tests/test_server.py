@@ -273,8 +273,8 @@ def test_newest_observation_wins(backbones):
 def test_serve_refuses_open_binding_without_token(capsys):
     assert serve_main(["--host", "0.0.0.0"]) == 2
     assert "pass --token" in capsys.readouterr().err
-    assert serve_main(["--heads", "onnx", "--model", "x"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert serve_main(["--heads", "onnx", "--model", "/nonexistent/ckpt"]) == 2
+    assert "neither a checkpoint folder" in capsys.readouterr().err
 
 
 def test_metadata_json_is_plain(server):

@@ -80,7 +80,7 @@ def test_resume_continues_the_same_curve(synth, feature_dir, tmp_path, backbones
 
 
 def test_failed_hub_push_keeps_local_checkpoint(synth, feature_dir, tmp_path, backbones, monkeypatch, caplog):
-    import neon_train.hub as hub
+    import neon.hub as hub
 
     monkeypatch.setattr(hub.time, "sleep", lambda s: None)  # no real backoff in tests
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -27,6 +27,7 @@ PARAMETERS: dict[str, object] = {
     "backbone": "",  # with model "": fresh (untrained) heads on this backbone id
     "mode": "",  # "" = the model's; else must match it (arms_only | whole_body)
     "device": "",
+    "heads": "torch",  # torch | onnx (in-process: the export beside the checkpoint, see neon-export)
     "server_url": "",  # ws://host:port/ws of a neon-serve: run as its client instead of in-process
     "token": "",
     "rate_hz": 5.0,  # inference rate; 0 = only when the current chunk runs low
@@ -332,6 +333,16 @@ class _Policy:
                 model = NeonVLA.from_pretrained(folder)
                 self.source = note
             model.load_backbone(p["device"] or None)
+            if p["heads"] == "onnx":
+                if not p["model"]:
+                    raise ValueError("heads=onnx needs a model checkpoint with an ONNX export (neon-export)")
+                from neon.model import resolve_checkpoint
+                from neon_runtime.onnx_heads import use_onnx_heads
+
+                use_onnx_heads(model, resolve_checkpoint(p["model"], None))
+                self.source += " (ONNX heads)"
+            elif p["heads"] != "torch":
+                raise ValueError(f"heads must be 'torch' or 'onnx', got {p['heads']!r}")
             self.model, self.config, self.space = model, model.config, model.action_space
             self.steps, self.fps = model.config.num_action_steps, model.action_space.fps
         if p["mode"] and p["mode"] != self.space.control_mode:

@@ -1,0 +1,146 @@
+"""Everything after the backbone (encoders, fusion, action and speech heads) as one ONNX graph.
+
+`export_heads` writes `neon_heads.onnx` (dynamic batch and LiDAR point count)
+and `export.json` (inputs, opset, the largest difference from PyTorch measured
+at export) into `<checkpoint>/onnx/`. `OnnxHeads` runs it with ONNX Runtime on
+the best execution provider present (TensorRT, then CUDA, then CPU) and plugs
+into `NeonVLA.heads_runtime`, so `predict()` and the server use it unchanged.
+The backbone stays in PyTorch (4-bit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neon.checkpoint import atomic_directory
+from neon.model import NeonInputs, NeonVLA
+
+log = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+ONNX_FILE = "neon_heads.onnx"
+EXPORT_INFO = "export.json"
+INPUTS = ["vl_tokens", "state", "state_present", "eef", "eef_present", "lidar", "lidar_valid", "audio", "audio_present"]
+OUTPUTS = ["actions", "speech_logits"]
+TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted, in normalised action units
+PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class _Heads(torch.nn.Module):
+    """NeonVLA.forward with flat tensor inputs, as ONNX needs them."""
+
+    def __init__(self, model: NeonVLA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, vl_tokens, state, state_present, eef, eef_present, lidar, lidar_valid, audio, audio_present):
+        return self.model(NeonInputs(vl_tokens, state, state_present, eef, eef_present, lidar, lidar_valid, audio,
+                                     audio_present))
+
+
+def example_inputs(model: NeonVLA, batch: int = 2, points: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of the right shapes for every input of the graph (unused modalities included)."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    k = c.backbone.token_budget if c.backbone.pooling == "tokens" else 1
+    d = model.action_space.dim
+    present = lambda: torch.rand(batch, generator=g) > 0.3
+    eef = torch.randn(batch, 14, generator=g)
+    eef[:, 3:7] /= eef[:, 3:7].norm(dim=1, keepdim=True)
+    eef[:, 10:14] /= eef[:, 10:14].norm(dim=1, keepdim=True)
+    return {
+        "vl_tokens": torch.randn(batch, k, c.backbone.spec.hidden_size, generator=g),
+        "state": torch.from_numpy(np.random.default_rng(seed).uniform(model.action_space.lower, model.action_space.upper,
+                                                                      (batch, d)).astype(np.float32)),
+        "state_present": present(), "eef": eef, "eef_present": present(),
+        "lidar": torch.randn(batch, points, 4, generator=g) * 3, "lidar_valid": torch.rand(batch, points, generator=g) > 0.2,
+        "audio": torch.randn(batch, c.backbone.audio_dim, generator=g), "audio_present": present(),
+    }
+
+
+def inputs_from(x: NeonInputs, model: NeonVLA) -> dict[str, np.ndarray]:
+    """The graph's inputs for a NeonInputs batch (placeholders for modalities the model does not use)."""
+    b = x.vl_tokens.shape[0]
+    zeros_b = np.zeros(b, bool)
+    eef = np.tile(np.array([0, 0, 0, 1, 0, 0, 0] * 2, np.float32), (b, 1))
+    return {
+        "vl_tokens": x.vl_tokens.float().cpu().numpy(), "state": x.state.float().cpu().numpy(),
+        "state_present": x.state_present.cpu().numpy(),
+        "eef": x.eef.float().cpu().numpy() if x.eef is not None else eef,
+        "eef_present": x.eef_present.cpu().numpy() if x.eef_present is not None else zeros_b,
+        "lidar": x.lidar.float().cpu().numpy() if x.lidar is not None else np.zeros((b, 1, 4), np.float32),
+        "lidar_valid": x.lidar_valid.cpu().numpy() if x.lidar_valid is not None else np.zeros((b, 1), bool),
+        "audio": (x.audio.float().cpu().numpy() if x.audio is not None
+                  else np.zeros((b, model.config.backbone.audio_dim), np.float32)),
+        "audio_present": x.audio_present.cpu().numpy() if x.audio_present is not None else zeros_b,
+    }
+
+
+def export_heads(model: NeonVLA, out_dir: str | Path) -> dict:
+    """Export `model`'s trainable part to `out_dir` (atomically) and check it against PyTorch."""
+    import onnxruntime as ort
+
+    model = model.eval()
+    heads = _Heads(model)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    points = torch.export.Dim("points", min=1, max=200_000)
+    dynamic = {n: {0: batch} for n in INPUTS}
+    dynamic["lidar"] = {0: batch, 1: points}
+    dynamic["lidar_valid"] = {0: batch, 1: points}
+    example = example_inputs(model)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        torch.onnx.export(heads, tuple(example[n] for n in INPUTS), str(tmp / ONNX_FILE), input_names=INPUTS,
+                          output_names=OUTPUTS, dynamic_shapes=dynamic, dynamo=True, external_data=False)
+        session = ort.InferenceSession(str(tmp / ONNX_FILE), providers=["CPUExecutionProvider"])
+        diffs = {}
+        for b, n in ((1, 7), (8, 300)):
+            x = example_inputs(model, b, n, seed=b)
+            with torch.no_grad():
+                ref = heads(*(x[k] for k in INPUTS))
+            got = session.run(None, {k: v.numpy() for k, v in x.items()})
+            diffs[f"batch{b}"] = max(float(np.abs(got[i] - ref[i].numpy()).max()) for i in range(2))
+        worst = max(diffs.values())
+        if worst > TOLERANCE:
+            raise RuntimeError(f"ONNX heads differ from PyTorch by {worst:.2e} (tolerance {TOLERANCE:.0e}); not written")
+        info = {"inputs": INPUTS, "outputs": OUTPUTS, "max_abs_diff": diffs, "tolerance": TOLERANCE,
+                "torch": torch.__version__, "onnxruntime": ort.__version__, "seconds": round(time.perf_counter() - t0, 2),
+                "control_mode": model.config.control_mode, "trainable_parameters": model.parameter_counts()["total"]}
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+class OnnxHeads:
+    """Runs an exported graph; a drop-in for `NeonVLA.heads_runtime`."""
+
+    def __init__(self, directory: str | Path, model: NeonVLA, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        path = Path(directory) / ONNX_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `neon-export --model <checkpoint>` first")
+        available = ort.get_available_providers()
+        chosen = [p for p in (providers or PROVIDERS) if p in available] or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), providers=chosen)
+        self.provider = self.session.get_providers()[0]
+        self.model = model
+        log.info("ONNX heads %s on %s", path, self.provider)
+
+    def __call__(self, x: NeonInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        actions, speech = self.session.run(None, inputs_from(x, self.model))
+        dev = x.vl_tokens.device
+        return torch.from_numpy(actions).to(dev), torch.from_numpy(speech).to(dev)
+
+
+def use_onnx_heads(model: NeonVLA, checkpoint_dir: str | Path) -> OnnxHeads:
+    """Switch `model` to the ONNX export saved beside its checkpoint."""
+    runtime = OnnxHeads(Path(checkpoint_dir) / ONNX_DIR, model)
+    model.heads_runtime = runtime
+    return runtime

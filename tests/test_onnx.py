@@ -1,0 +1,103 @@
+"""ONNX heads: export, agreement with PyTorch for both modes and all modalities, serving with --heads onnx."""
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import websockets.sync.client as ws_client
+from conftest import attach, scene, tiny_config
+from serving import serve
+
+from neon.model import NeonVLA
+from neon_runtime import wire
+from neon_runtime.export_cli import main as export_main
+from neon_runtime.onnx_heads import ONNX_DIR, ONNX_FILE, TOLERANCE, export_heads, use_onnx_heads
+from neon_runtime.policy import PolicyRunner
+from neon_runtime.server import ServerSettings, create_app, warm_up
+
+
+def randomized(cfg, seed=0):
+    model = NeonVLA(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def full_obs(model, seed=0):
+    rng = np.random.default_rng(seed)
+    space = model.action_space
+    return dict(image=scene(seed), instruction="pick up the red block",
+                state=rng.uniform(space.lower, space.upper).astype(np.float32),
+                audio=(0.2 * rng.standard_normal(16000)).astype(np.float32),
+                lidar=np.c_[rng.uniform(-5, 5, (700, 3)), rng.uniform(0, 255, 700)],
+                eef={"left": [0.3, 0.2, 0.9, 1, 0, 0, 0], "right": [0.3, -0.2, 0.9, 0, 0, 0, 1]})
+
+
+@pytest.mark.parametrize("backbone", ["neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni"])
+@pytest.mark.parametrize("mode", ["arms_only", "whole_body"])
+def test_onnx_matches_pytorch(backbones, tmp_path, backbone, mode):
+    cfg = tiny_config(backbone, mode, use_audio=True, use_lidar=True, use_eef=True)
+    cfg.backbone.load_in_4bit = False
+    model = attach(randomized(cfg), backbones)
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    info = export_heads(model, ckpt / ONNX_DIR)
+    assert max(info["max_abs_diff"].values()) <= TOLERANCE
+    onnx_model = attach(NeonVLA.from_pretrained(ckpt), backbones)
+    runtime = use_onnx_heads(onnx_model, ckpt)
+    assert runtime.provider == "CPUExecutionProvider"
+    for seed, drop in ((0, ()), (1, ("audio", "lidar", "eef")), (2, ("state",))):
+        obs = {k: v for k, v in full_obs(model, seed).items() if k not in drop}
+        a, b = model.predict(**obs), onnx_model.predict(**obs)
+        assert np.abs(a.actions - b.actions).max() <= 1e-4, (seed, drop)
+        assert a.speech_confidence == pytest.approx(b.speech_confidence, abs=1e-5)
+    batch = [onnx_model.observation(**full_obs(model, s)) for s in range(5)]  # batch and point count vary
+    assert [p.actions.shape for p in onnx_model.predict_batch(batch)] == [(16, model.action_space.dim)] * 5
+
+
+def test_export_cli_and_missing_export(backbones, tmp_path, capsys):
+    cfg = tiny_config("neon-tiny/qwen2.5-vl")
+    ckpt = randomized(cfg).save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(FileNotFoundError, match="run `neon-export"):
+        use_onnx_heads(NeonVLA.from_pretrained(ckpt), ckpt)
+    assert export_main(["--model", str(ckpt)]) == 0
+    assert "largest difference from PyTorch" in capsys.readouterr().out
+    assert (ckpt / ONNX_DIR / ONNX_FILE).is_file()
+    info = json.loads((ckpt / ONNX_DIR / "export.json").read_text())
+    assert info["inputs"][0] == "vl_tokens" and info["tolerance"] == TOLERANCE
+    assert NeonVLA.from_pretrained(ckpt)  # the export beside it does not disturb loading
+    assert export_main(["--model", str(tmp_path / "nope")]) == 2
+
+
+def test_server_round_trips_with_onnx_heads(backbones, tmp_path):
+    cfg = tiny_config("neon-tiny/qwen2.5-vl")
+    cfg.backbone.load_in_4bit = False
+    torch_model = attach(randomized(cfg), backbones)
+    ckpt = torch_model.save_pretrained(tmp_path / "ckpt")
+    export_heads(torch_model, ckpt / ONNX_DIR)
+    model = attach(NeonVLA.from_pretrained(ckpt), backbones)
+    use_onnx_heads(model, ckpt)
+    runner = PolicyRunner(model, max_batch=4, max_wait_ms=2, source=str(ckpt))
+    warm_up(runner)
+    img = scene(3, 224, 224)
+    with serve(create_app(runner, ServerSettings())) as addr:
+        meta = httpx.get(f"http://{addr}/metadata").json()
+        assert meta["model"]["heads"] == "onnx" and meta["model"]["heads_provider"] == "CPUExecutionProvider"
+        r = httpx.post(f"http://{addr}/predict", timeout=60, headers={"content-type": "application/msgpack",
+                                                                        "accept": "application/msgpack"},
+                       content=wire.packb({"image": img, "instruction": "wave", "state": np.zeros(28, np.float32)}))
+        assert r.status_code == 200
+        via_http = wire.unpackb(r.content)["actions"]
+        with ws_client.connect(f"ws://{addr}/ws") as c:
+            c.recv()
+            c.send(wire.packb({"observation/image": img, "prompt": "wave", "observation/state": np.zeros(28)}))
+            via_ws = wire.unpackb(c.recv())["actions"]
+            c.send(b"\xc1")
+            assert wire.unpackb(c.recv())["error"] == "bad_input"
+    expected = torch_model.predict(image=img, instruction="wave", state=np.zeros(28))
+    safe = runner.safety.apply(expected.actions, np.zeros(28, np.float32), expected.fps)[0]
+    assert np.abs(via_http - safe).max() <= 1e-4 and np.abs(via_ws - safe).max() <= 1e-4
+    runner.close()
