@@ -93,9 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("NEON_TOKEN"), help="required to bind beyond loopback "
                    "(default: $NEON_TOKEN)")
-    p.add_argument("--heads", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--heads", choices=["torch", "onnx"], default=None, help="default torch (onnx with --profile edge_3b)")
+    p.add_argument("--max-batch", type=int, default=None, help="default 8")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="default 5")
+    p.add_argument("--profile", choices=["edge_3b"], help="a deployment profile (see neon_runtime/profiles.py)")
+    p.add_argument("--max-memory-gb", type=float, help="refuse to serve when peak memory after warm-up is above this")
+    p.add_argument("--mic", choices=["none", "sounddevice", "udp"], default="none",
+                   help="fill requests that carry no audio from a local microphone (PortAudio) or the G1's PCM stream")
+    p.add_argument("--mic-device", help="PortAudio input device name or index")
+    p.add_argument("--mic-group", default="239.168.123.161", help="multicast group of the PCM stream ('' = unicast)")
+    p.add_argument("--mic-port", type=int, default=5555)
     p.add_argument("--max-obs-age", type=float, default=0.5, help="refuse observations older than this (s)")
     p.add_argument("--max-joint-velocity", type=float, default=2.0, help="rad/s limit applied to every chunk")
     p.add_argument("--dry-run", action="store_true", help="mark every chunk as not executable")
@@ -112,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
               "(or set NEON_TOKEN)", file=sys.stderr)
         return 2
     import uvicorn
+
+    from neon_runtime.profiles import PROFILES, memory_used_gb
+
+    profile = PROFILES.get(args.profile, {}) if args.profile else {}
+    heads = args.heads or profile.get("heads", "torch")
+    max_batch = args.max_batch or profile.get("max_batch", 8)
+    max_wait = args.max_wait_ms if args.max_wait_ms is not None else profile.get("max_wait_ms", 5.0)
+    budget = args.max_memory_gb or profile.get("max_memory_gb")
 
     from neon.backbones.loader import HubUnavailableError
     from neon.checkpoint import CheckpointError
@@ -131,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             model = NeonVLA.from_pretrained(folder)
             log.info("%s (%s)", note, folder)
         model.load_backbone(args.device)
-        if args.heads == "onnx":
+        if profile and model.config.backbone.model_id != profile["expected_backbone"]:
+            log.warning("profile %s expects %s, the model uses %s", args.profile, profile["expected_backbone"],
+                        model.config.backbone.model_id)
+        if heads == "onnx":
             from neon.model import resolve_checkpoint
             from neon_runtime.onnx_heads import use_onnx_heads
 
@@ -142,9 +160,27 @@ def main(argv: list[str] | None = None) -> int:
     safety = SafetyConfig(max_joint_velocity=args.max_joint_velocity, max_observation_age_s=args.max_obs_age,
                           dry_run=args.dry_run)
     metrics = Metrics()
-    runner = PolicyRunner(model, safety, args.max_batch, args.max_wait_ms, metrics, source=path)
-    app = create_app(runner, ServerSettings(token=args.token, default_model_note=note), metrics)
+    mic = None
+    if args.mic != "none":
+        from neon_runtime.sensors import SensorError, SoundDeviceMic, UdpPcmMic
+
+        try:
+            mic = (SoundDeviceMic(args.mic_device) if args.mic == "sounddevice"
+                   else UdpPcmMic(args.mic_group or None, args.mic_port))
+        except SensorError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    runner = PolicyRunner(model, safety, max_batch, max_wait, metrics, source=path)
+    settings = ServerSettings(token=args.token, default_model_note=note, audio_source=mic.ring if mic else None,
+                              profile=args.profile or "")
+    app = create_app(runner, settings, metrics)
     warm_up(runner)
+    used, how = memory_used_gb()
+    log.info("memory after warm-up: %.2f GB (%s)%s", used, how, f", budget {budget} GB" if budget else "")
+    if budget and used > budget:
+        print(f"error: {used:.2f} GB ({how}) after warm-up is over the {budget} GB budget", file=sys.stderr)
+        runner.close()
+        return 2
     log.info("ready: http://%s:%d/predict, ws://%s:%d/ws (docs at /docs)", args.host, args.port, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_per_message_deflate=False)
     runner.close()

@@ -39,6 +39,8 @@ class ServerSettings:
     max_request_bytes: int = 16 * 1024 * 1024
     limits: Limits = None  # type: ignore[assignment]
     default_model_note: str = ""
+    audio_source: object = None  # a neon_runtime.sensors.AudioRing: fills requests that carry no audio
+    profile: str = ""
 
     def __post_init__(self):
         self.limits = self.limits or Limits()
@@ -130,6 +132,8 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
                            "lidar": m.config.use_lidar, "eef": m.config.use_eef},
             "safety": asdict(runner.safety_config),
             "max_batch": runner.max_batch,
+            "profile": settings.profile,
+            "local_microphone": settings.audio_source is not None,
             "auth": bool(settings.token),
         }
 
@@ -139,6 +143,9 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
 
     async def run(data, client: str | None) -> dict:
         kwargs, ignored = parse_request(data, settings.limits)
+        if kwargs.get("audio") is None and settings.audio_source is not None and runner.model.config.use_audio:
+            heard = settings.audio_source.read(4.0)
+            kwargs["audio"] = heard if len(heard) else None
         ts = kwargs.pop("timestamp", None)
         runner.safety.check_age(ts)
         obs = runner.model.observation(**kwargs)

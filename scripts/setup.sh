@@ -15,7 +15,7 @@ VENV="$ROOT/.venv"
 PYTHON="${NEON_PYTHON:-python3}"
 
 # Debian packages the Python wheels cannot bring themselves.
-DEBIAN_PACKAGES=()
+DEBIAN_PACKAGES=(libportaudio2)  # sounddevice's PortAudio (the local microphone path)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -101,3 +101,18 @@ def test_server_round_trips_with_onnx_heads(backbones, tmp_path):
     safe = runner.safety.apply(expected.actions, np.zeros(28, np.float32), expected.fps)[0]
     assert np.abs(via_http - safe).max() <= 1e-4 and np.abs(via_ws - safe).max() <= 1e-4
     runner.close()
+
+
+def test_edge_profile_uses_onnx_heads_and_enforces_the_memory_budget(tmp_path, capsys):
+    from neon_runtime.cli import main as serve_main
+    from neon_runtime.profiles import PROFILES
+
+    cfg = tiny_config("neon-tiny/qwen2.5-omni")
+    cfg.backbone.load_in_4bit = False
+    ckpt = randomized(cfg).save_pretrained(tmp_path / "ckpt")
+    assert serve_main(["--profile", "edge_3b", "--model", str(ckpt)]) == 2  # no ONNX export yet
+    assert "neon-export" in capsys.readouterr().err
+    export_heads(NeonVLA.from_pretrained(ckpt), ckpt / ONNX_DIR)
+    assert serve_main(["--profile", "edge_3b", "--model", str(ckpt), "--max-memory-gb", "0.01"]) == 2
+    assert "over the 0.01 GB budget" in capsys.readouterr().err
+    assert PROFILES["edge_3b"]["heads"] == "onnx" and PROFILES["edge_3b"]["max_batch"] == 1
