@@ -49,9 +49,16 @@ def png_b64(img):
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.fixture(scope="module")
-def server(backbones):
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def server(backbones, request, tmp_path_factory):
+    """The same server with PyTorch heads and with ONNX Runtime heads (`neon-serve --heads onnx`)."""
     model = make_model(backbones)
+    if request.param == "onnx":
+        from neon_runtime.onnx_heads import ONNX_DIR, export_heads, use_onnx_heads
+
+        ckpt = model.save_pretrained(tmp_path_factory.mktemp("onnx") / "ckpt")
+        export_heads(model, ckpt / ONNX_DIR)
+        use_onnx_heads(model, ckpt)
     runner = PolicyRunner(model, SafetyConfig(max_joint_velocity=100.0), max_batch=8, max_wait_ms=20, metrics=Metrics(),
                           source="test-model")
     warm_up(runner)
