@@ -178,9 +178,9 @@ class LeRobotDataset:
                     continue
                 raise DatasetError(f"{path}: column {key!r} declared in info.json is missing")
             out[key] = _column_to_numpy(table.column(key), feat, path, key)
-        if self.version == V30:
-            if len(self._columns) >= 4:  # keep a few packed files resident
-                self._columns.pop(next(iter(self._columns)))
+        # Keep a few files resident: packed v3.0 files are large, v2.1 files are one episode each.
+        while len(self._columns) >= (4 if self.version == V30 else 64):
+            self._columns.pop(next(iter(self._columns)))
         self._columns[rel] = out
         return out
 
