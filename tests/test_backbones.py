@@ -124,3 +124,38 @@ def test_unreachable_hub_without_offline_flag_fails_fast(monkeypatch, tmp_path):
     with pytest.raises(HubUnavailableError, match="unreachable"):
         loader.resolve_model_dir("nvidia/Cosmos-Reason2-2B")
     assert time.monotonic() - t0 < 5
+
+
+def test_cosmos_reason2_loads_through_the_qwen3_vl_path(tmp_path, monkeypatch):
+    """Cosmos-Reason2 is a Qwen3-VL: a tiny Qwen3-VL stands in for the Hub checkout (the Hub is the mocked edge)."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from neon.backbones import loader
+    from neon.backbones.processors import Qwen3VLImageProcessor
+    from neon.backbones.tiny import _VL_TEMPLATE, _build_tokenizer, _ids
+
+    tok = _build_tokenizer({"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    cfg = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
+                           deepstack_visual_indexes=[1]),
+        **_ids(tok, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+               vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>"))
+    torch.manual_seed(0)
+    Qwen3VLForConditionalGeneration(cfg).save_pretrained(tmp_path / "cosmos")
+    Qwen3VLImageProcessor(Qwen2VLImageProcessorPil(patch_size=16, min_pixels=64 * 64, max_pixels=512 * 512), tok,
+                          chat_template=_VL_TEMPLATE).save_pretrained(tmp_path / "cosmos")
+    real = loader.resolve_model_dir
+    monkeypatch.setattr(loader, "resolve_model_dir", lambda mid, *a, **k: tmp_path / "cosmos"
+                        if mid == "nvidia/Cosmos-Reason2-2B" else real(mid, *a, **k))
+    bb = Backbone(BackboneConfig(model_id="nvidia/Cosmos-Reason2-2B", load_in_4bit=False,
+                                 audio_encoder_id="neon-tiny/whisper"))
+    assert type(bb.model).__name__ == "Qwen3VLForConditionalGeneration"
+    feats = bb.encode([scene(0, 96, 128), scene(1)], ["pick up the cup", "wave"])
+    assert feats.shape == (2, 16, 64) and torch.isfinite(feats).all()
+    audio, present = bb.encode_audio([np.zeros(16000, np.float32)])
+    assert audio.shape == (1, 64) and present.all()  # Cosmos hears through the (tiny) Whisper encoder
