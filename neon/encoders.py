@@ -16,6 +16,13 @@ LIDAR_RANGE_M = 20.0  # Livox MID-360 useful range; xyz are divided by it
 LIDAR_INTENSITY_MAX = 255.0
 
 
+def absent_eef(batch: int, device=None) -> torch.Tensor:
+    """Float[(B, 14)] placeholder poses for samples without EEF: origin, identity quaternions."""
+    eef = torch.zeros(batch, EEF_DIM, device=device)
+    eef[:, 3] = eef[:, 10] = 1.0
+    return eef
+
+
 class ProprioEncoder(nn.Module):
     """Float[(B, D)] normalised joint state -> Float[(B, d)]."""
 

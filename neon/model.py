@@ -29,7 +29,7 @@ from neon import __version__
 from neon.action_space import ACTION_SPACE_FILE, G1ActionSpace
 from neon.checkpoint import CheckpointError, atomic_directory, load_legacy_pt, load_safetensors
 from neon.config import CONFIG_FILE, BackboneConfig, ConfigError, NeonConfig
-from neon.encoders import EEF_DIM, AudioProjection, EEFEncoder, PointNetEncoder, ProprioEncoder
+from neon.encoders import AudioProjection, EEFEncoder, PointNetEncoder, ProprioEncoder, absent_eef
 from neon.fusion import Fusion
 from neon.heads import ParameterGolfHead, SpeechHead
 from neon.inputs import InputError, Observation, make_observation
@@ -177,8 +177,7 @@ class NeonVLA(nn.Module):
                 state[i] = torch.from_numpy(o.state)
         inp = NeonInputs(vl.to(dev), state, torch.tensor([o.state is not None for o in observations], device=dev))
         if self.eef is not None:
-            inp.eef = torch.zeros(b, EEF_DIM, device=dev)
-            inp.eef[:, 3] = inp.eef[:, 10] = 1.0  # identity quaternions where absent
+            inp.eef = absent_eef(b, dev)
             for i, o in enumerate(observations):
                 if o.eef is not None:
                     inp.eef[i] = torch.from_numpy(o.eef)

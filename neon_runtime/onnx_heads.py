@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from neon.checkpoint import atomic_directory
+from neon.encoders import absent_eef
 from neon.model import NeonInputs, NeonVLA
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,10 @@ def inputs_from(x: NeonInputs, model: NeonVLA) -> dict[str, np.ndarray]:
     """The graph's inputs for a NeonInputs batch (placeholders for modalities the model does not use)."""
     b = x.vl_tokens.shape[0]
     zeros_b = np.zeros(b, bool)
-    eef = np.tile(np.array([0, 0, 0, 1, 0, 0, 0] * 2, np.float32), (b, 1))
     return {
         "vl_tokens": x.vl_tokens.float().cpu().numpy(), "state": x.state.float().cpu().numpy(),
         "state_present": x.state_present.cpu().numpy(),
-        "eef": x.eef.float().cpu().numpy() if x.eef is not None else eef,
+        "eef": (x.eef if x.eef is not None else absent_eef(b)).float().cpu().numpy(),
         "eef_present": x.eef_present.cpu().numpy() if x.eef_present is not None else zeros_b,
         "lidar": x.lidar.float().cpu().numpy() if x.lidar is not None else np.zeros((b, 1, 4), np.float32),
         "lidar_valid": x.lidar_valid.cpu().numpy() if x.lidar_valid is not None else np.zeros((b, 1), bool),

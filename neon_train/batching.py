@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from neon.encoders import absent_eef
 from neon.model import NeonInputs, NeonVLA
 from neon_train.feature_cache import FeatureCache
 
@@ -56,8 +57,7 @@ def model_inputs(model: NeonVLA, batch: dict, sources: list, cache: FeatureCache
         if "eef" in batch:
             inp.eef, inp.eef_present = batch["eef"].to(dev), batch["eef_present"].to(dev)
         else:
-            inp.eef = torch.zeros(b, 14, device=dev)
-            inp.eef[:, 3] = inp.eef[:, 10] = 1.0
+            inp.eef = absent_eef(b, dev)
             inp.eef_present = torch.zeros(b, dtype=torch.bool, device=dev)
     if model.lidar is not None:
         if "lidar" in batch:

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, Sampler
 from neon.action_space import G1ActionSpace
 from neon.data.lerobot import DatasetError
 from neon.data.sources import LeRobotSource, VoiceCommandSource
+from neon.encoders import absent_eef
 
 SOURCE_TYPES = ("lerobot", "cosmos_dreamgen", "voice_commands")
 
@@ -195,8 +196,7 @@ def collate(samples: list[dict]) -> dict:
         "audio": [s["audio"] for s in samples],
     }
     if any(s["eef"] is not None for s in samples):
-        eef = torch.zeros(b, 14)
-        eef[:, 3] = eef[:, 10] = 1.0
+        eef = absent_eef(b)
         for i, s in enumerate(samples):
             if s["eef"] is not None:
                 eef[i] = torch.from_numpy(s["eef"])
