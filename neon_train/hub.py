@@ -1,21 +1,7 @@
-"""Pushing checkpoints to the Hugging Face Hub, with retries and a generated model card.
-
-The local checkpoint is always written first; a push that fails (no network,
-no token, Hub down) is retried with backoff, then reported -- it never touches
-the local copy.
-"""
+"""The model card written into every checkpoint the trainer saves (pushing itself: `neon.hub.push_folder`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from neon.hub import push_folder
-
-
-def push_checkpoint(folder: str | Path, repo_id: str, private: bool = False, message: str = "Neon checkpoint",
-                    retries: int = 3, backoff_s: float = 2.0) -> dict:
-    """Upload a checkpoint folder (see `neon.hub.push_folder`)."""
-    return push_folder(folder, repo_id, private, message, retries, backoff_s)
 
 
 def model_card(cfg, best_loss: float, best_step: int, step: int) -> str:

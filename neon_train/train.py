@@ -44,7 +44,8 @@ from neon_train.batching import model_inputs
 from neon_train.config import TrainConfig
 from neon_train.evaluate import SPLIT_FILE, seeded_split, split_rule_text
 from neon_train.feature_cache import FeatureCache
-from neon_train.hub import model_card, push_checkpoint
+from neon.hub import push_folder
+from neon_train.hub import model_card
 from neon_train.state_io import state_from_bytes, state_to_bytes
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ class NeonTrainer:
                         if dist.main:
                             self._save(model, out / "best", split_json, state, per_source)
                             if cfg.push_to_hub:
-                                hub_results.append(push_checkpoint(out / "best", cfg.hub_model_id, cfg.hub_private,
+                                hub_results.append(push_folder(out / "best", cfg.hub_model_id, cfg.hub_private,
                                                                    f"step {state.step}: held-out loss {val:.5f}"))
                 if dist.main and (state.step % cfg.save_steps == 0 or state.step == total):
                     self._save_last(model, optimizer, out, split_json, state, per_source)
