@@ -50,7 +50,7 @@ def main() -> None:
                 p.normal_(0, 0.02)
         with tempfile.TemporaryDirectory() as tmp:
             export_heads(model, Path(tmp) / "onnx")
-            ort_heads = OnnxHeads(Path(tmp) / "onnx", model, providers=["CPUExecutionProvider"])
+            ort_heads = OnnxHeads(Path(tmp) / "onnx", providers=["CPUExecutionProvider"])
             for batch in (1, 8):
                 x = example_inputs(model, batch, 2048, seed=batch)
                 inp = NeonInputs(*(x[k] for k in INPUTS))

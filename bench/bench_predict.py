@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from neon.model import NeonVLA
+from neon.policy import NeonPolicy
 from neon.presets import model_config
 
 
@@ -64,14 +65,15 @@ def main() -> None:
                     cells.append(f"{np.percentile(vals, 50):7.2f} /{np.percentile(vals, 90):7.2f}" if vals else f"{'-':>16s}")
                 print(f"{backbone:24s} {str(four_bit):5s} {str(sensors):8s} " + " ".join(f"{c:>16s}" for c in cells))
             # Batch 8 vs batch 1 through predict_batch, side by side.
-            batch = [model.observation(**observation(model, rng, True)) for _ in range(8)]
+            policy = NeonPolicy(model)
+            batch = [policy.observation(**observation(model, rng, True)) for _ in range(8)]
             per = {}
             for b in (1, 8):
-                model.predict_batch(batch[:b])
+                policy.predict_batch(batch[:b])
                 t0 = time.perf_counter()
                 n = max(3, args.runs // 4)
                 for _ in range(n):
-                    model.predict_batch(batch[:b])
+                    policy.predict_batch(batch[:b])
                 per[b] = (time.perf_counter() - t0) / n
             print(f"{'':40s} batch 1: {per[1] * 1e3:7.2f} ms/call ({1 / per[1]:6.1f} obs/s)   "
                   f"batch 8: {per[8] * 1e3:7.2f} ms/call ({8 / per[8]:6.1f} obs/s)  -> {per[1] * 8 / per[8]:.2f}x")

@@ -90,14 +90,11 @@ def main() -> None:
         ckpt = NeonVLA(cfg).save_pretrained(Path(tmp) / "ckpt")
         names = NeonVLA(cfg).action_space.names
         rows = {"in-process": run({"model": str(ckpt), "dry_run": False, "rate_hz": 10.0}, args.seconds, names)}
-        from serving import serve
+        from serving import runner_for, serve
 
-        from neon_runtime.policy import PolicyRunner
-        from neon_runtime.server import ServerSettings, create_app, warm_up
+        from neon_runtime.server import ServerSettings, create_app
 
-        model = NeonVLA.from_pretrained(ckpt).load_backbone()
-        runner = PolicyRunner(model, max_batch=4, max_wait_ms=2)
-        warm_up(runner)
+        runner = runner_for(NeonVLA.from_pretrained(ckpt).load_backbone(), max_batch=4, max_wait_ms=2)
         with serve(create_app(runner, ServerSettings())) as addr:
             rows["neon-serve client"] = run({"server_url": f"ws://{addr}/ws", "dry_run": False, "rate_hz": 10.0},
                                             args.seconds, names)

@@ -26,14 +26,13 @@ import httpx
 import numpy as np
 import websockets.sync.client as ws_client
 import websockets.sync.server as ws_server
-from serving import serve
+from serving import runner_for, serve
 
 from neon.model import NeonVLA
 from neon.presets import model_config
 from neon_runtime import wire
-from neon_runtime.policy import PolicyRunner
 from neon_runtime.safety import SafetyConfig
-from neon_runtime.server import ServerSettings, create_app, warm_up
+from neon_runtime.server import ServerSettings, create_app
 
 
 def pct(xs, q):
@@ -57,8 +56,7 @@ def main() -> None:
           f"{args.requests} sequential requests per row")
 
     def run_server(max_batch: int):
-        runner = PolicyRunner(model, SafetyConfig(), max_batch=max_batch, max_wait_ms=5 if max_batch > 1 else 0)
-        warm_up(runner)
+        runner = runner_for(model, SafetyConfig(), max_batch=max_batch, max_wait_ms=5 if max_batch > 1 else 0)
         return runner, serve(create_app(runner, ServerSettings()))
 
     runner, ctx = run_server(16)

@@ -1,4 +1,4 @@
-"""Atomic file writes and safe tensor loading for checkpoints.
+"""Checkpoints: atomic writes, safe tensor loading, and saving / loading a NeonVLA.
 
 A checkpoint directory is written into a temporary sibling and renamed into
 place, so a crash never leaves a half-written checkpoint that loads as valid.
@@ -8,6 +8,8 @@ with `torch.load(weights_only=True)`, which refuses arbitrary objects.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -53,7 +55,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+        for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -95,3 +97,112 @@ def load_legacy_pt(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"legacy weights file {path} does not hold a flat tensor state dict")
     return state
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+#
+# A checkpoint folder holds config.json, action_space.json, norm_stats.json, neon_weights.safetensors and
+# manifest.json (sha256 of each file), written atomically. The backbone is never part of it.
+
+WEIGHTS_FILE = "neon_weights.safetensors"
+LEGACY_WEIGHTS_FILE = "neon_weights.pt"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.pt", "*.onnx", "*.md"]
+
+
+def resolve_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
+    """The local folder of a checkpoint folder or Hub repo id."""
+    from neon.hub import resolve
+
+    return resolve(str(path_or_repo), "checkpoint", revision, CHECKPOINT_FILES, error=CheckpointError)
+
+
+def save_checkpoint(model, directory: str | os.PathLike, extra_files: dict[str, bytes | str] | None = None) -> Path:
+    """Write a NeonVLA's config, action space, norm stats and weights into `directory`, atomically.
+
+    `extra_files` (name -> content) land in the same atomic write, e.g. a trainer's split.json.
+    """
+    from safetensors.torch import save_file
+
+    from neon import __version__
+    from neon.config import CONFIG_FILE
+
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        (tmp / CONFIG_FILE).write_text(model.config.to_json())
+        model.action_space.save(tmp)
+        model.norm_stats.save(tmp)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "neon", "neon_version": __version__})
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {"format": "neon-checkpoint", "format_version": CHECKPOINT_FORMAT, "neon_version": __version__,
+                    "sha256": files}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory
+
+
+def load_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None):
+    """A NeonVLA from a checkpoint folder or Hub repo id, every file checked (the backbone is loaded separately)."""
+    from neon.action_space import ACTION_SPACE_FILE, G1ActionSpace
+    from neon.config import CONFIG_FILE, ConfigError, NeonConfig
+    from neon.model import NeonVLA
+    from neon.normalization import NORM_STATS_FILE, NormStats
+
+    directory = resolve_checkpoint(path_or_repo, revision)
+    if (directory / MANIFEST_FILE).exists():
+        for name, digest in _read_json(directory / MANIFEST_FILE).get("sha256", {}).items():
+            f = directory / name
+            if not f.is_file():
+                raise CheckpointError(f"checkpoint {directory} lacks {name}, listed in {MANIFEST_FILE}")
+            if _sha256(f) != digest:
+                raise CheckpointError(f"{f} is corrupted or was modified: its sha256 does not match {MANIFEST_FILE}")
+    try:
+        config = NeonConfig.from_dict(_read_json(directory / CONFIG_FILE))
+    except ConfigError as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
+    model = NeonVLA(config, NormStats.load(directory) if (directory / NORM_STATS_FILE).exists() else None)
+    if (directory / ACTION_SPACE_FILE).exists() and G1ActionSpace.load(directory).names != model.action_space.names:
+        raise CheckpointError(f"{directory / ACTION_SPACE_FILE} does not match config.json's action space")
+    if (directory / WEIGHTS_FILE).exists():
+        state = load_safetensors(directory / WEIGHTS_FILE)
+    elif (directory / LEGACY_WEIGHTS_FILE).exists():
+        state = load_legacy_pt(directory / LEGACY_WEIGHTS_FILE)
+    else:
+        raise CheckpointError(f"checkpoint {directory} has neither {WEIGHTS_FILE} nor {LEGACY_WEIGHTS_FILE}")
+    _check_weights(model.state_dict(), state, directory)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: Path) -> None:
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    short = lambda xs, sep=", ": sep.join(xs[:5]) + (" ..." if len(xs) > 5 else "")
+    parts = [f"{what} {short(xs, sep)}" for what, xs, sep in (("missing", missing, ", "), ("unexpected", unexpected, ", "),
+                                                               ("wrong shapes", wrong, "; ")) if xs]
+    if parts:
+        raise CheckpointError(f"weights in {where} do not fit its config.json: {'; '.join(parts)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"weights in {where} hold NaN or Inf in {', '.join(bad[:5])}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None

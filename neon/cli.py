@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from neon.observation import AUDIO_SAMPLE_RATE
+
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
@@ -88,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state = (space.lower + space.upper) / 2
     obs = dict(image=_demo_image(), instruction=args.instruction, state=state)
     if cfg.use_audio:
-        obs["audio"] = (0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440)).astype(np.float32)
+        obs["audio"] = (0.1 * np.sin(np.arange(AUDIO_SAMPLE_RATE) / AUDIO_SAMPLE_RATE * 2 * np.pi * 440)).astype(np.float32)
     if cfg.use_lidar:
         obs["lidar"] = np.concatenate([rng.uniform(-5, 5, (2048, 3)), rng.uniform(0, 255, (2048, 1))], 1)
     if cfg.use_eef:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from neon.action_space import CONTROL_MODES, HAND_TYPES, G1ActionSpace
 from neon.backbones.registry import ALIASES, DEFAULT_WHISPER, WHISPER_DIMS, BackboneSpec, get_spec
@@ -167,13 +166,3 @@ class NeonConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> NeonConfig:
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise ConfigError(f"{path} not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None

@@ -1,7 +1,7 @@
 """Encoders that turn non-visual inputs into one `fusion_dim` token each.
 
-Inputs arrive already normalised (see `neon.normalization`): joint states as
-z-scores, EEF poses in metres and unit quaternions, LiDAR points in metres.
+Inputs follow the observation spec (`neon.observation`); joint states arrive
+as z-scores (`neon.normalization`).
 """
 
 from __future__ import annotations
@@ -10,17 +10,7 @@ import torch
 from torch import nn
 
 from neon.layers import ReLU2MLP, relu2, rms_norm
-
-EEF_DIM = 14  # left then right wrist: x, y, z, qw, qx, qy, qz
-LIDAR_RANGE_M = 20.0  # Livox MID-360 useful range; xyz are divided by it
-LIDAR_INTENSITY_MAX = 255.0
-
-
-def absent_eef(batch: int, device=None) -> torch.Tensor:
-    """Float[(B, 14)] placeholder poses for samples without EEF: origin, identity quaternions."""
-    eef = torch.zeros(batch, EEF_DIM, device=device)
-    eef[:, 3] = eef[:, 10] = 1.0
-    return eef
+from neon.observation import EEF_DIM, EEF_FIELDS, LIDAR_CHANNELS, LIDAR_INTENSITY_MAX, LIDAR_RANGE_M
 
 
 class ProprioEncoder(nn.Module):
@@ -42,7 +32,7 @@ class EEFEncoder(nn.Module):
         self.mlp = ReLU2MLP(EEF_DIM, hidden, d)
 
     def forward(self, eef: torch.Tensor) -> torch.Tensor:
-        pose = eef.view(-1, 2, 7)
+        pose = eef.view(-1, EEF_DIM // len(EEF_FIELDS), len(EEF_FIELDS))
         # q and -q are the same rotation: pick the one with w >= 0 so the encoder sees one of them.
         sign = torch.where(pose[..., 3:4] < 0, -1.0, 1.0)
         pose = torch.cat([pose[..., :3], pose[..., 3:] * sign], dim=-1)
@@ -59,7 +49,7 @@ class PointNetEncoder(nn.Module):
 
     def __init__(self, hidden: int, d: int):
         super().__init__()
-        self.point_mlp = nn.Sequential(nn.Linear(4, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, hidden))
+        self.point_mlp = nn.Sequential(nn.Linear(len(LIDAR_CHANNELS), hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, hidden))
         self.out = nn.Linear(hidden, d)
 
     def forward(self, points: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""NeonVLA: a frozen backbone sees, small trainable modules act.
+"""NeonVLA: the trainable modules on a frozen backbone, their forward pass and the paired action transform.
 
     image + instruction --(frozen backbone)--> K feature tokens --+
     state  --ProprioEncoder--> token                               |
@@ -6,43 +6,32 @@
     LiDAR  --PointNetEncoder-> token   (or a learned "absent")     |              --> speech response head
     audio  --(frozen encoder)--AudioProjection--> token -----------+
 
-Only the modules after the backbone are trained and saved. A checkpoint
-folder holds config.json, action_space.json, norm_stats.json,
-neon_weights.safetensors and manifest.json (sha256 of each file), written
-atomically.
+One road to the heads: observations -> `neon.observation.collate` -> an
+`ObservationBatch` -> `NeonVLA.inputs(batch, features)` -> `NeonInputs` ->
+`forward`. `features` provides the backbone's part: `BackboneFeatures` (the
+live backbone) or the trainer's feature cache. Turning chunks into actions for
+a robot is `neon.policy.NeonPolicy`'s job; saving and loading is
+`neon.checkpoint`'s (only the modules after the backbone are saved).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from neon import __version__
-from neon.action_space import ACTION_SPACE_FILE, G1ActionSpace
-from neon.checkpoint import CheckpointError, atomic_directory, load_legacy_pt, load_safetensors
-from neon.config import CONFIG_FILE, BackboneConfig, ConfigError, NeonConfig
-from neon.encoders import AudioProjection, EEFEncoder, PointNetEncoder, ProprioEncoder, absent_eef
+from neon.action_space import G1ActionSpace
+from neon.config import BackboneConfig, NeonConfig
+from neon.encoders import AudioProjection, EEFEncoder, PointNetEncoder, ProprioEncoder
 from neon.fusion import Fusion
 from neon.heads import ParameterGolfHead, SpeechHead
-from neon.inputs import InputError, Observation, make_observation
-from neon.normalization import NORM_STATS_FILE, ActionTransform, NormStats
+from neon.normalization import ActionTransform, NormStats
+from neon.observation import ObservationBatch
 
-__all__ = ["BackboneConfig", "NeonConfig", "NeonVLA", "NeonInputs", "Prediction", "count_parameters"]
-
-log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "neon_weights.safetensors"
-LEGACY_WEIGHTS_FILE = "neon_weights.pt"
-MANIFEST_FILE = "manifest.json"
-CHECKPOINT_FORMAT = 1
+__all__ = ["BackboneConfig", "NeonConfig", "NeonVLA", "NeonInputs", "BackboneFeatures", "count_parameters"]
 
 # One action head per body part; a part's head predicts every dimension of its groups.
 HEAD_PARTS: dict[str, tuple[str, ...]] = {
@@ -50,37 +39,48 @@ HEAD_PARTS: dict[str, tuple[str, ...]] = {
     "hands": ("hands",),
     "lower_body": ("legs", "torso", "locomotion"),
 }
-SPEECH_MIN_CONFIDENCE = 0.5
 
 
 @dataclass
 class NeonInputs:
-    """A batch as the trainable modules see it (backbone work already done)."""
+    """A batch as the trainable modules see it (backbone work already done); every field is always present."""
 
     vl_tokens: torch.Tensor  # Float[(B, K, H)] backbone feature tokens
     state: torch.Tensor  # Float[(B, D)] physical joint state (zeros where absent)
     state_present: torch.Tensor  # Bool[(B,)]
-    eef: torch.Tensor | None = None  # Float[(B, 14)]
-    eef_present: torch.Tensor | None = None  # Bool[(B,)]
-    lidar: torch.Tensor | None = None  # Float[(B, N, 4)]
-    lidar_valid: torch.Tensor | None = None  # Bool[(B, N)]
-    audio: torch.Tensor | None = None  # Float[(B, A)] pooled audio-encoder features
-    audio_present: torch.Tensor | None = None  # Bool[(B,)]
+    eef: torch.Tensor  # Float[(B, 14)]
+    eef_present: torch.Tensor  # Bool[(B,)]
+    lidar: torch.Tensor  # Float[(B, N, 4)]
+    lidar_valid: torch.Tensor  # Bool[(B, N)]
+    audio: torch.Tensor  # Float[(B, A)] pooled audio-encoder features
+    audio_present: torch.Tensor  # Bool[(B,)]
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
 
-@dataclass
-class Prediction:
-    actions: np.ndarray  # Float[(T, D)] physical units, inside joint limits
-    joint_names: list[str]
-    fps: float
-    speech: str  # "" = nothing to say
-    speech_confidence: float
-    timings_ms: dict[str, float] = field(default_factory=dict)
+class BackboneFeatures:
+    """The live frozen backbone as a feature provider: batch -> (vl tokens, audio features, audio present)."""
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["actions"] = self.actions.tolist()
-        return d
+    def __init__(self, backbone, with_audio: bool):
+        self.backbone, self.with_audio = backbone, with_audio
+        self.timings_ms: dict[str, float] = {}
+
+    def __call__(self, batch: ObservationBatch, keys=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.encode(batch.images, batch.instructions, batch.audio)
+
+    @torch.no_grad()
+    def encode(self, images: list, instructions: list[str], audio: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        vl = self.backbone.encode(images, instructions)
+        self.timings_ms = {"backbone": (time.perf_counter() - t0) * 1e3}
+        if not self.with_audio:
+            return vl, torch.zeros(len(images), self.backbone.audio_dim), torch.zeros(len(images), dtype=torch.bool)
+        t0 = time.perf_counter()
+        feats, present = self.backbone.encode_audio(audio)
+        self.timings_ms["audio"] = (time.perf_counter() - t0) * 1e3
+        return vl, feats, present
 
 
 class NeonVLA(nn.Module):
@@ -91,7 +91,6 @@ class NeonVLA(nn.Module):
         self.norm_stats = norm_stats or NormStats.from_limits(self.action_space, config.action_scaler)
         self.transform = ActionTransform(self.action_space, self.norm_stats, config.action_scaler)
         self.backbone = None  # a neon.backbones.loader.Backbone once load_backbone() ran; never saved
-        self.heads_runtime = None  # an exported runtime for everything after the backbone (e.g. ONNX), or None
 
         c, space = config, self.action_space
         d = c.fusion_dim
@@ -121,8 +120,6 @@ class NeonVLA(nn.Module):
 
     def forward(self, x: NeonInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (Float[(B, T, D)] normalised actions, Float[(B, R)] speech logits)."""
-        if self.heads_runtime is not None:
-            return self.heads_runtime(x)
         tokens = {"proprio": self.proprio(self.transform.normalize_state(x.state))}
         present = {"proprio": x.state_present}
         if self.eef is not None:
@@ -149,90 +146,25 @@ class NeonVLA(nn.Module):
         self.eval()
         return self
 
-    def _require_backbone(self):
+    def features(self) -> BackboneFeatures:
+        """The loaded backbone as a feature provider for `inputs`."""
         if self.backbone is None:
-            raise RuntimeError("no backbone loaded: call model.load_backbone() before predict()")
-        return self.backbone
+            raise RuntimeError("no backbone loaded: call model.load_backbone() first")
+        return BackboneFeatures(self.backbone, self.audio is not None)
 
-    def observation(self, **kwargs) -> Observation:
-        """Validate one observation (image, instruction, state, audio, lidar, eef)."""
-        obs = make_observation(self.action_space, self.config.max_instruction_chars, **kwargs)
-        rel = [g for g, r in self.action_space.representation.items() if r == "relative"]
-        if obs.state is None and rel:
-            raise InputError(f"state is required: group(s) {', '.join(rel)} are predicted relative to the current state")
-        return obs
+    def inputs(self, batch: ObservationBatch, features=None, keys=None) -> NeonInputs:
+        """The heads' inputs for a collated batch; backbone features from `features(batch, keys)`."""
+        vl, audio, audio_present = (features or self.features())(batch, keys)
+        dev = self.device
+        return NeonInputs(vl.to(dev), batch.state.to(dev), batch.state_present.to(dev), batch.eef.to(dev),
+                          batch.eef_present.to(dev), batch.lidar.to(dev), batch.lidar_valid.to(dev), audio.to(dev),
+                          audio_present.to(dev))
 
-    @torch.no_grad()
-    def encode_observations(self, observations: list[Observation]) -> tuple[NeonInputs, dict[str, float]]:
-        """Run the frozen parts (backbone, audio encoder) for a batch; return the heads' inputs and timings."""
-        bb = self._require_backbone()
-        dev, timings = self.device, {}
-        t0 = time.perf_counter()
-        vl = bb.encode([o.image for o in observations], [o.instruction for o in observations])
-        timings["backbone"] = (time.perf_counter() - t0) * 1e3
-        b, dim = len(observations), self.action_space.dim
-        state = torch.zeros(b, dim, device=dev)
-        for i, o in enumerate(observations):
-            if o.state is not None:
-                state[i] = torch.from_numpy(o.state)
-        inp = NeonInputs(vl.to(dev), state, torch.tensor([o.state is not None for o in observations], device=dev))
-        if self.eef is not None:
-            inp.eef = absent_eef(b, dev)
-            for i, o in enumerate(observations):
-                if o.eef is not None:
-                    inp.eef[i] = torch.from_numpy(o.eef)
-            inp.eef_present = torch.tensor([o.eef is not None for o in observations], device=dev)
-        if self.lidar is not None:
-            n = max([len(o.lidar) for o in observations if o.lidar is not None] + [1])
-            inp.lidar = torch.zeros(b, n, 4, device=dev)
-            inp.lidar_valid = torch.zeros(b, n, dtype=torch.bool, device=dev)
-            for i, o in enumerate(observations):
-                if o.lidar is not None:
-                    inp.lidar[i, : len(o.lidar)] = torch.from_numpy(o.lidar)
-                    inp.lidar_valid[i, : len(o.lidar)] = True
-        if self.audio is not None:
-            t0 = time.perf_counter()
-            inp.audio, inp.audio_present = bb.encode_audio([o.audio for o in observations])
-            timings["audio"] = (time.perf_counter() - t0) * 1e3
-        return inp, timings
+    def predict(self, **observation):
+        """One chunk for one observation (see `neon.policy.NeonPolicy.predict`)."""
+        from neon.policy import NeonPolicy
 
-    @torch.no_grad()
-    def predict_batch(self, observations: list[Observation]) -> list[Prediction]:
-        """Chunks for several validated observations in one backbone forward."""
-        t_start = time.perf_counter()
-        inp, timings = self.encode_observations(observations)
-        t0 = time.perf_counter()
-        pred, speech_logits = self(inp)
-        timings["heads"] = (time.perf_counter() - t0) * 1e3
-        t0 = time.perf_counter()
-        actions = self.transform.decode(pred.float(), inp.state).cpu().numpy()
-        actions = self.action_space.clip(actions)
-        probs = speech_logits.float().softmax(-1).cpu().numpy()
-        timings["postprocess"] = (time.perf_counter() - t0) * 1e3
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
-        out = []
-        for i in range(len(observations)):
-            k = int(probs[i].argmax())
-            conf = float(probs[i, k])
-            speech = self.config.speech_responses[k] if conf >= SPEECH_MIN_CONFIDENCE else ""
-            out.append(Prediction(actions[i].astype(np.float32), self.action_space.names, self.action_space.fps,
-                                  speech, conf, {k2: round(v, 3) for k2, v in timings.items()}))
-        return out
-
-    def predict(self, image=None, instruction: str = "", state=None, audio=None, lidar=None, eef=None) -> Prediction:
-        """One 16-step chunk (physical units, inside joint limits) for one observation.
-
-        image: UInt8[(H, W, 3)]; instruction: text; state: Float[(D,)] in action-space order or
-        {joint name: value}; audio: 16 kHz mono float or int16; lidar: Float[(N, 3|4)];
-        eef: Float[(14,)] or {"left": 7 values, "right": 7 values}.
-        """
-        t0 = time.perf_counter()
-        obs = self.observation(image=image, instruction=instruction, state=state, audio=audio, lidar=lidar, eef=eef)
-        validate_ms = (time.perf_counter() - t0) * 1e3
-        result = self.predict_batch([obs])[0]
-        result.timings_ms = {"validate": round(validate_ms, 3), **result.timings_ms}
-        result.timings_ms["total"] = round(result.timings_ms["total"] + validate_ms, 3)
-        return result
+        return NeonPolicy(self).predict(**observation)
 
     # ------------------------------------------------------------------ parameters
     def parameter_counts(self) -> dict[str, int]:
@@ -244,114 +176,20 @@ class NeonVLA(nn.Module):
         counts["total"] = sum(counts.values())
         return counts
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (see neon.checkpoint)
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, bytes | str] | None = None) -> Path:
-        """Write config, action space, norm stats and weights into `directory`, atomically.
+        from neon.checkpoint import save_checkpoint
 
-        `extra_files` (name -> content) land in the same atomic write, e.g. a trainer's split.json.
-        """
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        with atomic_directory(directory) as tmp:
-            (tmp / CONFIG_FILE).write_text(self.config.to_json())
-            self.action_space.save(tmp)
-            self.norm_stats.save(tmp)
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "neon", "neon_version": __version__})
-            for name, content in (extra_files or {}).items():
-                (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
-            files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            manifest = {"format": "neon-checkpoint", "format_version": CHECKPOINT_FORMAT,
-                        "neon_version": __version__, "sha256": files}
-            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        return directory
+        return save_checkpoint(self, directory, extra_files)
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None) -> NeonVLA:
-        """Load a checkpoint from a local folder or a Hub repo id (the backbone is loaded separately)."""
-        directory = resolve_checkpoint(str(path_or_repo), revision)
-        manifest = _read_json(directory / MANIFEST_FILE) if (directory / MANIFEST_FILE).exists() else None
-        if manifest is not None:
-            for name, digest in manifest.get("sha256", {}).items():
-                f = directory / name
-                if not f.is_file():
-                    raise CheckpointError(f"checkpoint {directory} lacks {name}, listed in {MANIFEST_FILE}")
-                if _sha256(f) != digest:
-                    raise CheckpointError(f"{f} is corrupted or was modified: its sha256 does not match {MANIFEST_FILE}")
-        try:
-            config = NeonConfig.from_dict(_read_json(directory / CONFIG_FILE))
-        except ConfigError as e:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
-        stats = NormStats.load(directory) if (directory / NORM_STATS_FILE).exists() else None
-        model = cls(config, stats)
-        if (directory / ACTION_SPACE_FILE).exists():
-            stored = G1ActionSpace.load(directory)
-            if stored.names != model.action_space.names:
-                raise CheckpointError(f"{directory / ACTION_SPACE_FILE} does not match config.json's action space")
-        if (directory / WEIGHTS_FILE).exists():
-            state = load_safetensors(directory / WEIGHTS_FILE)
-        elif (directory / LEGACY_WEIGHTS_FILE).exists():
-            state = load_legacy_pt(directory / LEGACY_WEIGHTS_FILE)
-        else:
-            raise CheckpointError(f"checkpoint {directory} has neither {WEIGHTS_FILE} nor {LEGACY_WEIGHTS_FILE}")
-        model._load_weights(state, directory)
-        model.eval()
-        return model
+        from neon.checkpoint import load_checkpoint
 
-    def _load_weights(self, state: dict[str, torch.Tensor], where: Path) -> None:
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                 if k in state and state[k].shape != v.shape]
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-            if unexpected:
-                parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-            if wrong:
-                parts.append(f"wrong shapes {'; '.join(wrong[:5])}")
-            raise CheckpointError(f"weights in {where} do not fit its config.json: {'; '.join(parts)}")
-        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            raise CheckpointError(f"weights in {where} hold NaN or Inf in {', '.join(bad[:5])}")
-        self.load_state_dict(state)
+        return load_checkpoint(path_or_repo, revision)
 
 
 def count_parameters(config: NeonConfig) -> dict[str, int]:
     """Trainable parameters per module for a config, without downloading or allocating anything."""
     with torch.device("meta"):
         return NeonVLA(config).parameter_counts()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-
-
-def resolve_checkpoint(path_or_repo: str, revision: str | None) -> Path:
-    p = Path(path_or_repo).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists():
-        raise CheckpointError(f"{p} is a file; pass the checkpoint folder that holds {CONFIG_FILE}")
-    from neon.backbones.loader import looks_like_repo_id, resolve_model_dir
-
-    if looks_like_repo_id(path_or_repo):
-        return resolve_model_dir(path_or_repo, revision, kind="checkpoint",
-                                 allow_patterns=["*.json", "*.safetensors", "*.pt", "*.onnx", "*.md"])
-    raise CheckpointError(f"{path_or_repo} is neither a checkpoint folder nor a Hub repo id (owner/name)")

@@ -7,75 +7,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import logging
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
+
+from neon_runtime.sensors import G1_MIC_GROUP, G1_MIC_PORT
 
 log = logging.getLogger("neon.serve")
-
-DEFAULT_VERSION = 1
-DEFAULT_BACKBONE = "neon-tiny/qwen2.5-omni"
-DEFAULT_TRAIN_STEPS = 150
-
-
-def default_checkpoint(progress: bool = True) -> tuple[Path, str]:
-    """The embedded default checkpoint: built on first use, then cached. Returns (folder, what it is)."""
-    from neon.backbones.tiny import cache_root
-
-    root = cache_root() / "default"
-    target = root / f"tiny-omni-arms-v{DEFAULT_VERSION}"
-    note_file = target / "NEON_DEFAULT.txt"
-    if note_file.is_file():
-        return target, note_file.read_text().strip()
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        tmp = Path(tmp)
-        from neon.data.synthetic import SynthConfig, generate
-
-        data = generate(tmp / "synth", SynthConfig(episodes=64, length=40, image_size=64), progress=False)
-        out = tmp / "run"
-        note = None
-        if importlib.util.find_spec("neon_train") is not None:
-            log.info("embedded default: training heads on the synthetic G1 dataset (%d steps, once)", DEFAULT_TRAIN_STEPS)
-            # A separate process: the runtime never imports the trainer.
-            cmd = [sys.executable, "-m", "neon_train.cli", "--backbone", DEFAULT_BACKBONE, "--mode", "arms_only",
-                   "--dataset", str(data), "--max-steps", str(DEFAULT_TRAIN_STEPS), "--batch-size", "16",
-                   "--grad-accum", "1", "--lr", "3e-3", "--workers", "0", "--eval-steps", "50", "--no-push",
-                   "--output", str(out), "--cache-dir", str(tmp / "features")]
-            r = subprocess.run(cmd, capture_output=not progress, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            if r.returncode == 0 and (out / "best" / "config.json").is_file():
-                note = (f"embedded default: offline tiny Qwen2.5-Omni backbone, heads trained for {DEFAULT_TRAIN_STEPS} "
-                        "steps on Neon's synthetic G1 dataset (arms_only, seed 0); a plumbing demo, not a robot policy")
-                src = out / "best"
-            else:
-                log.warning("embedded default: training failed (exit %s); serving freshly initialised heads", r.returncode)
-        if note is None:
-            from neon.action_space import G1ActionSpace
-            from neon.data.sources import LeRobotSource
-            from neon.data.stats import norm_stats_for
-            from neon.model import NeonVLA
-            from neon.presets import model_config
-
-            space = G1ActionSpace("arms_only")
-            stats, _ = norm_stats_for([LeRobotSource(str(data), space, 16)], space, cache_dir=tmp / "stats")
-            src = tmp / "fresh"
-            NeonVLA(model_config(DEFAULT_BACKBONE, "arms_only"), stats).save_pretrained(src)
-            note = ("embedded default: offline tiny Qwen2.5-Omni backbone with freshly initialised heads (the trainer "
-                    "is not installed): every chunk is the synthetic data's mean action")
-        (src / "NEON_DEFAULT.txt").write_text(note + "\n")
-        staged = root / f".{target.name}.staged"
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(src, staged)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staged, target)
-    return target, note
-
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -101,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic", choices=["none", "sounddevice", "udp"], default="none",
                    help="fill requests that carry no audio from a local microphone (PortAudio) or the G1's PCM stream")
     p.add_argument("--mic-device", help="PortAudio input device name or index")
-    p.add_argument("--mic-group", default="239.168.123.161", help="multicast group of the PCM stream ('' = unicast)")
-    p.add_argument("--mic-port", type=int, default=5555)
+    p.add_argument("--mic-group", default=G1_MIC_GROUP, help="multicast group of the PCM stream ('' = unicast)")
+    p.add_argument("--mic-port", type=int, default=G1_MIC_PORT)
     p.add_argument("--max-obs-age", type=float, default=0.5, help="refuse observations older than this (s)")
     p.add_argument("--max-joint-velocity", type=float, default=2.0, help="rad/s limit applied to every chunk")
     p.add_argument("--dry-run", action="store_true", help="mark every chunk as not executable")
@@ -128,32 +67,31 @@ def main(argv: list[str] | None = None) -> int:
     max_wait = args.max_wait_ms if args.max_wait_ms is not None else profile.get("max_wait_ms", 5.0)
     budget = args.max_memory_gb or profile.get("max_memory_gb")
 
-    from neon.backbones.loader import HubUnavailableError
     from neon.checkpoint import CheckpointError
-    from neon.model import NeonVLA
-    from neon_runtime.policy import PolicyRunner
+    from neon.hub import HubUnavailableError
+    from neon.policy import NeonPolicy
+    from neon_runtime.policy import LocalPolicy, PolicyRunner
     from neon_runtime.safety import SafetyConfig
-    from neon_runtime.server import Metrics, ServerSettings, create_app, warm_up
+    from neon_runtime.server import Metrics, ServerSettings, create_app
 
     note = ""
     try:
         if args.model:
             path = args.model
-            model = NeonVLA.from_pretrained(path)
         else:
+            from neon_runtime.default_model import default_checkpoint
+
             folder, note = default_checkpoint()
             path = str(folder)
-            model = NeonVLA.from_pretrained(folder)
             log.info("%s (%s)", note, folder)
-        model.load_backbone(args.device)
-        if profile and model.config.backbone.model_id != profile["expected_backbone"]:
+        policy = NeonPolicy.from_pretrained(path, args.device)
+        if profile and policy.config.backbone.model_id != profile["expected_backbone"]:
             log.warning("profile %s expects %s, the model uses %s", args.profile, profile["expected_backbone"],
-                        model.config.backbone.model_id)
+                        policy.config.backbone.model_id)
         if heads == "onnx":
-            from neon.model import resolve_checkpoint
-            from neon_runtime.onnx_heads import use_onnx_heads
+            from neon_runtime.onnx_heads import OnnxHeads
 
-            use_onnx_heads(model, resolve_checkpoint(path, None))
+            policy.heads = OnnxHeads.beside(path)
     except (CheckpointError, HubUnavailableError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -170,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         except SensorError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    runner = PolicyRunner(model, safety, max_batch, max_wait, metrics, source=path)
+    runner = PolicyRunner(LocalPolicy(policy, safety, source=path), max_batch, max_wait, metrics)
     settings = ServerSettings(token=args.token, default_model_note=note, audio_source=mic.ring if mic else None,
                               profile=args.profile or "")
     app = create_app(runner, settings, metrics)
-    warm_up(runner)
+    runner.warm_up()
     used, how = memory_used_gb()
     log.info("memory after warm-up: %.2f GB (%s)%s", used, how, f", budget {budget} GB" if budget else "")
     if budget and used > budget:

@@ -21,11 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from neon.checkpoint import CheckpointError
-    from neon.model import NeonVLA, resolve_checkpoint
+    from neon.checkpoint import resolve_checkpoint
+    from neon.model import NeonVLA
     from neon_runtime.onnx_heads import ONNX_DIR, export_heads
 
     try:
-        directory = resolve_checkpoint(args.model, None)
+        directory = resolve_checkpoint(args.model)
         model = NeonVLA.from_pretrained(directory)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neon.inputs import InputError
+from neon.observation import MAX_LIDAR_POINTS, InputError
 
 NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "timestamp", "client_id", "token"}
 OPENPI_ALIASES = {"observation/image": "image", "prompt": "instruction", "observation/state": "state"}
@@ -32,7 +32,7 @@ OPENPI_IGNORED = {"observation/wrist_image", "observation/wrist_image_left", "ob
 @dataclass
 class Limits:
     max_image_pixels: int = 4096 * 4096
-    max_lidar_points: int = 200_000
+    max_lidar_points: int = MAX_LIDAR_POINTS
 
 
 def decode_image(value, limits: Limits) -> np.ndarray:
@@ -65,7 +65,7 @@ def decode_image(value, limits: Limits) -> np.ndarray:
 
 
 def parse_request(data, limits: Limits) -> tuple[dict, list[str]]:
-    """-> (keyword arguments for `NeonVLA.observation`, plus 'timestamp'; openpi keys ignored)."""
+    """-> (a request for `LocalPolicy.prepare`: observation fields and `timestamp`, the openpi keys ignored)."""
     if not isinstance(data, dict):
         raise InputError(f"the request must be a map of observation fields, got {type(data).__name__}")
     data = {k.decode() if isinstance(k, bytes) else str(k): v for k, v in data.items()}

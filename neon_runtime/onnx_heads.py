@@ -3,9 +3,9 @@
 `export_heads` writes `neon_heads.onnx` (dynamic batch and LiDAR point count)
 and `export.json` (inputs, opset, the largest difference from PyTorch measured
 at export) into `<checkpoint>/onnx/`. `OnnxHeads` runs it with ONNX Runtime on
-the best execution provider present (TensorRT, then CUDA, then CPU) and plugs
-into `NeonVLA.heads_runtime`, so `predict()` and the server use it unchanged.
-The backbone stays in PyTorch (4-bit).
+the best execution provider present (TensorRT, then CUDA, then CPU) and is a
+heads backend for `neon.policy.NeonPolicy`: its inputs are the very
+`NeonInputs` the PyTorch heads get. The backbone stays in PyTorch (4-bit).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neon.checkpoint import atomic_directory
-from neon.encoders import absent_eef
+from neon.checkpoint import atomic_directory, resolve_checkpoint
 from neon.model import NeonInputs, NeonVLA
+from neon.observation import EEF_FIELDS, LIDAR_CHANNELS, MAX_LIDAR_POINTS
 
 log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"
 ONNX_FILE = "neon_heads.onnx"
 EXPORT_INFO = "export.json"
-INPUTS = ["vl_tokens", "state", "state_present", "eef", "eef_present", "lidar", "lidar_valid", "audio", "audio_present"]
+INPUTS = NeonInputs.names()
 OUTPUTS = ["actions", "speech_logits"]
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted, in normalised action units
 PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -52,34 +52,23 @@ def example_inputs(model: NeonVLA, batch: int = 2, points: int = 64, seed: int =
     k = c.backbone.token_budget if c.backbone.pooling == "tokens" else 1
     d = model.action_space.dim
     present = lambda: torch.rand(batch, generator=g) > 0.3
-    eef = torch.randn(batch, 14, generator=g)
-    eef[:, 3:7] /= eef[:, 3:7].norm(dim=1, keepdim=True)
-    eef[:, 10:14] /= eef[:, 10:14].norm(dim=1, keepdim=True)
+    eef = torch.randn(batch, 2, len(EEF_FIELDS), generator=g)
+    eef[..., 3:] /= eef[..., 3:].norm(dim=-1, keepdim=True)
+    eef = eef.reshape(batch, -1)
     return {
         "vl_tokens": torch.randn(batch, k, c.backbone.spec.hidden_size, generator=g),
         "state": torch.from_numpy(np.random.default_rng(seed).uniform(model.action_space.lower, model.action_space.upper,
                                                                       (batch, d)).astype(np.float32)),
         "state_present": present(), "eef": eef, "eef_present": present(),
-        "lidar": torch.randn(batch, points, 4, generator=g) * 3, "lidar_valid": torch.rand(batch, points, generator=g) > 0.2,
+        "lidar": torch.randn(batch, points, len(LIDAR_CHANNELS), generator=g) * 3,
+        "lidar_valid": torch.rand(batch, points, generator=g) > 0.2,
         "audio": torch.randn(batch, c.backbone.audio_dim, generator=g), "audio_present": present(),
     }
 
 
-def inputs_from(x: NeonInputs, model: NeonVLA) -> dict[str, np.ndarray]:
-    """The graph's inputs for a NeonInputs batch (placeholders for modalities the model does not use)."""
-    b = x.vl_tokens.shape[0]
-    zeros_b = np.zeros(b, bool)
-    return {
-        "vl_tokens": x.vl_tokens.float().cpu().numpy(), "state": x.state.float().cpu().numpy(),
-        "state_present": x.state_present.cpu().numpy(),
-        "eef": (x.eef if x.eef is not None else absent_eef(b)).float().cpu().numpy(),
-        "eef_present": x.eef_present.cpu().numpy() if x.eef_present is not None else zeros_b,
-        "lidar": x.lidar.float().cpu().numpy() if x.lidar is not None else np.zeros((b, 1, 4), np.float32),
-        "lidar_valid": x.lidar_valid.cpu().numpy() if x.lidar_valid is not None else np.zeros((b, 1), bool),
-        "audio": (x.audio.float().cpu().numpy() if x.audio is not None
-                  else np.zeros((b, model.config.backbone.audio_dim), np.float32)),
-        "audio_present": x.audio_present.cpu().numpy() if x.audio_present is not None else zeros_b,
-    }
+def inputs_from(x: NeonInputs) -> dict[str, np.ndarray]:
+    """The graph's inputs: every NeonInputs field as a NumPy array (floats as float32)."""
+    return {n: (t.float() if t.is_floating_point() else t).cpu().numpy() for n, t in vars(x).items()}
 
 
 def export_heads(model: NeonVLA, out_dir: str | Path) -> dict:
@@ -89,7 +78,7 @@ def export_heads(model: NeonVLA, out_dir: str | Path) -> dict:
     model = model.eval()
     heads = _Heads(model)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    points = torch.export.Dim("points", min=1, max=200_000)
+    points = torch.export.Dim("points", min=1, max=MAX_LIDAR_POINTS)
     dynamic = {n: {0: batch} for n in INPUTS}
     dynamic["lidar"] = {0: batch, 1: points}
     dynamic["lidar_valid"] = {0: batch, 1: points}
@@ -118,9 +107,9 @@ def export_heads(model: NeonVLA, out_dir: str | Path) -> dict:
 
 
 class OnnxHeads:
-    """Runs an exported graph; a drop-in for `NeonVLA.heads_runtime`."""
+    """Runs an exported graph: a heads backend for `NeonPolicy` (NeonInputs -> actions, speech logits)."""
 
-    def __init__(self, directory: str | Path, model: NeonVLA, providers: list[str] | None = None):
+    def __init__(self, directory: str | Path, providers: list[str] | None = None):
         import onnxruntime as ort
 
         path = Path(directory) / ONNX_FILE
@@ -130,17 +119,14 @@ class OnnxHeads:
         chosen = [p for p in (providers or PROVIDERS) if p in available] or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), providers=chosen)
         self.provider = self.session.get_providers()[0]
-        self.model = model
         log.info("ONNX heads %s on %s", path, self.provider)
 
     def __call__(self, x: NeonInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        actions, speech = self.session.run(None, inputs_from(x, self.model))
+        actions, speech = self.session.run(None, inputs_from(x))
         dev = x.vl_tokens.device
         return torch.from_numpy(actions).to(dev), torch.from_numpy(speech).to(dev)
 
-
-def use_onnx_heads(model: NeonVLA, checkpoint_dir: str | Path) -> OnnxHeads:
-    """Switch `model` to the ONNX export saved beside its checkpoint."""
-    runtime = OnnxHeads(Path(checkpoint_dir) / ONNX_DIR, model)
-    model.heads_runtime = runtime
-    return runtime
+    @classmethod
+    def beside(cls, checkpoint: str | Path) -> OnnxHeads:
+        """The export saved beside a checkpoint (folder or Hub id), by `neon-export`."""
+        return cls(resolve_checkpoint(checkpoint) / ONNX_DIR)

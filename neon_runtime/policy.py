@@ -1,13 +1,20 @@
-"""Runs the model off the event loop, micro-batching concurrent requests, behind the safety layer.
+"""The runtime's one policy interface, `infer(request) -> reply`, and the server's micro-batching runner.
 
-Requests go into a queue; one inference thread takes the first, waits up to
-`max_wait_ms` for more (at most `max_batch`; no wait for a lone client whose
-last batch was alone too), runs them as one backbone
-forward, applies the safety layer to each chunk and resolves each request's
-future on the event loop. A client that sends a new observation while its
-previous one still waits in the queue replaces it (the newest observation
-wins; the old request is answered "superseded"). `reload` swaps the model
-between two batches: nothing in flight fails.
+    policy = LocalPolicy(NeonPolicy.from_pretrained(path), SafetyConfig())   # in-process
+    policy = RemotePolicy("ws://127.0.0.1:8000/ws")                           # a neon-serve (client.py)
+    reply = policy.infer({"image": frame, "instruction": "wave", "state": joints, "timestamp": time.time()})
+
+A request holds the observation's fields (`neon.observation`) and an optional
+`timestamp` (Unix s); a reply holds `actions` Float[(T, D)] (physical, through
+the safety layer), `joint_names`, `fps`, `speech`, `speech_confidence`,
+`safety`, `dry_run`, `observation_timestamp` and `server_timing`. `metadata()`
+is the same on both sides. The safety layer runs once per deployment, in
+`LocalPolicy`; a remote client takes the server's replies and `dry_run` as they are.
+
+`PolicyRunner` serves a LocalPolicy to many clients from one inference thread:
+it waits up to `max_wait_ms` for up to `max_batch` requests (a lone client
+never waits), a client's newer observation replaces its queued one (the old
+one is answered "superseded"), and `reload` swaps the policy between batches.
 """
 
 from __future__ import annotations
@@ -18,16 +25,109 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from neon.inputs import Observation
-from neon.model import NeonVLA
-from neon_runtime.safety import SafetyConfig, SafetyLayer
+from neon.observation import Observation
+from neon.policy import NeonPolicy
+from neon_runtime.safety import SafetyConfig, SafetyError, SafetyLayer
 
 log = logging.getLogger(__name__)
+
+
+class Policy(Protocol):
+    def infer(self, request: dict) -> dict: ...
+
+    def metadata(self) -> dict: ...
+
+
+class LocalPolicy:
+    """A NeonPolicy in this process, behind the safety layer."""
+
+    def __init__(self, policy: NeonPolicy, safety: SafetyConfig | None = None, source: str = ""):
+        self.policy, self.source = policy, source
+        self.safety_config = (safety or SafetyConfig()).validate()
+        self.safety = SafetyLayer(policy.space, self.safety_config)
+
+    def prepare(self, request: dict) -> tuple[Observation, float | None]:
+        """Validate a request's fields (InputError) and refuse a stale one (SafetyError)."""
+        fields = dict(request)
+        timestamp = fields.pop("timestamp", None)
+        self.safety.check_age(timestamp)
+        return self.policy.observation(**fields), timestamp
+
+    def run(self, prepared: list[tuple[Observation, float | None]]) -> list[dict | SafetyError]:
+        """Replies for prepared requests, in one backbone forward; every chunk passes the safety layer
+        (a chunk it refuses is answered with the SafetyError, the others are not held back by it)."""
+        t0 = time.perf_counter()
+        predictions = self.policy.predict_batch([obs for obs, _ in prepared])
+        model_ms = round((time.perf_counter() - t0) * 1e3, 3)
+        replies = []
+        for (obs, timestamp), p in zip(prepared, predictions, strict=True):
+            t1 = time.perf_counter()
+            try:
+                actions, report = self.safety.apply(p.actions, obs.state, p.fps)
+            except SafetyError as e:
+                replies.append(e)
+                continue
+            timings = {**p.timings_ms, "safety": round((time.perf_counter() - t1) * 1e3, 3), "model_batch": model_ms,
+                       "batch_size": len(prepared)}
+            replies.append({"actions": actions, "joint_names": p.joint_names, "fps": p.fps,
+                            "observation_timestamp": timestamp, "speech": p.speech,
+                            "speech_confidence": p.speech_confidence, "safety": report.to_dict(),
+                            "dry_run": not report.executable, "server_timing": timings})
+        return replies
+
+    def infer(self, request: dict) -> dict:
+        reply = self.run([self.prepare(request)])[0]
+        if isinstance(reply, SafetyError):
+            raise reply
+        return reply
+
+    def metadata(self) -> dict:
+        m, space = self.policy.model, self.policy.space
+        return {
+            "model": {"source": self.source, "backbone": m.config.backbone.model_id,
+                      "trainable_parameters": m.parameter_counts()["total"], "norm_stats_source": m.norm_stats.source,
+                      "heads": "torch" if self.policy.heads is None else "onnx",
+                      "heads_provider": self.policy.heads_provider},
+            "action_space": space.to_dict(),
+            "num_action_steps": m.config.num_action_steps,
+            "modalities": {"image": True, "instruction": True, "state": True, "audio": m.config.use_audio,
+                           "lidar": m.config.use_lidar, "eef": m.config.use_eef},
+            "safety": asdict(self.safety_config),
+            "dry_run": self.safety_config.dry_run,
+        }
+
+    def warm_up_request(self) -> dict:
+        """A request with every input the model uses, to run the whole path once before serving."""
+        c, space = self.policy.config, self.policy.space
+        return {"image": np.full((224, 224, 3), 128, np.uint8), "instruction": "warm up",
+                "state": (space.lower + space.upper) / 2,
+                "audio": np.zeros(1600, np.float32) if c.use_audio else None,
+                "lidar": np.zeros((8, 4), np.float32) if c.use_lidar else None,
+                "eef": np.tile(np.array([0, 0, 0, 1, 0, 0, 0], np.float32), 2) if c.use_eef else None}
+
+    def reloaded(self, path: str | Path) -> LocalPolicy:
+        """The same deployment (safety, heads backend, backbone when it is the same) on another checkpoint."""
+        from neon.model import NeonVLA
+
+        new = NeonVLA.from_pretrained(path)
+        old = self.policy.model
+        if old.backbone is not None and asdict(old.config.backbone) == asdict(new.config.backbone):
+            new.backbone = old.backbone
+            new.to(old.backbone.device).eval()
+        else:
+            new.load_backbone()
+        heads = None
+        if self.policy.heads is not None:  # keep serving with ONNX heads: the new checkpoint's export
+            from neon_runtime.onnx_heads import OnnxHeads
+
+            heads = OnnxHeads.beside(path)
+        return LocalPolicy(NeonPolicy(new, heads), self.safety_config, str(path))
 
 
 class Superseded(RuntimeError):
@@ -36,27 +136,23 @@ class Superseded(RuntimeError):
 
 @dataclass
 class _Request:
-    obs: Observation
+    prepared: tuple[Observation, float | None]
     client: str | None
-    timestamp: float | None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
 
 class PolicyRunner:
-    def __init__(self, model: NeonVLA, safety: SafetyConfig | None = None, max_batch: int = 8,
-                 max_wait_ms: float = 5.0, metrics=None, source: str = ""):
+    def __init__(self, local: LocalPolicy, max_batch: int = 8, max_wait_ms: float = 5.0, metrics=None):
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
-        self.model, self.source = model, source
-        self.safety_config = safety or SafetyConfig()
-        self.safety = SafetyLayer(model.action_space, self.safety_config)
+        self.local = local
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.metrics = metrics
-        self._queue: queue.Queue[_Request] = queue.Queue()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending: dict[str, _Request] = {}
-        self._lock = threading.Lock()  # guards _pending and model swaps
+        self._lock = threading.Lock()  # guards _pending and policy swaps
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.reloads = 0
@@ -65,8 +161,8 @@ class PolicyRunner:
         self._thread.start()
 
     # ------------------------------------------------------------------ submission
-    def submit(self, obs: Observation, client: str | None = None, timestamp: float | None = None) -> Future:
-        req = _Request(obs, client, timestamp)
+    def submit(self, prepared: tuple[Observation, float | None], client: str | None = None) -> Future:
+        req = _Request(prepared, client)
         with self._lock:
             if client is not None:
                 old = self._pending.get(client)
@@ -81,8 +177,13 @@ class PolicyRunner:
             self.metrics.queue_depth.set(self._queue.qsize())
         return req.future
 
-    async def infer(self, obs: Observation, client: str | None = None, timestamp: float | None = None) -> dict:
-        return await asyncio.wrap_future(self.submit(obs, client, timestamp))
+    async def infer(self, prepared: tuple[Observation, float | None], client: str | None = None) -> dict:
+        return await asyncio.wrap_future(self.submit(prepared, client))
+
+    def warm_up(self) -> None:
+        """Run one request through the whole path before `ready` is set."""
+        self.submit(self.local.prepare(self.local.warm_up_request())).result(timeout=600)
+        self.ready.set()
 
     # ------------------------------------------------------------------ the inference thread
     def _take_batch(self) -> list[_Request]:
@@ -116,16 +217,15 @@ class PolicyRunner:
                 for r in live:
                     if r.client is not None and self._pending.get(r.client) is r:
                         del self._pending[r.client]
-                model, safety = self.model, self.safety
+                local = self.local
             if self.metrics:
                 self.metrics.queue_depth.set(self._queue.qsize())
             self._last_batch = len(live)
             if not live:
                 continue
+            t0 = time.perf_counter()
             try:
-                t0 = time.perf_counter()
-                preds = model.predict_batch([r.obs for r in live])
-                model_ms = (time.perf_counter() - t0) * 1e3
+                replies = local.run([r.prepared for r in live])
             except Exception as e:
                 log.exception("inference failed")
                 for r in live:
@@ -133,46 +233,23 @@ class PolicyRunner:
                 continue
             if self.metrics:
                 self.metrics.batch_size.observe(len(live))
-            for r, p in zip(live, preds, strict=True):
-                try:
-                    t1 = time.perf_counter()
-                    actions, report = safety.apply(p.actions, r.obs.state, p.fps)
-                    timings = dict(p.timings_ms)
-                    timings["safety"] = round((time.perf_counter() - t1) * 1e3, 3)
-                    timings["queue"] = round((t0 - r.enqueued) * 1e3, 3)
-                    timings["model_batch"] = round(model_ms, 3)
-                    timings["batch_size"] = len(live)
-                    if self.metrics:
-                        for stage in ("backbone", "audio", "heads", "postprocess", "safety", "queue"):
-                            if stage in timings:
-                                self.metrics.stage.labels(stage).observe(timings[stage] / 1e3)
-                    r.future.set_result({
-                        "actions": actions, "joint_names": p.joint_names, "fps": p.fps,
-                        "observation_timestamp": r.timestamp, "speech": p.speech,
-                        "speech_confidence": p.speech_confidence, "safety": report.to_dict(),
-                        "dry_run": not report.executable, "server_timing": timings,
-                    })
-                except Exception as e:
-                    r.future.set_exception(e)
+            for r, reply in zip(live, replies, strict=True):
+                if isinstance(reply, SafetyError):
+                    r.future.set_exception(reply)
+                    continue
+                reply["server_timing"]["queue"] = round((t0 - r.enqueued) * 1e3, 3)
+                if self.metrics:
+                    for stage in ("backbone", "audio", "heads", "postprocess", "safety", "queue"):
+                        if stage in reply["server_timing"]:
+                            self.metrics.stage.labels(stage).observe(reply["server_timing"][stage] / 1e3)
+                r.future.set_result(reply)
 
     # ------------------------------------------------------------------ reload and shutdown
     def reload(self, path: str | Path) -> dict:
         """Load a new checkpoint (reusing the loaded backbone when it is the same) and swap it in."""
-        new = NeonVLA.from_pretrained(path)
-        old = self.model
-        if old.heads_runtime is not None:  # keep serving with ONNX heads: the new checkpoint's export
-            from neon.model import resolve_checkpoint
-            from neon_runtime.onnx_heads import use_onnx_heads
-
-            use_onnx_heads(new, resolve_checkpoint(str(path), None))
-        if old.backbone is not None and _same_backbone(old, new):
-            new.backbone = old.backbone
-            new.to(old.backbone.device).eval()
-        else:
-            new.load_backbone()
-        safety = SafetyLayer(new.action_space, self.safety_config)
+        new = self.local.reloaded(path)
         with self._lock:
-            self.model, self.safety, self.source = new, safety, str(path)
+            self.local = new
             self.reloads += 1
         log.info("reloaded checkpoint %s", path)
         return {"reloaded": str(path), "reloads": self.reloads}
@@ -181,12 +258,6 @@ class PolicyRunner:
         self._stop.set()
         self._queue.put(None)
         self._thread.join(timeout=5)
-
-
-def _same_backbone(a: NeonVLA, b: NeonVLA) -> bool:
-    from dataclasses import asdict
-
-    return asdict(a.config.backbone) == asdict(b.config.backbone)
 
 
 def chunk_to_list(actions: np.ndarray) -> list[list[float]]:

@@ -16,7 +16,8 @@ import threading
 
 import numpy as np
 
-RATE = 16000
+from neon.observation import AUDIO_SAMPLE_RATE as RATE
+
 G1_MIC_GROUP, G1_MIC_PORT = "239.168.123.161", 5555
 
 

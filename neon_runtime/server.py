@@ -4,6 +4,9 @@
     WS   /ws  (/)   openpi protocol: metadata on connect, then msgpack observation -> {"actions", "server_timing"}
     GET  /health /ready /metadata /metrics
     POST /reload    swap the checkpoint (token required)
+
+Requests are answered by a `PolicyRunner` around a `LocalPolicy` (neon_runtime.policy),
+which applies the safety layer; this module only speaks the protocols.
 """
 
 from __future__ import annotations
@@ -13,15 +16,14 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from neon import __version__
-from neon.inputs import InputError
+from neon.observation import AUDIO_WINDOW_S, InputError
 from neon_runtime import wire
 from neon_runtime.observation import Limits, parse_request
 from neon_runtime.policy import PolicyRunner, Superseded, chunk_to_list
@@ -108,6 +110,35 @@ def _auth_ok(settings: ServerSettings, header: str | None) -> bool:
     return hmac.compare_digest(value.strip().encode(), settings.token.encode())
 
 
+def metadata(runner: PolicyRunner, settings: ServerSettings) -> dict:
+    """The policy's own description (see LocalPolicy.metadata) plus the server's settings."""
+    meta = runner.local.metadata()
+    meta["model"]["note"] = settings.default_model_note
+    return {"schema_version": SCHEMA_VERSION, "neon_version": __version__, **meta, "max_batch": runner.max_batch,
+            "profile": settings.profile, "local_microphone": settings.audio_source is not None,
+            "auth": bool(settings.token)}
+
+
+async def answer(runner: PolicyRunner, settings: ServerSettings, data, client: str | None) -> dict:
+    """One decoded request (a dict of observation fields) -> the policy's reply."""
+    request, ignored = parse_request(data, settings.limits)
+    if request.get("audio") is None and settings.audio_source is not None and runner.local.policy.config.use_audio:
+        heard = settings.audio_source.read(AUDIO_WINDOW_S)
+        request["audio"] = heard if len(heard) else None
+    reply = await runner.infer(runner.local.prepare(request), client)
+    reply["ignored_keys"] = ignored
+    return reply
+
+
+def decode_body(content_type: str, body: bytes):
+    if content_type.startswith(MSGPACK):
+        return wire.unpackb(body)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"body is not valid JSON: {e}") from None
+
+
 def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, metrics: Metrics | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     metrics = metrics or runner.metrics or Metrics()
@@ -116,42 +147,9 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
                   description="Observations in, 16-step Unitree G1 action chunks out, through the safety layer.")
     app.state.runner, app.state.settings, app.state.metrics = runner, settings, metrics
 
-    def metadata() -> dict:
-        m = runner.model
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "neon_version": __version__,
-            "model": {"source": runner.source, "note": settings.default_model_note,
-                      "backbone": m.config.backbone.model_id, "trainable_parameters": m.parameter_counts()["total"],
-                      "norm_stats_source": m.norm_stats.source,
-                      "heads": ("onnx" if m.heads_runtime is not None else "torch"),
-                      "heads_provider": getattr(m.heads_runtime, "provider", "pytorch")},
-            "action_space": m.action_space.to_dict(),
-            "num_action_steps": m.config.num_action_steps,
-            "modalities": {"image": True, "instruction": True, "state": True, "audio": m.config.use_audio,
-                           "lidar": m.config.use_lidar, "eef": m.config.use_eef},
-            "safety": asdict(runner.safety_config),
-            "max_batch": runner.max_batch,
-            "profile": settings.profile,
-            "local_microphone": settings.audio_source is not None,
-            "auth": bool(settings.token),
-        }
-
     def reject(reason: str, status: int, detail: str) -> JSONResponse:
         metrics.rejected.labels(reason).inc()
         return JSONResponse({"error": reason, "detail": detail}, status_code=status)
-
-    async def run(data, client: str | None) -> dict:
-        kwargs, ignored = parse_request(data, settings.limits)
-        if kwargs.get("audio") is None and settings.audio_source is not None and runner.model.config.use_audio:
-            heard = settings.audio_source.read(4.0)
-            kwargs["audio"] = heard if len(heard) else None
-        ts = kwargs.pop("timestamp", None)
-        runner.safety.check_age(ts)
-        obs = runner.model.observation(**kwargs)
-        out = await runner.infer(obs, client, ts)
-        out["ignored_keys"] = ignored
-        return out
 
     @app.get("/health", summary="The process is alive")
     async def health():
@@ -163,9 +161,9 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
             return JSONResponse({"error": "not_ready", "detail": "warming up"}, status_code=503)
         return {"status": "ready"}
 
-    @app.get("/metadata", summary="Action space, modalities, model card, schema version")
+    @app.get("/metadata", summary="Action space, modalities, model card, safety settings, schema version")
     async def get_metadata():
-        return metadata()
+        return metadata(runner, settings)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def get_metrics():
@@ -173,9 +171,8 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    request_schema = PredictRequest.model_json_schema()
     body_doc = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": request_schema},
+        "application/json": {"schema": PredictRequest.model_json_schema()},
         MSGPACK: {"schema": {"type": "string", "format": "binary",
                              "description": "msgpack map with the same keys; arrays as msgpack-numpy (openpi's format)"}},
     }}}
@@ -189,26 +186,17 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
         if not _auth_ok(settings, request.headers.get("authorization")):
             return reject("unauthorized", 401, "missing or wrong bearer token")
         length = int(request.headers.get("content-length") or 0)
-        if length > settings.max_request_bytes:
-            return reject("too_large", 413, f"request is {length} bytes, the limit is {settings.max_request_bytes}")
-        body = await request.body()
-        if len(body) > settings.max_request_bytes:
-            return reject("too_large", 413, f"request is {len(body)} bytes, the limit is {settings.max_request_bytes}")
+        body = b"" if length > settings.max_request_bytes else await request.body()
+        if max(length, len(body)) > settings.max_request_bytes:
+            return reject("too_large", 413, f"request is {max(length, len(body))} bytes, the limit is "
+                          f"{settings.max_request_bytes}")
         try:
-            if request.headers.get("content-type", "").startswith(MSGPACK):
-                data = wire.unpackb(body)
-            else:
-                try:
-                    data = json.loads(body)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise InputError(f"body is not valid JSON: {e}") from None
-            out = await run(data, request.headers.get("x-client-id"))
+            data = decode_body(request.headers.get("content-type", ""), body)
+            out = await answer(runner, settings, data, request.headers.get("x-client-id"))
         except (InputError, wire.WireError) as e:
             return reject("bad_input", 422 if isinstance(e, InputError) else 400, str(e))
-        except SafetyError as e:
-            return reject("unsafe", 409, str(e))
-        except Superseded as e:
-            return reject("superseded", 409, str(e))
+        except (SafetyError, Superseded) as e:
+            return reject("unsafe" if isinstance(e, SafetyError) else "superseded", 409, str(e))
         metrics.requests.labels("http").inc()
         metrics.request.labels("http").observe(time.perf_counter() - t0)
         if request.headers.get("accept", "").startswith(MSGPACK):
@@ -222,68 +210,59 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
         if not settings.token or not _auth_ok(settings, request.headers.get("authorization")):
             return reject("unauthorized", 401, "reload needs the server's token (start neon-serve with --token)")
         try:
-            body = await request.json()
-            path = body["model"]
+            path = (await request.json())["model"]
         except Exception:
             return reject("bad_input", 400, 'body must be JSON {"model": "<checkpoint folder or Hub id>"}')
         try:
-            result = await asyncio.to_thread(runner.reload, path)
+            return await asyncio.to_thread(runner.reload, path)
         except Exception as e:
             return reject("reload_failed", 400, f"{type(e).__name__}: {e}")
-        return result
 
     @app.websocket("/ws")
     @app.websocket("/")  # openpi's WebsocketClientPolicy connects to the bare host:port
     async def ws(socket: WebSocket):
-        header = socket.headers.get("authorization")
-        await socket.accept()
-        authed = _auth_ok(settings, header)
-        await socket.send_bytes(wire.packb({**metadata(), "needs_token": not authed}))
-        client = f"ws-{id(socket)}"
-        try:
-            while True:
-                msg = await socket.receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                t0 = time.perf_counter()
-                raw = msg.get("bytes")
-                if raw is None and msg.get("text") is not None:
-                    raw = msg["text"].encode()
-                try:
-                    if len(raw) > settings.max_request_bytes:
-                        raise wire.WireError(f"message is {len(raw)} bytes, the limit is {settings.max_request_bytes}")
-                    data = wire.unpackb(raw) if msg.get("bytes") is not None else json.loads(raw)
-                    if not authed:
-                        token = data.get("token") if isinstance(data, dict) else None
-                        if token is not None and _auth_ok(settings, f"Bearer {token}"):
-                            authed = True
-                            await socket.send_bytes(wire.packb({"authenticated": True}))
-                            continue
-                        metrics.rejected.labels("unauthorized").inc()
-                        await socket.send_bytes(wire.packb({"error": "unauthorized",
-                                                            "detail": "send {'token': ...} or an Authorization header"}))
-                        continue
-                    out = await run(data, client)
-                    metrics.requests.labels("ws").inc()
-                    metrics.request.labels("ws").observe(time.perf_counter() - t0)
-                    await socket.send_bytes(wire.packb(out))
-                except (InputError, wire.WireError, SafetyError, Superseded, json.JSONDecodeError) as e:
-                    reason = {SafetyError: "unsafe", Superseded: "superseded"}.get(type(e), "bad_input")
-                    metrics.rejected.labels(reason).inc()
-                    await socket.send_bytes(wire.packb({"error": reason, "detail": str(e)}))
-        except WebSocketDisconnect:
-            pass
+        await serve_socket(socket, runner, settings, metrics)
 
     return app
 
 
-def warm_up(runner: PolicyRunner) -> None:
-    """Run one observation through the whole path before /ready says yes."""
-    m = runner.model
-    obs = m.observation(image=np.full((224, 224, 3), 128, np.uint8), instruction="warm up",
-                        state=(m.action_space.lower + m.action_space.upper) / 2,
-                        audio=np.zeros(1600, np.float32) if m.config.use_audio else None,
-                        lidar=np.zeros((8, 4), np.float32) if m.config.use_lidar else None,
-                        eef=np.tile(np.array([0, 0, 0, 1, 0, 0, 0], np.float32), 2) if m.config.use_eef else None)
-    runner.submit(obs).result(timeout=600)
-    runner.ready.set()
+async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: ServerSettings, metrics: Metrics) -> None:
+    """The openpi protocol: metadata on connect, then one msgpack observation -> one reply (or an error map)."""
+    header = socket.headers.get("authorization")
+    await socket.accept()
+    authed = _auth_ok(settings, header)
+    await socket.send_bytes(wire.packb({**metadata(runner, settings), "needs_token": not authed}))
+    client = f"ws-{id(socket)}"
+    try:
+        while True:
+            msg = await socket.receive()
+            if msg["type"] == "websocket.disconnect":
+                break
+            t0 = time.perf_counter()
+            raw = msg.get("bytes")
+            if raw is None and msg.get("text") is not None:
+                raw = msg["text"].encode()
+            try:
+                if len(raw) > settings.max_request_bytes:
+                    raise wire.WireError(f"message is {len(raw)} bytes, the limit is {settings.max_request_bytes}")
+                data = wire.unpackb(raw) if msg.get("bytes") is not None else json.loads(raw)
+                if not authed:
+                    token = data.get("token") if isinstance(data, dict) else None
+                    if token is not None and _auth_ok(settings, f"Bearer {token}"):
+                        authed = True
+                        await socket.send_bytes(wire.packb({"authenticated": True}))
+                        continue
+                    metrics.rejected.labels("unauthorized").inc()
+                    await socket.send_bytes(wire.packb({"error": "unauthorized",
+                                                        "detail": "send {'token': ...} or an Authorization header"}))
+                    continue
+                out = await answer(runner, settings, data, client)
+                metrics.requests.labels("ws").inc()
+                metrics.request.labels("ws").observe(time.perf_counter() - t0)
+                await socket.send_bytes(wire.packb(out))
+            except (InputError, wire.WireError, SafetyError, Superseded, json.JSONDecodeError) as e:
+                reason = {SafetyError: "unsafe", Superseded: "superseded"}.get(type(e), "bad_input")
+                metrics.rejected.labels(reason).inc()
+                await socket.send_bytes(wire.packb({"error": reason, "detail": str(e)}))
+    except WebSocketDisconnect:
+        pass

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--dataset", action="append", default=[],
                    help="a LeRobot dataset folder or Hub id (repeatable), or a soup file (.yaml/.json)")
+    p.add_argument("--fps", type=float, help="resample every dataset's action chunks to this rate (needed when the "
+                   "datasets' frame rates differ; default: the data's own rate)")
     p.add_argument("--output", help="Hub repo id (owner/name: pushed, local copy under outputs/) or a local folder")
     p.add_argument("--no-push", action="store_true", help="keep checkpoints local")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last with the same steps and schedule")
@@ -88,16 +90,18 @@ def resolve_config(args: argparse.Namespace):
         if d.endswith((".yaml", ".yml", ".json")) and Path(d).is_file():
             soup = DataSoupConfig.from_file(d)
             sources += soup.sources
-            cfg.data.balance_by_size, cfg.data.seed = soup.balance_by_size, soup.seed
+            cfg.data.balance_by_size, cfg.data.seed, cfg.data.fps = soup.balance_by_size, soup.seed, soup.fps
         else:
             name = Path(d.rstrip("/")).name or f"dataset{i}"
             sources.append(DataSourceConfig(name=name if name not in {s.name for s in sources} else f"{name}_{i}", path=d))
+    if args.fps is not None:
+        cfg.data.fps = args.fps
     if sources:
         cfg.data.sources = sources
     elif not cfg.data.sources and cfg.model.control_mode in DEFAULT_DATASET:
         cfg.data.sources = [DataSourceConfig("default", DEFAULT_DATASET[cfg.model.control_mode])]
     if args.output:
-        from neon.backbones.loader import looks_like_repo_id
+        from neon.hub import looks_like_repo_id
 
         if looks_like_repo_id(args.output) and not Path(args.output).exists():
             cfg.hub_model_id = args.output
@@ -130,7 +134,7 @@ def dry_run(cfg) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from neon.backbones.loader import HubUnavailableError
+    from neon.hub import HubUnavailableError
     from neon.checkpoint import CheckpointError
     from neon.config import ConfigError
     from neon.data.lerobot import DatasetError

@@ -13,6 +13,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from neon.config import ConfigError, NeonConfig
 from neon.data.soup import DataSoupConfig, DataSourceConfig
@@ -140,33 +141,11 @@ def get_preset(name: str) -> TrainConfig:
 
 
 # The guide's Python API: `from neon_train.config import large_arms_config`.
-def default_arms_only_config() -> TrainConfig:
-    return get_preset("default_arms_only")
-
-
-def default_wholebody_config() -> TrainConfig:
-    return get_preset("default_wholebody")
-
-
-def cosmos_physics_config() -> TrainConfig:
-    return get_preset("cosmos_physics")
-
-
-def edge_3b_config() -> TrainConfig:
-    return get_preset("edge_3b")
-
-
-def large_arms_config() -> TrainConfig:
-    return get_preset("large_arms")
-
-
-def large_cosmos_config() -> TrainConfig:
-    return get_preset("large_cosmos")
-
-
-def large_wholebody_config() -> TrainConfig:
-    return get_preset("large_wholebody")
-
-
-def g1_omnimodal_config() -> TrainConfig:
-    return get_preset("g1_omnimodal")
+default_arms_only_config = partial(get_preset, "default_arms_only")
+default_wholebody_config = partial(get_preset, "default_wholebody")
+cosmos_physics_config = partial(get_preset, "cosmos_physics")
+edge_3b_config = partial(get_preset, "edge_3b")
+large_arms_config = partial(get_preset, "large_arms")
+large_cosmos_config = partial(get_preset, "large_cosmos")
+large_wholebody_config = partial(get_preset, "large_wholebody")
+g1_omnimodal_config = partial(get_preset, "g1_omnimodal")

@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from neon.action_space import ActionSpaceError
-    from neon.backbones.loader import HubUnavailableError
     from neon.checkpoint import CheckpointError
     from neon.data.lerobot import DatasetError
-    from neon.backbones.tiny import cache_root
+    from neon.hub import HubUnavailableError
+    from neon.paths import features_dir
     from neon_train.evaluate import evaluate, markdown_report
 
-    cache_dir = None if args.no_cache else (args.cache_dir or str(cache_root() / "features"))
+    cache_dir = None if args.no_cache else (args.cache_dir or str(features_dir()))
 
     try:
         report = evaluate(args.model, args.dataset, trajs=args.trajs, baselines=args.baselines, plot=args.plot,

@@ -2,7 +2,9 @@
 
     neon-eval --model CHECKPOINT_OR_HUB --dataset PATH_OR_HUB --trajs 10 --baselines --plot --out eval/
 
-Every `stride`-th frame of each held-out episode gets a chunk prediction;
+Every `stride`-th frame of each held-out episode gets a chunk prediction
+through `NeonPolicy.predict_batch`, the very path the server and the ROS node
+use (without their safety layer, which would change what is being scored);
 errors are taken over the valid (unpadded, present) entries of the ground-truth
 chunk, in physical units (rad, m/s) and in the model's normalised units.
 Baselines, scored on the very same entries:
@@ -24,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neon.checkpoint import resolve_checkpoint
 from neon.data.lerobot import DatasetError
 from neon.data.soup import collate
 from neon.data.sources import LeRobotSource
 from neon.model import NeonVLA
-from neon_train.batching import model_inputs
-from neon_train.feature_cache import FeatureCache
+from neon.policy import NeonPolicy
+from neon_train.feature_cache import CachedFeatures, FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -116,91 +119,32 @@ def evaluate(
     progress: bool | None = None,
 ) -> dict:
     """Evaluate a checkpoint on held-out episodes of a dataset; returns the report (also written to `out`)."""
-    from tqdm import tqdm
-
     if trajs < 1 or stride < 1 or batch_size < 1:
         raise ValueError(f"trajs, stride and batch_size must be >= 1, got {trajs}, {stride}, {batch_size}")
     t_start = time.perf_counter()
-    if isinstance(model, NeonVLA):
-        model_dir = Path(".")
-        net = model
-        model_name = "<in-memory model>"
-    else:
-        from neon.model import resolve_checkpoint
-
-        model_dir = resolve_checkpoint(str(model), None)
-        net = NeonVLA.from_pretrained(model_dir)
-        model_name = str(model)
-    if net.backbone is None:
-        net.load_backbone(device)
-    net.eval()
-    space, steps = net.action_space, net.config.num_action_steps
-    full = LeRobotSource(dataset, space, steps)
+    policy, model_dir, model_name = _load_policy(model, device)
+    space, steps, fps = policy.space, policy.config.num_action_steps, policy.config.fps
+    full = LeRobotSource(dataset, space, steps, chunk_fps=fps)
     if full.dim_available.sum() < 1:
         raise DatasetError(f"{dataset}: no action dimension matches the model's action space")
     held, rule = _held_out(model_dir, full, seed)
-    chosen = held[:trajs]
     if len(held) < trajs:
         log.warning("only %d held-out episode(s) available, evaluating all of them (asked for %d)", len(held), trajs)
-    source = LeRobotSource(dataset, space, steps, episodes=chosen)
+    source = LeRobotSource(dataset, space, steps, episodes=held[:trajs], chunk_fps=fps)
     frames = [i for i in range(len(source)) if source.index[i][1] % stride == 0]
-    cache = FeatureCache(cache_dir, net.config.backbone, net.audio is not None) if cache_dir else None
+    cache = FeatureCache(cache_dir, policy.config.backbone, policy.model.audio is not None) if cache_dir else None
+    features = CachedFeatures(cache, [source], policy.model.features()) if cache else None
+    acc, traj = _score(policy, source, frames, features, baselines, batch_size, seed, progress)
 
-    rng = np.random.default_rng(seed)
-    names = ["model"] + (list(BASELINES) if baselines else [])
-    acc = {n: _Acc.zeros(steps, space.dim) for n in names}
-    tf = net.transform
-    traj = {"t": [], "gt": [], "pred": [], "episode": source.episodes[0].index}
-    lo, hi = space.lower, space.upper
-    bar = tqdm(total=len(frames), desc="evaluating", unit="chunk", disable=None if progress is None else not progress)
-    with torch.no_grad():
-        for start in range(0, len(frames), batch_size):
-            batch_idx = frames[start:start + batch_size]
-            samples = [source.sample(i) for i in batch_idx]
-            for s in samples:
-                s["source"] = 0
-            batch = collate(samples)
-            inp = model_inputs(net, batch, [source], cache)
-            pred_norm, _ = net(inp)
-            state = batch["state"]
-            pred = space.clip(tf.decode(pred_norm.float().cpu(), state).numpy())
-            gt = batch["actions"].numpy()
-            mask = batch["action_mask"].numpy()
-            b = len(samples)
-            candidates = {"model": pred}
-            if baselines:
-                candidates["zero"] = np.zeros_like(gt)
-                candidates["random"] = rng.uniform(lo, hi, gt.shape).astype(np.float32)
-                candidates["hold"] = np.repeat(state.numpy()[:, None, :], steps, axis=1)
-                candidates["mean"] = space.clip(tf.decode(torch.zeros(b, steps, space.dim), state).numpy())
-            gt_norm = tf.encode(torch.from_numpy(gt), state).numpy()
-            for name, p in candidates.items():
-                p_norm = tf.encode(torch.from_numpy(np.asarray(p, np.float32)), state).numpy()
-                acc[name].add(p, gt, p_norm, gt_norm, mask)
-            for s, p in zip(samples, pred, strict=True):
-                if s["episode"] == traj["episode"]:
-                    traj["t"].append(s["frame"])
-                    traj["gt"].append(s["actions"][0])
-                    traj["pred"].append(p[0])
-            bar.update(b)
-    bar.close()
-
-    results = {n: acc[n].metrics(space) for n in names}
+    results = {n: a.metrics(space) for n, a in acc.items()}
     report = {
-        "model": model_name,
-        "dataset": str(dataset),
-        "control_mode": space.control_mode,
-        "groups": space.groups,
-        "num_action_steps": steps,
-        "dataset_fps": source.fps,
+        "model": model_name, "dataset": str(dataset), "control_mode": space.control_mode, "groups": space.groups,
+        "num_action_steps": steps, "dataset_fps": source.fps, "chunk_fps": fps,
         "split": {"rule": rule, "held_out_episodes": [full.episodes[k].index for k in held],
                   "evaluated_episodes": [e.index for e in source.episodes]},
-        "chunks": len(frames),
-        "stride": stride,
-        "seed": seed,
+        "chunks": len(frames), "stride": stride, "seed": seed,
         "dims_evaluated": [n for n, ok in zip(space.names, full.dim_available, strict=True) if ok],
-        "results": results,
-        "improvement_pct": {},
+        "results": results, "improvement_pct": {},
         "feature_cache": ({"hits": cache.stats.hits, "misses": cache.stats.misses} if cache else None),
         "seconds": round(time.perf_counter() - t_start, 2),
     }
@@ -216,12 +160,58 @@ def evaluate(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "eval_report.md").write_text(markdown_report(report))
         if plot:
             report["plots"] = make_plots(report, traj, space, out, plot_joints)
-            (out / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "eval_report.md").write_text(markdown_report(report))
     return report
+
+
+def _load_policy(model: str | Path | NeonVLA, device: str | None) -> tuple[NeonPolicy, Path, str]:
+    """(policy with its backbone loaded, the checkpoint folder (its split.json), a name for the report)."""
+    if isinstance(model, NeonVLA):
+        net, model_dir, name = model, Path("."), "<in-memory model>"
+    else:
+        model_dir = resolve_checkpoint(str(model))
+        net, name = NeonVLA.from_pretrained(model_dir), str(model)
+    if net.backbone is None:
+        net.load_backbone(device)
+    return NeonPolicy(net.eval()), model_dir, name
+
+
+def _score(policy: NeonPolicy, source: LeRobotSource, frames: list[int], features, baselines: bool,
+           batch_size: int, seed: int, progress: bool | None) -> tuple[dict[str, _Acc], dict]:
+    """Error sums for the model (predicted through the policy, as served) and each baseline, and one trajectory."""
+    from tqdm import tqdm
+
+    space, steps, tf = policy.space, policy.config.num_action_steps, policy.model.transform
+    rng = np.random.default_rng(seed)
+    acc = {n: _Acc.zeros(steps, space.dim) for n in ["model"] + (list(BASELINES) if baselines else [])}
+    traj = {"t": [], "gt": [], "pred": [], "episode": source.episodes[0].index}
+    bar = tqdm(total=len(frames), desc="evaluating", unit="chunk", disable=None if progress is None else not progress)
+    for start in range(0, len(frames), batch_size):
+        samples = [source.sample(i) for i in frames[start:start + batch_size]]
+        batch = collate(samples)
+        preds = policy.predict_batch([s["obs"] for s in samples], features, (batch["source"], batch["row"]))
+        state, gt, mask = batch["obs"].state, batch["actions"].numpy(), batch["action_mask"].numpy()
+        candidates = {"model": np.stack([p.actions for p in preds])}
+        if baselines:
+            candidates["zero"] = np.zeros_like(gt)
+            candidates["random"] = rng.uniform(space.lower, space.upper, gt.shape).astype(np.float32)
+            candidates["hold"] = np.repeat(state.numpy()[:, None, :], steps, axis=1)
+            candidates["mean"] = space.clip(tf.decode(torch.zeros(len(samples), steps, space.dim), state).numpy())
+        gt_norm = tf.encode(torch.from_numpy(gt), state).numpy()
+        for name, p in candidates.items():
+            p_norm = tf.encode(torch.from_numpy(np.asarray(p, np.float32)), state).numpy()
+            acc[name].add(p, gt, p_norm, gt_norm, mask)
+        for s, p in zip(samples, candidates["model"], strict=True):
+            if s["episode"] == traj["episode"]:
+                traj["t"].append(s["frame"])
+                traj["gt"].append(s["actions"][0])
+                traj["pred"].append(p[0])
+        bar.update(len(samples))
+    bar.close()
+    return acc, traj
 
 
 def _improvement(model: float, baseline: float) -> float:
@@ -232,8 +222,8 @@ def markdown_report(r: dict) -> str:
     res = r["results"]
     names = list(res)
     lines = [f"# Neon evaluation: {r['model']}", "",
-             f"- dataset: `{r['dataset']}` ({r['control_mode']}, {r['num_action_steps']}-step chunks at "
-             f"{r['dataset_fps']:g} fps)",
+             f"- dataset: `{r['dataset']}` ({r['control_mode']}, recorded at {r['dataset_fps']:g} fps; "
+             f"{r['num_action_steps']}-step chunks at {r['chunk_fps']:g} fps)",
              f"- held-out episodes: {r['split']['rule']}; evaluated {r['split']['evaluated_episodes']}",
              f"- {r['chunks']} chunks (every {r['stride']}. frame)", "",
              "## MSE (physical units: rad, m/s)", "",

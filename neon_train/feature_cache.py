@@ -28,6 +28,7 @@ import torch
 
 from neon.backbones.tiny import TINY_VERSION
 from neon.config import BackboneConfig
+from neon.observation import ObservationBatch
 
 PREPROCESSING_VERSION = 1  # bump when image/prompt preprocessing changes
 
@@ -134,6 +135,44 @@ class FeatureCache:
     def stats(self) -> CacheStats:
         return CacheStats(sum(s.stats.hits for s in self._sources.values()),
                           sum(s.stats.misses for s in self._sources.values()))
+
+
+class CachedFeatures:
+    """A feature provider (see `NeonVLA.inputs`) that reads the cache and runs the live backbone only on misses.
+
+    `keys` = (source index, row) per sample, as the soup's `collate` gives them; a row < 0 is never cached.
+    """
+
+    def __init__(self, cache: FeatureCache, sources: list, live):
+        self.cache, self.sources, self.live = cache, sources, live
+
+    def __call__(self, batch: ObservationBatch, keys) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        source_idx, rows = (np.asarray(k) for k in keys)
+        b, c = len(batch), self.cache
+        vl, audio, has_audio = torch.zeros(b, c.tokens, c.hidden), torch.zeros(b, c.audio_dim), torch.zeros(b, dtype=torch.bool)
+        miss = np.ones(b, bool)
+        for k in np.unique(source_idx):
+            pos = np.flatnonzero(source_idx == k)
+            if (rows[pos] < 0).any():
+                continue
+            sc = c.source(self.sources[k])
+            hit = sc.lookup(rows[pos], [batch.instructions[i] for i in pos])
+            if hit.any():
+                vl[pos[hit]], audio[pos[hit]], has_audio[pos[hit]] = sc.read(rows[pos][hit])
+            miss[pos[hit]] = False
+        idx = np.flatnonzero(miss)
+        if len(idx):
+            v, a, h = self.live.encode([batch.images[i] for i in idx], [batch.instructions[i] for i in idx],
+                                       [batch.audio[i] for i in idx])
+            # Use what the cache stores (float16) on misses too, so a run gives the same numbers whether a
+            # frame was computed now or read back (resumed runs match uninterrupted ones).
+            vl[idx], audio[idx], has_audio[idx] = v.cpu().half().float(), a.cpu().half().float(), h.cpu()
+            for k in np.unique(source_idx[idx]):
+                sel = idx[source_idx[idx] == k]
+                if (rows[sel] >= 0).all():
+                    c.source(self.sources[k]).write(rows[sel], [batch.instructions[i] for i in sel], vl[sel],
+                                                    audio[sel], has_audio[sel])
+        return vl, audio, has_audio
 
 
 def source_identity(source) -> dict:

@@ -11,7 +11,10 @@ samples -> clip to `max_grad_norm` -> paged AdamW 8-bit (beta1 0.85) -> cosine
 schedule with warmup. Held-out loss every `eval_steps`; best and last
 checkpoints written atomically (weights, norm stats, action space, split,
 and for `last` the optimizer and trainer state, so `resume` continues the same
-step count and loss curve). Under torchrun / accelerate launch the heads run
+step count and loss curve). The chunk rate comes from the data (the sources'
+fps, or the soup's `fps` when it resamples) and is written into the checkpoint's
+config, so `predict()`, the safety layer and the robot execute chunks at the
+rate they were recorded at. Under torchrun / accelerate launch the heads run
 in DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
 """
 
@@ -27,24 +30,24 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from neon.backbones.tiny import cache_root
 from neon.data.lerobot import DatasetError
 from neon.data.soup import DataSoup, collate
 from neon.data.sources import LeRobotSource, VoiceCommandSource
 from neon.data.stats import norm_stats_for
+from neon.hub import push_folder
 from neon.model import NeonVLA
+from neon.paths import features_dir
 from neon_train.augment import augment
-from neon_train.batching import model_inputs
 from neon_train.config import TrainConfig
 from neon_train.evaluate import SPLIT_FILE, seeded_split, split_rule_text
-from neon_train.feature_cache import FeatureCache
-from neon.hub import push_folder
+from neon_train.feature_cache import CachedFeatures, FeatureCache
 from neon_train.hub import model_card
 from neon_train.state_io import state_from_bytes, state_to_bytes
 
@@ -126,8 +129,10 @@ class NeonTrainer:
 
     # ------------------------------------------------------------------ set-up
     def _prepare_model_config(self, probe: DataSoup) -> None:
-        """Fold what the data decides into the model config: relative actions, speech responses."""
+        """Fold what the data decides into the model config: relative actions, speech responses, chunk rate."""
         cfg = self.config
+        if probe.fps:  # the data's frame rate (or the soup's resampling rate): predict() and the robot execute at it
+            cfg.model.fps = float(probe.fps)
         relative, scaler = cfg.data.action_representation()
         if relative:
             groups = cfg.model.action_space().groups
@@ -187,35 +192,63 @@ class NeonTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
+
+        run = self._setup()
+        cfg, state = self.config, run.state
+        bar = tqdm(total=run.total, initial=state.step, desc="training", unit="step", disable=not self.dist.main or None)
+        t_start, run.samples_seen, interrupted = time.perf_counter(), 0, False
+        try:
+            while state.step < run.total:
+                loss, grad_norm = self._step(run)
+                lr = run.scheduler.get_last_lr()[0]
+                state.history.append([state.step, loss, lr])
+                rate = run.samples_seen / max(1e-9, time.perf_counter() - t_start)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+                bar.update(1)
+                if run.writer and state.step % cfg.logging_steps == 0:
+                    for name, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("samples_per_s", rate)):
+                        run.writer.add_scalar(f"train/{name}", value, state.step)
+                self._evaluate_and_save(run)
+                if self.on_step is not None:
+                    self.on_step(state.step, loss)
+        except KeyboardInterrupt:
+            interrupted = True
+            if self.dist.main:
+                log.warning("interrupted at step %d: saving %s so --resume can continue", state.step, run.out / "last")
+                self._save(run, "last")
+        finally:
+            bar.close()
+            if run.writer:
+                run.writer.close()
+        return self._summary(run, interrupted, time.perf_counter() - t_start)
+
+    def _setup(self) -> SimpleNamespace:
+        """Data, split, statistics, model (fresh or resumed), optimizer, schedule, loaders: one run's state."""
+        from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.config.validate()
         self.dist = dist = _init_distributed()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        out = Path(cfg.output_dir)
+        run = SimpleNamespace(out=Path(cfg.output_dir), hub=[], state=TrainState())
 
         probe = DataSoup(cfg.data, cfg.model.action_space(), cfg.model.num_action_steps)
         self._prepare_model_config(probe)
         space, steps = cfg.model.action_space(), cfg.model.num_action_steps
         train_eps, val_eps = self._split(probe)
-        train_soup = DataSoup(cfg.data, space, steps, cfg.model.speech_responses, episodes=train_eps)
-        val_soup = DataSoup(cfg.data, space, steps, cfg.model.speech_responses, episodes=val_eps, only=list(val_eps))
-        stats, per_source = norm_stats_for(train_soup.sources, space, cfg.model.action_scaler)
-        split_json = self._split_json(probe, val_eps)
+        run.train_soup = DataSoup(cfg.data, space, steps, cfg.model.speech_responses, episodes=train_eps)
+        run.val_soup = DataSoup(cfg.data, space, steps, cfg.model.speech_responses, episodes=val_eps, only=list(val_eps))
+        stats, run.per_source = norm_stats_for(run.train_soup.sources, space, cfg.model.action_scaler)
+        run.split_json = self._split_json(probe, val_eps)
 
-        state = TrainState()
-        model = NeonVLA(cfg.model, stats)
-        last = out / "last"
-        resumed_optimizer = None
+        run.model = model = NeonVLA(cfg.model, stats)
+        last, resumed_optimizer = run.out / "last", None
         if self.resume and (last / TRAINER_STATE).is_file():
-            loaded = NeonVLA.from_pretrained(last)
-            model.load_state_dict(loaded.state_dict())
-            saved = json.loads((last / TRAINER_STATE).read_text())
-            state = TrainState(**saved["state"])
+            model.load_state_dict(NeonVLA.from_pretrained(last).state_dict())
+            run.state = TrainState(**json.loads((last / TRAINER_STATE).read_text())["state"])
             resumed_optimizer = state_from_bytes((last / OPTIMIZER_FILE).read_bytes())
-            log.info("resuming from %s at step %d", last, state.step)
+            log.info("resuming from %s at step %d", last, run.state.step)
         elif self.resume:
             log.warning("--resume: no checkpoint at %s, starting from scratch", last)
         if self._backbone is not None:
@@ -223,142 +256,118 @@ class NeonTrainer:
             model.to(self._backbone.device)
         else:
             model.load_backbone(self.device)
-        device = model.device
-        net = model
+        run.net = model
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            net = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None,
-                      find_unused_parameters=True)
+            run.net = DDP(model, device_ids=[dist.local_rank] if model.device.type == "cuda" else None,
+                          find_unused_parameters=True)
 
         samples_per_step = cfg.batch_size * cfg.gradient_accumulation * dist.world
-        total = cfg.max_steps or cfg.epochs * max(1, math.ceil(len(train_soup) / samples_per_step))
-        optimizer = self._optimizer(model.parameters())
+        run.total = cfg.max_steps or cfg.epochs * max(1, math.ceil(len(run.train_soup) / samples_per_step))
+        run.optimizer = self._optimizer(model.parameters())
         if resumed_optimizer is not None:
-            optimizer.load_state_dict(resumed_optimizer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda(total))
-        for _ in range(state.step):  # the schedule is a pure function of the step
+            run.optimizer.load_state_dict(resumed_optimizer)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, self._lr_lambda(run.total))
+        for _ in range(run.state.step):  # the schedule is a pure function of the step
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                scheduler.step()
+                run.scheduler.step()
 
-        cache = None
+        run.cache = None
+        run.features = run.val_features = live = model.features()
         if cfg.use_feature_cache:
-            cache = FeatureCache(cfg.feature_cache_dir or cache_root() / "features", cfg.model.backbone,
-                                 model.audio is not None)
-        stream = MicroBatchStream(train_soup, cfg.batch_size, cfg.seed, dist, skip=state.micro_batches)
-        loader = DataLoader(train_soup, batch_sampler=stream, num_workers=cfg.num_workers, collate_fn=collate,
-                            persistent_workers=cfg.num_workers > 0)
-        val_batches = self._val_batches(val_soup)
-        group_w = torch.ones(space.dim)
+            run.cache = FeatureCache(cfg.feature_cache_dir or features_dir(), cfg.model.backbone, model.audio is not None)
+            run.features = CachedFeatures(run.cache, run.train_soup.sources, live)
+            run.val_features = CachedFeatures(run.cache, run.val_soup.sources, live)
+        stream = MicroBatchStream(run.train_soup, cfg.batch_size, cfg.seed, dist, skip=run.state.micro_batches)
+        run.batches = iter(DataLoader(run.train_soup, batch_sampler=stream, num_workers=cfg.num_workers,
+                                      collate_fn=collate, persistent_workers=cfg.num_workers > 0))
+        run.val_batches = self._val_batches(run.val_soup)
+        run.group_w = torch.ones(space.dim)
         for g, w in cfg.group_loss_weights.items():
-            group_w[space.group_slice(g)] = w
-        group_w = group_w.to(device)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if cfg.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
-                    else contextlib.nullcontext())
-        writer = SummaryWriter(str(out / "runs")) if dist.main else None
-        hub_results: list[dict] = []
+            run.group_w[space.group_slice(g)] = w
+        run.group_w = run.group_w.to(model.device)
+        run.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                        if cfg.bf16 and model.device.type == "cuda" and torch.cuda.is_bf16_supported()
+                        else contextlib.nullcontext())
+        run.writer = SummaryWriter(str(run.out / "runs")) if dist.main else None
         if dist.main:
-            log.info("training %s trainable parameters for %d steps (%d samples/step, world %d)",
-                     f"{model.parameter_counts()['total']:,}", total, samples_per_step, dist.world)
+            log.info("training %s trainable parameters for %d steps (%d samples/step, world %d), chunks at %g fps",
+                     f"{model.parameter_counts()['total']:,}", run.total, samples_per_step, dist.world, cfg.model.fps)
+        return run
 
-        bar = tqdm(total=total, initial=state.step, desc="training", unit="step", disable=not dist.main or None)
-        it = iter(loader)
-        t_start, samples_seen = time.perf_counter(), 0
-        interrupted = False
-        try:
-            while state.step < total:
-                net.train()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for micro in range(cfg.gradient_accumulation):
-                    batch = next(it)
-                    state.micro_batches += 1
-                    sync = micro == cfg.gradient_accumulation - 1 or dist.world == 1
-                    ctx = contextlib.nullcontext() if sync else net.no_sync()
-                    with ctx:
-                        loss = self._loss(net, model, batch, train_soup, cache, group_w, autocast)
-                        (loss / cfg.gradient_accumulation).backward()
-                    step_loss += loss.item() / cfg.gradient_accumulation
-                    samples_seen += len(batch["images"]) * dist.world
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                state.step += 1
-                lr = scheduler.get_last_lr()[0]
-                state.history.append([state.step, step_loss, lr])
-                rate = samples_seen / max(1e-9, time.perf_counter() - t_start)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
-                bar.update(1)
-                if writer and state.step % cfg.logging_steps == 0:
-                    writer.add_scalar("train/loss", step_loss, state.step)
-                    writer.add_scalar("train/lr", lr, state.step)
-                    writer.add_scalar("train/grad_norm", float(grad_norm), state.step)
-                    writer.add_scalar("train/samples_per_s", rate, state.step)
-                if state.step % cfg.eval_steps == 0 or state.step == total:
-                    val = self._val_loss(net, model, val_batches, val_soup, cache, group_w)
-                    state.val_history.append([state.step, val])
-                    if writer:
-                        writer.add_scalar("val/loss", val, state.step)
-                    if val < state.best_loss:
-                        state.best_loss, state.best_step = val, state.step
-                        if dist.main:
-                            self._save(model, out / "best", split_json, state, per_source)
-                            if cfg.push_to_hub:
-                                hub_results.append(push_folder(out / "best", cfg.hub_model_id, cfg.hub_private,
-                                                                   f"step {state.step}: held-out loss {val:.5f}"))
-                if dist.main and (state.step % cfg.save_steps == 0 or state.step == total):
-                    self._save_last(model, optimizer, out, split_json, state, per_source)
-                if self.on_step is not None:
-                    self.on_step(state.step, step_loss)
-        except KeyboardInterrupt:
-            interrupted = True
-            if dist.main:
-                log.warning("interrupted at step %d: saving %s so --resume can continue", state.step, last)
-                self._save_last(model, optimizer, out, split_json, state, per_source)
-        finally:
-            bar.close()
-            if writer:
-                writer.close()
-        in_sync = self._replicas_in_sync(model) if dist.world > 1 else True
-        elapsed = time.perf_counter() - t_start
-        failed = [h for h in hub_results if not h["ok"]]
-        if failed and dist.main:
+    def _step(self, run) -> tuple[float, float]:
+        """One optimizer step over `gradient_accumulation` micro-batches; -> (loss, grad norm)."""
+        cfg = self.config
+        run.net.train()
+        run.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in range(cfg.gradient_accumulation):
+            batch = next(run.batches)
+            run.state.micro_batches += 1
+            sync = micro == cfg.gradient_accumulation - 1 or self.dist.world == 1
+            with contextlib.nullcontext() if sync else run.net.no_sync():
+                loss = self._loss(run, batch)
+                (loss / cfg.gradient_accumulation).backward()
+            step_loss += loss.item() / cfg.gradient_accumulation
+            run.samples_seen += len(batch["obs"]) * self.dist.world
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.state.step += 1
+        return step_loss, float(grad_norm)
+
+    def _evaluate_and_save(self, run) -> None:
+        """Held-out loss every `eval_steps` (best checkpoint, Hub push); `last` every `save_steps`."""
+        cfg, state = self.config, run.state
+        if state.step % cfg.eval_steps == 0 or state.step == run.total:
+            val = self._val_loss(run)
+            state.val_history.append([state.step, val])
+            if run.writer:
+                run.writer.add_scalar("val/loss", val, state.step)
+            if val < state.best_loss:
+                state.best_loss, state.best_step = val, state.step
+                if self.dist.main:
+                    self._save(run, "best")
+                    if cfg.push_to_hub:
+                        run.hub.append(push_folder(run.out / "best", cfg.hub_model_id, cfg.hub_private,
+                                                   f"step {state.step}: held-out loss {val:.5f}"))
+        if self.dist.main and (state.step % cfg.save_steps == 0 or state.step == run.total):
+            self._save(run, "last")
+
+    def _summary(self, run, interrupted: bool, elapsed: float) -> dict:
+        state, out = run.state, run.out
+        in_sync = self._replicas_in_sync(run.model) if self.dist.world > 1 else True
+        failed = [h for h in run.hub if not h["ok"]]
+        if failed and self.dist.main:
             log.error("pushing to the Hub failed %d time(s); the local checkpoints in %s are complete. Last error: %s",
                       len(failed), out, failed[-1]["error"])
         return {
-            "best_loss": state.best_loss,
-            "best_step": state.best_step,
+            "best_loss": state.best_loss, "best_step": state.best_step,
             "final_loss": state.history[-1][1] if state.history else float("nan"),
-            "steps": state.step,
-            "total_steps": total,
-            "interrupted": interrupted,
-            "samples_per_s": samples_seen / max(1e-9, elapsed),
-            "seconds": elapsed,
-            "history": state.history,
-            "val_history": state.val_history,
-            "best_checkpoint": str(out / "best"),
-            "last_checkpoint": str(last),
-            "world_size": dist.world,
-            "replicas_in_sync": in_sync,
-            "feature_cache": ({"hits": cache.stats.hits, "misses": cache.stats.misses} if cache else None),
-            "hub": hub_results,
-            "trainable_parameters": model.parameter_counts()["total"],
+            "steps": state.step, "total_steps": run.total, "interrupted": interrupted,
+            "samples_per_s": run.samples_seen / max(1e-9, elapsed), "seconds": elapsed,
+            "history": state.history, "val_history": state.val_history,
+            "best_checkpoint": str(out / "best"), "last_checkpoint": str(out / "last"),
+            "world_size": self.dist.world, "replicas_in_sync": in_sync,
+            "feature_cache": ({"hits": run.cache.stats.hits, "misses": run.cache.stats.misses} if run.cache else None),
+            "hub": run.hub, "trainable_parameters": run.model.parameter_counts()["total"], "fps": self.config.model.fps,
         }
 
     # ------------------------------------------------------------------ pieces
-    def _loss(self, net, model: NeonVLA, batch: dict, soup: DataSoup, cache, group_w, autocast) -> torch.Tensor:
+    def _loss(self, run, batch: dict) -> torch.Tensor:
+        model, obs = run.model, batch["obs"]
         if self.config.image_augmentation:
             rng = np.random.default_rng([self.config.seed, self.dist.rank, int(batch["row"].sum()), len(batch["row"])])
-            batch["images"] = [augment(im, rng) for im in batch["images"]]
+            obs.images = [augment(im, rng) for im in obs.images]
         with torch.no_grad():
-            inp = model_inputs(model, batch, soup.sources, cache)
-        with autocast:
-            pred, speech = net(inp)
+            inp = model.inputs(obs, run.features, (batch["source"], batch["row"]))
+        with run.autocast:
+            pred, speech = run.net(inp)
         dev = pred.device
-        target = model.transform.encode(batch["actions"].to(dev), batch["state"].to(dev))
-        weight = batch["action_mask"].to(dev).float() * group_w
+        target = model.transform.encode(batch["actions"].to(dev), inp.state)
+        weight = batch["action_mask"].to(dev).float() * run.group_w
         loss = (weight * (pred.float() - target) ** 2).sum() / weight.sum().clamp(min=1.0)
         speech_target = batch["speech_target"].to(dev)
         has_speech = speech_target >= 0
@@ -377,36 +386,32 @@ class NeonTrainer:
         return [idx[i:i + self.config.batch_size * 4] for i in range(0, n, self.config.batch_size * 4)]
 
     @torch.no_grad()
-    def _val_loss(self, net, model: NeonVLA, batches, soup: DataSoup, cache, group_w) -> float:
-        net.eval()
+    def _val_loss(self, run) -> float:
+        run.net.eval()
         total, weight = 0.0, 0.0
-        for b in batches:
-            batch = collate([soup[i] for i in b])
-            inp = model_inputs(model, batch, soup.sources, cache)
-            pred, _ = model(inp)
-            target = model.transform.encode(batch["actions"].to(pred.device), batch["state"].to(pred.device))
-            w = batch["action_mask"].to(pred.device).float() * group_w
+        for b in run.val_batches:
+            batch = collate([run.val_soup[i] for i in b])
+            inp = run.model.inputs(batch["obs"], run.val_features, (batch["source"], batch["row"]))
+            pred, _ = run.model(inp)
+            target = run.model.transform.encode(batch["actions"].to(pred.device), inp.state)
+            w = batch["action_mask"].to(pred.device).float() * run.group_w
             total += float((w * (pred - target) ** 2).sum())
             weight += float(w.sum())
         return total / weight if weight else float("nan")
 
-    def _extra(self, split_json: str, state: TrainState, per_source: dict) -> dict[str, str]:
-        cfg = self.config
-        return {
-            SPLIT_FILE: split_json,
+    def _save(self, run, which: str) -> None:
+        """Write `best` or `last` (with optimizer and trainer state, so `resume` continues the same curve)."""
+        cfg, state = self.config, run.state
+        extra = {
+            SPLIT_FILE: run.split_json,
             TRAIN_CONFIG_FILE: cfg.to_json(),
-            "norm_stats_per_source.json": json.dumps({k: v.to_dict() for k, v in per_source.items()}, indent=2),
+            "norm_stats_per_source.json": json.dumps({k: v.to_dict() for k, v in run.per_source.items()}, indent=2),
             "README.md": model_card(cfg, state.best_loss, state.best_step, state.step),
         }
-
-    def _save(self, model: NeonVLA, directory: Path, split_json: str, state: TrainState, per_source: dict) -> None:
-        model.save_pretrained(directory, self._extra(split_json, state, per_source))
-
-    def _save_last(self, model, optimizer, out: Path, split_json: str, state: TrainState, per_source: dict) -> None:
-        extra = self._extra(split_json, state, per_source)
-        extra[OPTIMIZER_FILE] = state_to_bytes(optimizer.state_dict())
-        extra[TRAINER_STATE] = json.dumps({"state": state.__dict__}, indent=2)
-        model.save_pretrained(out / "last", extra)
+        if which == "last":
+            extra[OPTIMIZER_FILE] = state_to_bytes(run.optimizer.state_dict())
+            extra[TRAINER_STATE] = json.dumps({"state": state.__dict__}, indent=2)
+        run.model.save_pretrained(run.out / which, extra)
 
     def _replicas_in_sync(self, model: NeonVLA) -> bool:
         import torch.distributed as dist

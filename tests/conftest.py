@@ -47,3 +47,11 @@ def attach(model, backbones, load_in_4bit: bool = False):
 
 def scene(seed: int = 0, h: int = 120, w: int = 160) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def heads_inputs(model, batch: dict, sources: list, cache=None):
+    """NeonInputs for a soup batch, features from the live backbone or through a FeatureCache (as the trainer does)."""
+    from neon_train.feature_cache import CachedFeatures
+
+    features = model.features() if cache is None else CachedFeatures(cache, sources, model.features())
+    return model.inputs(batch["obs"], features, (batch["source"], batch["row"]))

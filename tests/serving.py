@@ -27,3 +27,13 @@ def serve(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def runner_for(model, safety=None, heads=None, source: str = "", **kwargs):
+    """A warmed-up PolicyRunner serving `model` (a NeonVLA with its backbone) as neon-serve would."""
+    from neon.policy import NeonPolicy
+    from neon_runtime.policy import LocalPolicy, PolicyRunner
+
+    runner = PolicyRunner(LocalPolicy(NeonPolicy(model, heads), safety, source), **kwargs)
+    runner.warm_up()
+    return runner

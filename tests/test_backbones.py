@@ -122,7 +122,7 @@ def test_unreachable_hub_without_offline_flag_fails_fast(monkeypatch, tmp_path):
 
     t0 = time.monotonic()
     with pytest.raises(HubUnavailableError, match="unreachable"):
-        loader.resolve_model_dir("nvidia/Cosmos-Reason2-2B")
+        loader.resolve("nvidia/Cosmos-Reason2-2B")
     assert time.monotonic() - t0 < 5
 
 
@@ -149,8 +149,8 @@ def test_cosmos_reason2_loads_through_the_qwen3_vl_path(tmp_path, monkeypatch):
     Qwen3VLForConditionalGeneration(cfg).save_pretrained(tmp_path / "cosmos")
     Qwen3VLImageProcessor(Qwen2VLImageProcessorPil(patch_size=16, min_pixels=64 * 64, max_pixels=512 * 512), tok,
                           chat_template=_VL_TEMPLATE).save_pretrained(tmp_path / "cosmos")
-    real = loader.resolve_model_dir
-    monkeypatch.setattr(loader, "resolve_model_dir", lambda mid, *a, **k: tmp_path / "cosmos"
+    real = loader.resolve
+    monkeypatch.setattr(loader, "resolve", lambda mid, *a, **k: tmp_path / "cosmos"
                         if mid == "nvidia/Cosmos-Reason2-2B" else real(mid, *a, **k))
     bb = Backbone(BackboneConfig(model_id="nvidia/Cosmos-Reason2-2B", load_in_4bit=False,
                                  audio_encoder_id="neon-tiny/whisper"))

@@ -95,7 +95,7 @@ def test_chunks_and_padding_at_episode_ends(tmp_path, fps):
     # A chunk well inside an episode is all real.
     s = src.sample(2)
     assert np.allclose(s["actions"][:, 5], (2 + np.arange(16)) / 1000) and s["action_mask"].all()
-    assert abs(float(s["image"][4:28].mean()) - 14) < 3  # frame t = 2 decoded
+    assert abs(float(s["obs"].image[4:28].mean()) - 14) < 3  # frame t = 2 decoded
 
 
 def test_names_mapped_and_unmapped_reported_once(tmp_path, caplog):
@@ -157,7 +157,7 @@ def synth(tmp_path_factory):
 def test_soup_frequencies_follow_weights(synth, tmp_path):
     other = ramp_dataset(tmp_path / "ramp", 5, [40, 40])
     cfg = DataSoupConfig([DataSourceConfig("synth", str(synth), weight=3.0),
-                          DataSourceConfig("ramp", str(other), weight=1.0)], seed=7)
+                          DataSourceConfig("ramp", str(other), weight=1.0)], seed=7, fps=30.0)
     soup = DataSoup(cfg, ARMS, 16)
     n = 4000
     idx = np.array(list(soup.sampler(n)))
@@ -175,6 +175,28 @@ def test_soup_frequencies_follow_weights(synth, tmp_path):
     assert list(s1) != list(s2)
 
 
+def test_soup_of_different_frame_rates_is_refused_or_resampled(synth, tmp_path):
+    slow = generate(tmp_path / "slow", SynthConfig(episodes=2, length=15, fps=15.0, image_size=64), progress=False)
+    sources = [DataSourceConfig("fast", str(synth)), DataSourceConfig("slow", str(slow))]
+    with pytest.raises(DatasetError, match=r"differ in frame rate \(fast at 30 fps, slow at 15 fps\).*--fps"):
+        DataSoup(DataSoupConfig(sources), ARMS, 16)
+    soup = DataSoup(DataSoupConfig(sources, fps=30.0), ARMS, 16)
+    assert soup.fps == 30.0
+    src = soup.sources[1]
+    actions, _, _ = src.episode_arrays(0)
+    s = src.sample(3)  # frame 3 of a 15-frame, 15 fps episode: steps every 1/30 s = half a frame
+    assert s["fps"] == 30.0 and src.fps == 15.0
+    pos = 3 + np.arange(16) / 2
+    lo, hi = np.floor(pos).astype(int), np.minimum(np.floor(pos).astype(int) + 1, 14)
+    expected = actions[lo] + (pos - lo)[:, None] * (actions[hi] - actions[lo])
+    assert np.allclose(s["actions"], expected, atol=1e-6)
+    assert s["action_mask"].all()  # 3 + 15 / 2 = 10.5 <= 14: the whole chunk lies inside the episode
+    end = src.sample(10)
+    assert end["action_mask"][:, 0].tolist() == [True] * 9 + [False] * 7  # 10 + i / 2 <= 14 for i <= 8
+    assert soup.sources[0].sample(0)["fps"] == 30.0  # the 30 fps source is untouched
+    assert np.array_equal(soup.sources[0].sample(0)["actions"], DataSoup(DataSoupConfig(sources[:1]), ARMS, 16)[0]["actions"])
+
+
 def test_loader_is_identical_with_several_workers(synth):
     cfg = DataSoupConfig([DataSourceConfig("synth", str(synth))], seed=3)
     soup = DataSoup(cfg, ARMS, 16)
@@ -183,11 +205,11 @@ def test_loader_is_identical_with_several_workers(synth):
         loader = DataLoader(soup, batch_size=4, sampler=soup.sampler(24), num_workers=workers, collate_fn=collate)
         batches[workers] = list(loader)
     for a, b in zip(batches[0], batches[2], strict=True):
-        assert torch.equal(a["actions"], b["actions"]) and a["instructions"] == b["instructions"]
-        assert all(np.array_equal(x, y) for x, y in zip(a["images"], b["images"], strict=True))
+        assert torch.equal(a["actions"], b["actions"]) and a["obs"].instructions == b["obs"].instructions
+        assert all(np.array_equal(x, y) for x, y in zip(a["obs"].images, b["obs"].images, strict=True))
     batch = batches[0][0]
-    assert batch["actions"].shape == (4, 16, 28) and batch["lidar"].shape == (4, 256, 4)
-    assert batch["eef"].shape == (4, 14) and batch["audio"][0].ndim == 1
+    assert batch["actions"].shape == (4, 16, 28) and batch["obs"].lidar.shape == (4, 256, 4)
+    assert batch["obs"].eef.shape == (4, 14) and batch["obs"].audio[0].ndim == 1
 
 
 def test_soup_file_yaml_and_json(tmp_path, synth):
@@ -220,8 +242,8 @@ def test_voice_commands_train_speech_and_are_masked(tmp_path, synth):
                     responses=vocab)
     first_voice = len(soup.sources[0])
     s = soup[first_voice]
-    assert s["speech_target"] == 1 and not s["action_mask"].any() and s["audio"].shape == (16000,)
-    assert soup[first_voice + 1]["speech_target"] == 2 and soup[first_voice + 1]["audio"] is None
+    assert s["speech_target"] == 1 and not s["action_mask"].any() and s["obs"].audio.shape == (16000,)
+    assert soup[first_voice + 1]["speech_target"] == 2 and soup[first_voice + 1]["obs"].audio is None
     assert soup[first_voice + 2]["speech_target"] == 0
     assert soup[0]["speech_target"] == -1
     (vdir / "utterances.jsonl").write_text('{"text": "hi", "audio": "missing.wav"}\n')

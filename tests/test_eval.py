@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import heads_inputs, tiny_config
 from PIL import Image
 
 from neon.action_space import G1ActionSpace
@@ -16,7 +16,6 @@ from neon.data.sources import LeRobotSource
 from neon.data.stats import norm_stats_for
 from neon.data.synthetic import SynthConfig, generate
 from neon.model import NeonVLA
-from neon_train.batching import model_inputs
 from neon_train.eval_cli import main as eval_main
 from neon_train.evaluate import PLOT_DPI, PLOT_SIZE, evaluate, seeded_split
 
@@ -31,8 +30,8 @@ def train_briefly(model: NeonVLA, source: LeRobotSource, steps: int = 40, seed: 
         for s in samples:
             s["source"] = 0
         batch = collate(samples)
-        pred, _ = model(model_inputs(model, batch, [source]))
-        target = model.transform.encode(batch["actions"], batch["state"])
+        pred, _ = model(heads_inputs(model, batch, [source]))
+        target = model.transform.encode(batch["actions"], batch["obs"].state)
         mask = batch["action_mask"].float()
         loss = ((pred - target) ** 2 * mask).sum() / mask.sum()
         opt.zero_grad()

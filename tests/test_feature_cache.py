@@ -6,12 +6,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import heads_inputs, tiny_config
 
 from neon.data.soup import DataSoup, DataSoupConfig, DataSourceConfig, collate
 from neon.data.synthetic import SynthConfig, generate
 from neon.model import NeonVLA
-from neon_train.batching import model_inputs
 from neon_train.feature_cache import FeatureCache
 
 
@@ -34,15 +33,15 @@ def test_hits_after_first_pass_and_identical_features(setup, tmp_path):
     _, model, soup = setup
     cache = FeatureCache(tmp_path / "cache", model.config.backbone, with_audio=True)
     batch = batch_of(soup, [0, 5, 12])
-    fresh = model_inputs(model, batch, soup.sources, cache)
+    fresh = heads_inputs(model, batch, soup.sources, cache)
     assert (cache.stats.hits, cache.stats.misses) == (0, 3)
-    cached = model_inputs(model, batch, soup.sources, cache)
+    cached = heads_inputs(model, batch, soup.sources, cache)
     assert (cache.stats.hits, cache.stats.misses) == (3, 3)
     assert torch.allclose(cached.vl_tokens, fresh.vl_tokens, atol=2e-3, rtol=2e-3)  # stored as float16
     assert torch.equal(cached.audio_present, fresh.audio_present)
     # A new FeatureCache object (a new run) reuses what is on disk.
     again = FeatureCache(tmp_path / "cache", model.config.backbone, with_audio=True)
-    model_inputs(model, batch_of(soup, [0, 5, 7]), soup.sources, again)
+    heads_inputs(model, batch_of(soup, [0, 5, 7]), soup.sources, again)
     assert (again.stats.hits, again.stats.misses) == (2, 1)
 
 
@@ -50,9 +49,9 @@ def test_changed_instruction_is_a_miss(setup, tmp_path):
     _, model, soup = setup
     cache = FeatureCache(tmp_path / "cache", model.config.backbone, with_audio=True)
     batch = batch_of(soup, [1, 2])
-    model_inputs(model, batch, soup.sources, cache)
-    batch["instructions"] = ["wave", batch["instructions"][1]]
-    model_inputs(model, batch, soup.sources, cache)
+    heads_inputs(model, batch, soup.sources, cache)
+    batch["obs"].instructions = ["wave", batch["obs"].instructions[1]]
+    heads_inputs(model, batch, soup.sources, cache)
     assert (cache.stats.hits, cache.stats.misses) == (1, 3)
 
 
@@ -70,13 +69,13 @@ def test_backbone_settings_key_the_cache(setup, tmp_path, field, value):
 def test_modified_dataset_invalidates(setup, tmp_path):
     root, model, soup = setup
     cache = FeatureCache(tmp_path / "cache", model.config.backbone, with_audio=True)
-    model_inputs(model, batch_of(soup, [0]), soup.sources, cache)
+    heads_inputs(model, batch_of(soup, [0]), soup.sources, cache)
     video = next((root / "videos").rglob("*.mp4"))
     time.sleep(0.01)
     os.utime(video)  # the dataset changed on disk
     soup2 = DataSoup(DataSoupConfig([DataSourceConfig("s", str(root))]), model.action_space, 16)
     cache2 = FeatureCache(tmp_path / "cache", model.config.backbone, with_audio=True)
-    model_inputs(model, batch_of(soup2, [0]), soup2.sources, cache2)
+    heads_inputs(model, batch_of(soup2, [0]), soup2.sources, cache2)
     assert (cache2.stats.hits, cache2.stats.misses) == (0, 1)
 
 
@@ -91,7 +90,7 @@ def test_half_written_rows_are_not_trusted(setup, tmp_path, monkeypatch):
     with monkeypatch.context() as m:  # the data flush fails: the row must not be marked filled
         m.setattr(np.memmap, "flush", crash)
         with pytest.raises(OSError, match="power cut"):
-            model_inputs(model, batch_of(soup, [3]), soup.sources, cache)
+            heads_inputs(model, batch_of(soup, [3]), soup.sources, cache)
     assert not sc.filled[3]
-    model_inputs(model, batch_of(soup, [3]), soup.sources, cache)
+    heads_inputs(model, batch_of(soup, [3]), soup.sources, cache)
     assert sc.filled[3] and cache.stats.misses == 2

@@ -7,9 +7,10 @@ import pytest
 import torch
 from conftest import attach, scene, tiny_config
 
-from neon.checkpoint import CheckpointError
-from neon.inputs import InputError
-from neon.model import WEIGHTS_FILE, NeonInputs, NeonVLA, count_parameters
+from neon.checkpoint import WEIGHTS_FILE, CheckpointError
+from neon.model import NeonVLA, count_parameters
+from neon.observation import InputError, collate
+from neon.policy import NeonPolicy
 from neon.normalization import NormStats
 from neon.presets import TARGET_PARAMS, get_model_config
 
@@ -95,9 +96,10 @@ def test_relative_representation_needs_state_and_is_anchored_on_it(backbones):
 def test_batched_forward_trains_heads_only(backbones):
     model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-omni", "whole_body", use_lidar=True)), backbones)
     model.train()
-    feats = model.backbone.encode([scene(i) for i in range(3)], ["a", "b", "c"])
-    x = NeonInputs(feats, torch.zeros(3, 46), torch.tensor([True, False, True]),
-                   lidar=torch.randn(3, 50, 4), lidar_valid=torch.ones(3, 50, dtype=torch.bool))
+    policy = NeonPolicy(model)
+    obs = [policy.observation(image=scene(i), instruction=t, state=s, lidar=np.random.default_rng(i).normal(size=(50, 3)))
+           for i, (t, s) in enumerate(zip("abc", [np.zeros(46), None, np.zeros(46)], strict=True))]
+    x = model.inputs(collate(obs, 46))
     actions, speech = model(x)
     assert actions.shape == (3, 16, 46) and speech.shape == (3, len(model.config.speech_responses))
     (actions.square().mean() + speech.logsumexp(-1).mean()).backward()

@@ -11,11 +11,12 @@ from conftest import attach, scene, tiny_config
 from serving import serve
 
 from neon.model import NeonVLA
+from neon.policy import NeonPolicy
 from neon_runtime import wire
 from neon_runtime.export_cli import main as export_main
-from neon_runtime.onnx_heads import ONNX_DIR, ONNX_FILE, TOLERANCE, export_heads, use_onnx_heads
-from neon_runtime.policy import PolicyRunner
-from neon_runtime.server import ServerSettings, create_app, warm_up
+from neon_runtime.onnx_heads import ONNX_DIR, ONNX_FILE, TOLERANCE, OnnxHeads, export_heads
+from neon_runtime.policy import LocalPolicy, PolicyRunner
+from neon_runtime.server import ServerSettings, create_app
 
 
 def randomized(cfg, seed=0):
@@ -46,9 +47,8 @@ def test_onnx_matches_pytorch(backbones, tmp_path, backbone, mode):
     ckpt = model.save_pretrained(tmp_path / "ckpt")
     info = export_heads(model, ckpt / ONNX_DIR)
     assert max(info["max_abs_diff"].values()) <= TOLERANCE
-    onnx_model = attach(NeonVLA.from_pretrained(ckpt), backbones)
-    runtime = use_onnx_heads(onnx_model, ckpt)
-    assert runtime.provider == "CPUExecutionProvider"
+    onnx_model = NeonPolicy(attach(NeonVLA.from_pretrained(ckpt), backbones), OnnxHeads.beside(ckpt))
+    assert onnx_model.heads_provider == "CPUExecutionProvider"
     for seed, drop in ((0, ()), (1, ("audio", "lidar", "eef")), (2, ("state",))):
         obs = {k: v for k, v in full_obs(model, seed).items() if k not in drop}
         a, b = model.predict(**obs), onnx_model.predict(**obs)
@@ -62,7 +62,7 @@ def test_export_cli_and_missing_export(backbones, tmp_path, capsys):
     cfg = tiny_config("neon-tiny/qwen2.5-vl")
     ckpt = randomized(cfg).save_pretrained(tmp_path / "ckpt")
     with pytest.raises(FileNotFoundError, match="run `neon-export"):
-        use_onnx_heads(NeonVLA.from_pretrained(ckpt), ckpt)
+        OnnxHeads.beside(ckpt)
     assert export_main(["--model", str(ckpt)]) == 0
     assert "largest difference from PyTorch" in capsys.readouterr().out
     assert (ckpt / ONNX_DIR / ONNX_FILE).is_file()
@@ -79,9 +79,9 @@ def test_server_round_trips_with_onnx_heads(backbones, tmp_path):
     ckpt = torch_model.save_pretrained(tmp_path / "ckpt")
     export_heads(torch_model, ckpt / ONNX_DIR)
     model = attach(NeonVLA.from_pretrained(ckpt), backbones)
-    use_onnx_heads(model, ckpt)
-    runner = PolicyRunner(model, max_batch=4, max_wait_ms=2, source=str(ckpt))
-    warm_up(runner)
+    runner = PolicyRunner(LocalPolicy(NeonPolicy(model, OnnxHeads.beside(ckpt)), source=str(ckpt)), max_batch=4,
+                          max_wait_ms=2)
+    runner.warm_up()
     img = scene(3, 224, 224)
     with serve(create_app(runner, ServerSettings())) as addr:
         meta = httpx.get(f"http://{addr}/metadata").json()
@@ -98,7 +98,7 @@ def test_server_round_trips_with_onnx_heads(backbones, tmp_path):
             c.send(b"\xc1")
             assert wire.unpackb(c.recv())["error"] == "bad_input"
     expected = torch_model.predict(image=img, instruction="wave", state=np.zeros(28))
-    safe = runner.safety.apply(expected.actions, np.zeros(28, np.float32), expected.fps)[0]
+    safe = runner.local.safety.apply(expected.actions, np.zeros(28, np.float32), expected.fps)[0]
     assert np.abs(via_http - safe).max() <= 1e-4 and np.abs(via_ws - safe).max() <= 1e-4
     runner.close()
 

@@ -161,7 +161,7 @@ def test_onnx_heads_in_the_node(graph, checkpoint, tmp_path):
     export_heads(NeonVLA.from_pretrained(ckpt), ckpt / ONNX_DIR)
     neon = graph(make_node("neon_onnx", model=str(ckpt), heads="onnx", dry_run=False, rate_hz=5.0))
     sim = G1Sim(graph(rclpy.create_node("g1_sim_onnx")), neon.space.names)
-    assert wait_for(lambda: len(sim.trajs) >= 1) and "ONNX heads" in neon.policy.describe()
+    assert wait_for(lambda: len(sim.trajs) >= 1) and "ONNX heads" in neon.source
 
 
 def test_dry_run_publishes_preview_only(graph, checkpoint):
@@ -174,20 +174,18 @@ def test_dry_run_publishes_preview_only(graph, checkpoint):
 
 
 def test_remote_mode_against_live_server(graph, checkpoint, backbones):
-    from serving import serve
+    from serving import runner_for, serve
 
-    from neon_runtime.policy import PolicyRunner
-    from neon_runtime.server import ServerSettings, create_app, warm_up
+    from neon_runtime.server import ServerSettings, create_app
 
     model = NeonVLA.from_pretrained(checkpoint)
     model.backbone = backbones("neon-tiny/qwen2.5-vl")
-    runner = PolicyRunner(model, max_batch=4, max_wait_ms=2)
-    warm_up(runner)
+    runner = runner_for(model, max_batch=4, max_wait_ms=2)
     with serve(create_app(runner, ServerSettings())) as addr:
         neon = graph(make_node("neon_remote", server_url=f"ws://{addr}/ws", dry_run=False, rate_hz=5.0))
         sim = G1Sim(graph(rclpy.create_node("g1_sim_remote")), neon.space.names)
         assert wait_for(lambda: len(sim.trajs) >= 2), [d.status[0].message for d in sim.diags[-3:]]
-        assert len(sim.trajs[-1].points) == 16 and "remote" in neon.policy.describe()
+        assert len(sim.trajs[-1].points) == 16 and neon.source.startswith("remote")
     runner.close()
 
 

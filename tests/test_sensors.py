@@ -96,11 +96,10 @@ def test_ring_keeps_the_newest_audio():
 def test_server_fills_audio_from_the_local_microphone(backbones):
     import httpx
     from conftest import attach, tiny_config
-    from serving import serve
+    from serving import runner_for, serve
 
     from neon.model import NeonVLA
-    from neon_runtime.policy import PolicyRunner
-    from neon_runtime.server import ServerSettings, create_app, warm_up
+    from neon_runtime.server import ServerSettings, create_app
 
     cfg = tiny_config("neon-tiny/qwen2.5-omni", use_audio=True)
     cfg.backbone.load_in_4bit = False
@@ -111,8 +110,7 @@ def test_server_fills_audio_from_the_local_microphone(backbones):
         for p in model.parameters():
             p.normal_(0, 0.05)
     mic = UdpPcmMic(group=None, port=0, interface="127.0.0.1")
-    runner = PolicyRunner(model, max_batch=1, max_wait_ms=0)
-    warm_up(runner)
+    runner = runner_for(model, max_batch=1, max_wait_ms=0)
     body = {"image": np.full((64, 64, 3), 100, np.uint8).tolist(), "instruction": "hello", "state": [0.0] * 28}
     try:
         with serve(create_app(runner, ServerSettings(audio_source=mic.ring))) as addr:

@@ -15,14 +15,14 @@ import pytest
 import websockets.sync.client as ws_client
 from conftest import attach, tiny_config
 from PIL import Image
-from serving import serve
+from serving import runner_for, serve
 
 from neon.model import NeonVLA
 from neon_runtime import wire
 from neon_runtime.cli import main as serve_main
-from neon_runtime.policy import PolicyRunner, Superseded
+from neon_runtime.policy import Superseded
 from neon_runtime.safety import SafetyConfig
-from neon_runtime.server import Metrics, ServerSettings, create_app, warm_up
+from neon_runtime.server import Metrics, ServerSettings, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -52,16 +52,15 @@ def png_b64(img):
 @pytest.fixture(scope="module", params=["torch", "onnx"])
 def server(backbones, request, tmp_path_factory):
     """The same server with PyTorch heads and with ONNX Runtime heads (`neon-serve --heads onnx`)."""
-    model = make_model(backbones)
+    model, heads = make_model(backbones), None
     if request.param == "onnx":
-        from neon_runtime.onnx_heads import ONNX_DIR, export_heads, use_onnx_heads
+        from neon_runtime.onnx_heads import ONNX_DIR, OnnxHeads, export_heads
 
         ckpt = model.save_pretrained(tmp_path_factory.mktemp("onnx") / "ckpt")
         export_heads(model, ckpt / ONNX_DIR)
-        use_onnx_heads(model, ckpt)
-    runner = PolicyRunner(model, SafetyConfig(max_joint_velocity=100.0), max_batch=8, max_wait_ms=20, metrics=Metrics(),
-                          source="test-model")
-    warm_up(runner)
+        heads = OnnxHeads.beside(ckpt)
+    runner = runner_for(model, SafetyConfig(max_joint_velocity=100.0), heads, "test-model", max_batch=8,
+                        max_wait_ms=20, metrics=Metrics())
     with serve(create_app(runner, ServerSettings(token=None))) as addr:
         yield addr, runner
     runner.close()
@@ -79,7 +78,7 @@ def test_http_json_and_msgpack_round_trip(server):
     assert r.status_code == 200, r.text
     out = r.json()
     actions = np.array(out["actions"])
-    space = runner.model.action_space
+    space = runner.local.policy.space
     assert actions.shape == (16, 28) and (actions >= space.lower - 1e-5).all() and (actions <= space.upper + 1e-5).all()
     assert out["joint_names"] == space.names and out["fps"] == 30.0
     assert out["observation_timestamp"] == pytest.approx(body["timestamp"])
@@ -165,8 +164,8 @@ def test_concurrent_clients_get_their_own_answers(server, backbones):
     n = 8
     expected = {}
     for i in range(n):
-        ref = runner.model.predict(image=image(10 + i), instruction=f"pick up block {i}", state=np.zeros(28))
-        expected[i] = runner.safety.apply(ref.actions, np.zeros(28, np.float32), ref.fps)[0]
+        ref = runner.local.policy.predict(image=image(10 + i), instruction=f"pick up block {i}", state=np.zeros(28))
+        expected[i] = runner.local.safety.apply(ref.actions, np.zeros(28, np.float32), ref.fps)[0]
     results, batch_sizes = {}, []
 
     def client(i):
@@ -221,8 +220,7 @@ def test_auth_and_hot_reload_under_load(backbones, tmp_path):
     model = make_model(backbones, seed=1)
     other = make_model(backbones, seed=2)
     other.save_pretrained(tmp_path / "v2")
-    runner = PolicyRunner(model, max_batch=4, max_wait_ms=5, source="v1")
-    warm_up(runner)
+    runner = runner_for(model, max_batch=4, max_wait_ms=5, source="v1")
     with serve(create_app(runner, ServerSettings(token=TOKEN))) as addr:
         url = f"http://{addr}/predict"
         auth = {"authorization": f"Bearer {TOKEN}"}
@@ -265,8 +263,8 @@ def test_auth_and_hot_reload_under_load(backbones, tmp_path):
 
 def test_newest_observation_wins(backbones):
     model = make_model(backbones)
-    runner = PolicyRunner(model, max_batch=1, max_wait_ms=0)
-    obs = model.observation(image=image(8), instruction="wave", state=np.zeros(28))
+    runner = runner_for(model, max_batch=1, max_wait_ms=0)
+    obs = runner.local.prepare({"image": image(8), "instruction": "wave", "state": np.zeros(28)})
     blocker = runner.submit(obs)  # occupies the model
     old = runner.submit(obs, client="robot-1")
     new = runner.submit(obs, client="robot-1")

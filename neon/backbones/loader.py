@@ -1,21 +1,14 @@
 """Load a frozen backbone (and, for backbones without ears, a Whisper encoder) and read features from it.
 
-Real model ids go through `huggingface_hub.snapshot_download` and transformers'
-own `from_pretrained`; tiny ids are built offline once and then take the very
-same path from a local folder. With no reachable Hub, a real id that is not
-cached fails at once with a message saying so (never a 30-second hang).
+Model ids become folders through `neon.hub.resolve` (tiny ids are built offline
+once), then load through transformers' own `from_pretrained`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import re
-import socket
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -23,66 +16,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from neon.backbones.registry import BackboneSpec
-from neon.backbones.tiny import TINY_IDS, tiny_model_dir
 from neon.config import BackboneConfig
+from neon.hub import MODEL_FILES, HubUnavailableError, resolve
+from neon.observation import AUDIO_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-AUDIO_SAMPLE_RATE = 16000
-# Files a backbone checkout needs; skips the original-format and ONNX copies some repos carry.
-_ALLOW = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
-
-
-class HubUnavailableError(RuntimeError):
-    """A model must come from the Hugging Face Hub, and the Hub cannot be reached."""
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def looks_like_repo_id(text: str) -> bool:
-    """True for `owner/name` that is not a local path (no ./, /, ~ prefix, exactly one slash)."""
-    return bool(_REPO_ID.match(text)) and not text.startswith((".", "/", "~"))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Fast TCP check of the Hub endpoint, so an offline machine fails in seconds, not ~30 s."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def resolve_model_dir(model_id: str, revision: str | None = None, kind: str = "backbone",
-                      allow_patterns: list[str] | None = None) -> Path:
-    """Local folder holding `model_id`: a tiny build, the Hub cache, or a fresh download."""
-    if model_id in TINY_IDS:
-        return tiny_model_dir(model_id)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    offline = _env_true("HF_HUB_OFFLINE")
-    if not offline and not hub_reachable():
-        offline = True
-    if offline:
-        try:
-            return Path(snapshot_download(model_id, revision=revision, local_files_only=True))
-        except LocalEntryNotFoundError:
-            why = "HF_HUB_OFFLINE is set" if _env_true("HF_HUB_OFFLINE") else "the Hugging Face Hub is unreachable"
-            raise HubUnavailableError(
-                f"{kind} {model_id!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and {why}. "
-                f"Download it where there is network (`hf download {model_id}`) and copy the cache here, "
-                "or use an offline tiny backbone (neon-tiny/qwen2.5-vl, neon-tiny/qwen2.5-omni)."
-            ) from None
-    return Path(snapshot_download(model_id, revision=revision, allow_patterns=allow_patterns or _ALLOW))
+__all__ = ["Backbone", "HubUnavailableError", "pool_tokens"]
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -155,7 +95,7 @@ class Backbone:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(cfg.dtype)
         attn = resolve_attn_implementation(cfg.attn_implementation)
-        path = resolve_model_dir(cfg.model_id, cfg.revision)
+        path = resolve(cfg.model_id, "backbone", cfg.revision, MODEL_FILES)
         kwargs = dict(dtype=self.dtype, attn_implementation=attn)
         quant = _quantization_config(cfg, self.dtype)
         if quant is not None:
@@ -186,7 +126,7 @@ class Backbone:
     def _load_whisper(self, model_id: str) -> None:
         from transformers import WhisperFeatureExtractor, WhisperModel
 
-        path = resolve_model_dir(model_id, kind="audio encoder")
+        path = resolve(model_id, "audio encoder", allow_patterns=MODEL_FILES)
         whisper = WhisperModel.from_pretrained(path, dtype=self.dtype)
         self.whisper = _freeze(whisper.get_encoder()).to(self.device)
         self.whisper_features = WhisperFeatureExtractor.from_pretrained(path)

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S
+from neon.paths import tiny_models_dir
+
 TINY_VERSION = 2  # bump when the recipe changes; old cache folders are then rebuilt
 
 SPECIAL_TOKENS = [
@@ -68,11 +71,6 @@ _VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_
                spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
 
 TINY_IDS = ("neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni", "neon-tiny/whisper")
-
-
-def cache_root() -> Path:
-    """Where Neon keeps what it builds or downloads itself (override with NEON_CACHE_DIR)."""
-    return Path(os.environ.get("NEON_CACHE_DIR", Path.home() / ".cache" / "neon"))
 
 
 def _build_tokenizer(extra_special: dict[str, str]):
@@ -139,14 +137,14 @@ def _build_omni(out: Path) -> None:
     torch.manual_seed(0)
     Qwen2_5OmniForConditionalGeneration(config).save_pretrained(out)
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=448 * 448)
-    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=AUDIO_SAMPLE_RATE)
     QwenOmniImageAudioProcessor(image_processor, feature_extractor, tok, chat_template=_OMNI_TEMPLATE).save_pretrained(out)
 
 
 def _build_whisper(out: Path) -> None:
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-    # 4-second window instead of Whisper's 30 s keeps the tiny encoder cheap.
+    # Neon's audio window (4 s) instead of Whisper's 30 s keeps the tiny encoder cheap.
     config = WhisperConfig(vocab_size=512, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=1,
                            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
                            decoder_ffn_dim=128, max_source_positions=200, max_target_positions=64,
@@ -154,7 +152,8 @@ def _build_whisper(out: Path) -> None:
                            begin_suppress_tokens=None, suppress_tokens=None)
     torch.manual_seed(0)
     WhisperModel(config).save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=4).save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80, sampling_rate=AUDIO_SAMPLE_RATE,
+                            chunk_length=int(AUDIO_WINDOW_S)).save_pretrained(out)
 
 
 _BUILDERS = {
@@ -168,7 +167,7 @@ def tiny_model_dir(model_id: str) -> Path:
     """Return the folder of a tiny model, building it on first use (atomically)."""
     if model_id not in _BUILDERS:
         raise KeyError(f"{model_id!r} is not a tiny model; tiny models: {', '.join(TINY_IDS)}")
-    target = cache_root() / "tiny" / f"{model_id.split('/')[-1]}-v{TINY_VERSION}"
+    target = tiny_models_dir() / f"{model_id.split('/')[-1]}-v{TINY_VERSION}"
     if (target / "neon_tiny.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable
 
 import numpy as np
 
+from neon.checkpoint import atomic_directory
 from neon.data.video import VideoError, encode_video
 
 log = logging.getLogger(__name__)
@@ -307,120 +305,114 @@ def write_dataset(
     `features` declares the per-frame numeric features (dtype, shape, names) and the
     cameras (dtype "video", shape [H, W, 3]); index columns are added here.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if version not in (V21, V30):
         raise DatasetError(f"can write LeRobot {V21} or {V30}, not {version!r}")
     root = Path(root).absolute()
     if root.exists() and not overwrite:
         raise DatasetError(f"{root} already exists (pass overwrite=True to replace it)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.writing-", dir=root.parent))
-    try:
-        cams = [k for k, f in features.items() if f.get("dtype") == "video"]
-        numeric = [k for k in features if k not in cams]
+    cams = [k for k, f in features.items() if f.get("dtype") == "video"]
+    numeric = [k for k in features if k not in cams]
+    with atomic_directory(root) as tmp:
         tasks: dict[str, int] = {}
-        ep_rows, data_tables, videos, stats_acc = [], [], {c: [] for c in cams}, _StatsAccumulator()
-        video_info: dict[str, dict] = {}
-        total = 0
+        rows, tables, frames, stats, total = [], [], {c: [] for c in cams}, _StatsAccumulator(), 0
         for i, ep in enumerate(episodes):
             n = ep.length
-            task_index = tasks.setdefault(ep.task, len(tasks))
-            cols = {k: _to_arrow(ep.frames[k], features[k], k) for k in numeric}
-            cols["timestamp"] = pa.array(np.arange(n, dtype=np.float32) / np.float32(fps))
-            cols["frame_index"] = pa.array(np.arange(n, dtype=np.int64))
-            cols["episode_index"] = pa.array(np.full(n, i, np.int64))
-            cols["index"] = pa.array(np.arange(total, total + n, dtype=np.int64))
-            cols["task_index"] = pa.array(np.full(n, task_index, np.int64))
-            table = pa.table(cols)
-            stats_acc.add({k: ep.frames[k] for k in numeric if features[k].get("shape") != [-1]})
+            table = _episode_table(ep, numeric, features, fps, i, total, tasks.setdefault(ep.task, len(tasks)))
+            stats.add({k: ep.frames[k] for k in numeric if features[k].get("shape") != [-1]})
+            for cam in cams:
+                stats.add_video(cam, ep.videos[cam])
             row = {"episode_index": i, "tasks": [ep.task], "length": n}
-            if version == V21:
+            if version == V21:  # one data file and one video per camera for each episode
                 fmt = dict(episode_chunk=i // CHUNK_SIZE, episode_index=i)
-                path = tmp / V21_DATA.format(**fmt)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(table, path)
-                for cam in cams:
-                    video_info[cam] = encode_video(tmp / V21_VIDEO.format(video_key=cam, **fmt), ep.videos[cam], fps,
-                                                   codec)
-            else:
-                data_tables.append(table)
+                _write_parquet(table, tmp / V21_DATA.format(**fmt))
+                video_info = {c: encode_video(tmp / V21_VIDEO.format(video_key=c, **fmt), ep.videos[c], fps, codec)
+                              for c in cams}
+            else:  # packed: rows index into one data file and one video per camera
+                tables.append(table)
                 row.update({"data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": total,
                             "dataset_to_index": total + n, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
                 for cam in cams:
-                    start = total / fps
                     row.update({f"videos/{cam}/chunk_index": 0, f"videos/{cam}/file_index": 0,
-                                f"videos/{cam}/from_timestamp": start, f"videos/{cam}/to_timestamp": start + n / fps})
-                    videos[cam].append(ep.videos[cam])
-            for cam in cams:
-                stats_acc.add_video(cam, ep.videos[cam])
-            ep_rows.append(row)
+                                f"videos/{cam}/from_timestamp": total / fps, f"videos/{cam}/to_timestamp": (total + n) / fps})
+                    frames[cam].append(ep.videos[cam])
+            rows.append(row)
             total += n
-        if not ep_rows:
+        if not rows:
             raise DatasetError("no episodes to write")
-
         meta = tmp / "meta"
-        meta.mkdir(parents=True, exist_ok=True)
         if version == V30:
-            path = tmp / V30_DATA.format(chunk_index=0, file_index=0)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.concat_tables(data_tables), path)
-            for cam in cams:
-                video_info[cam] = encode_video(tmp / V30_VIDEO.format(video_key=cam, chunk_index=0, file_index=0),
-                                               np.concatenate(videos[cam]), fps, codec)
-            ep_path = tmp / V30_EPISODES.format(chunk_index=0, file_index=0)
-            ep_path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.Table.from_pylist(ep_rows), ep_path)
-            _write_tasks_parquet(meta / "tasks.parquet", tasks)
+            video_info = _write_v30_files(tmp, tables, frames, rows, tasks, fps, codec)
         else:
-            (meta / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ep_rows))
+            meta.mkdir(parents=True, exist_ok=True)
+            (meta / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": v, "task": k}) + "\n"
                                                       for k, v in tasks.items()))
-        (meta / "stats.json").write_text(json.dumps(stats_acc.result(), indent=2) + "\n")
-
-        all_features = {}
-        for k, f in features.items():
-            f = dict(f)
-            if k in cams:
-                f.setdefault("names", ["height", "width", "channels"])
-                f["info"] = video_info[k]
-            all_features[k] = f
-        for k, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                         ("index", "int64"), ("task_index", "int64")):
-            all_features[k] = {"dtype": dtype, "shape": [1], "names": None}
-        info = {
-            "codebase_version": version,
-            "robot_type": robot_type,
-            "total_episodes": len(ep_rows),
-            "total_frames": total,
-            "total_tasks": len(tasks),
-            "chunks_size": CHUNK_SIZE,
-            "fps": fps,
-            "splits": {"train": f"0:{len(ep_rows)}"},
-            "data_path": V30_DATA if version == V30 else V21_DATA,
-            "video_path": (V30_VIDEO if version == V30 else V21_VIDEO) if cams else None,
-            "features": all_features,
-        }
-        if version == V21:
-            info.update(total_videos=len(ep_rows) * len(cams), total_chunks=(len(ep_rows) - 1) // CHUNK_SIZE + 1)
-        else:
-            info.update(data_files_size_in_mb=100, video_files_size_in_mb=500)
+        (meta / "stats.json").write_text(json.dumps(stats.result(), indent=2) + "\n")
+        info = _info(version, robot_type, fps, features, video_info, len(rows), total, len(tasks))
         (meta / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         for name, content in (extra_meta or {}).items():
             (meta / name).write_text(json.dumps(content, indent=2) + "\n")
-        _fsync_tree(tmp)
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
-        return root
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return root
+
+
+def _episode_table(ep: EpisodeData, numeric: list[str], features: dict, fps: float, index: int, first: int,
+                   task_index: int):
+    """One episode's rows: its numeric features plus LeRobot's index columns."""
+    import pyarrow as pa
+
+    n = ep.length
+    cols = {k: _to_arrow(ep.frames[k], features[k], k) for k in numeric}
+    cols["timestamp"] = pa.array(np.arange(n, dtype=np.float32) / np.float32(fps))
+    cols["frame_index"] = pa.array(np.arange(n, dtype=np.int64))
+    cols["episode_index"] = pa.array(np.full(n, index, np.int64))
+    cols["index"] = pa.array(np.arange(first, first + n, dtype=np.int64))
+    cols["task_index"] = pa.array(np.full(n, task_index, np.int64))
+    return pa.table(cols)
+
+
+def _write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def _write_v30_files(tmp: Path, tables: list, frames: dict[str, list], rows: list[dict], tasks: dict[str, int],
+                     fps: float, codec: str) -> dict[str, dict]:
+    """v3.0's packed data file, one video per camera, the episodes index and tasks.parquet; -> video info."""
+    import pyarrow as pa
+
+    _write_parquet(pa.concat_tables(tables), tmp / V30_DATA.format(chunk_index=0, file_index=0))
+    video_info = {cam: encode_video(tmp / V30_VIDEO.format(video_key=cam, chunk_index=0, file_index=0),
+                                    np.concatenate(f), fps, codec) for cam, f in frames.items()}
+    _write_parquet(pa.Table.from_pylist(rows), tmp / V30_EPISODES.format(chunk_index=0, file_index=0))
+    _write_tasks_parquet(tmp / "meta" / "tasks.parquet", tasks)
+    return video_info
+
+
+def _info(version: str, robot_type: str, fps: float, features: dict, video_info: dict, episodes: int, frames: int,
+          tasks: int) -> dict:
+    """meta/info.json: the declared features (cameras with their codec info) plus the index columns."""
+    all_features = {}
+    for k, f in features.items():
+        f = dict(f)
+        if k in video_info:
+            f.setdefault("names", ["height", "width", "channels"])
+            f["info"] = video_info[k]
+        all_features[k] = f
+    for k, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+                     ("index", "int64"), ("task_index", "int64")):
+        all_features[k] = {"dtype": dtype, "shape": [1], "names": None}
+    info = {"codebase_version": version, "robot_type": robot_type, "total_episodes": episodes, "total_frames": frames,
+            "total_tasks": tasks, "chunks_size": CHUNK_SIZE, "fps": fps, "splits": {"train": f"0:{episodes}"},
+            "data_path": V30_DATA if version == V30 else V21_DATA,
+            "video_path": (V30_VIDEO if version == V30 else V21_VIDEO) if video_info else None,
+            "features": all_features}
+    if version == V21:
+        info.update(total_videos=episodes * len(video_info), total_chunks=(episodes - 1) // CHUNK_SIZE + 1)
+    else:
+        info.update(data_files_size_in_mb=100, video_files_size_in_mb=500)
+    return info
 
 
 def _to_arrow(values, feat: dict, key: str):
@@ -443,7 +435,6 @@ def _to_arrow(values, feat: dict, key: str):
 def _write_tasks_parquet(path: Path, tasks: dict[str, int]) -> None:
     """tasks.parquet as pandas writes it (task text as the index), without needing pandas."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     pandas_meta = {
         "index_columns": ["__index_level_0__"], "column_indexes": [],
@@ -455,8 +446,7 @@ def _write_tasks_parquet(path: Path, tasks: dict[str, int]) -> None:
     }
     table = pa.table({"task_index": pa.array(list(tasks.values()), pa.int64()),
                       "__index_level_0__": pa.array(list(tasks), pa.string())})
-    table = table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
-    pq.write_table(table, path)
+    _write_parquet(table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), path)
 
 
 class _StatsAccumulator:
@@ -487,13 +477,6 @@ class _StatsAccumulator:
             out[k] = {"mean": mean.tolist(), "std": std.tolist(), "min": np.asarray(lo).tolist(),
                       "max": np.asarray(hi).tolist(), "count": [int(n)]}
         return out
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in root.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
 
 
 __all__ = ["LeRobotDataset", "EpisodeMeta", "EpisodeData", "write_dataset", "DatasetError", "VideoError"]

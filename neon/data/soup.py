@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, Sampler
 from neon.action_space import G1ActionSpace
 from neon.data.lerobot import DatasetError
 from neon.data.sources import LeRobotSource, VoiceCommandSource
-from neon.encoders import absent_eef
+from neon.observation import collate as collate_observations
 
 SOURCE_TYPES = ("lerobot", "cosmos_dreamgen", "voice_commands")
 
@@ -55,6 +55,7 @@ class DataSoupConfig:
     sources: list[DataSourceConfig] = field(default_factory=list)
     balance_by_size: bool = False
     seed: int = 0
+    fps: float | None = None  # resample every source's action chunks to this rate (needed when sources differ)
 
     def validate(self) -> DataSoupConfig:
         self.sources = [s if isinstance(s, DataSourceConfig) else DataSourceConfig(**s) for s in self.sources]
@@ -65,6 +66,8 @@ class DataSoupConfig:
             raise DatasetError(f"data soup source names must be unique, got {names}")
         for s in self.sources:
             s.validate()
+        if self.fps is not None and not self.fps > 0:
+            raise DatasetError(f"data soup fps must be positive, got {self.fps}")
         return self
 
     def action_representation(self) -> tuple[bool, float]:
@@ -131,10 +134,17 @@ class DataSoup(Dataset):
                 src.vocabulary = responses
             else:  # lerobot and cosmos_dreamgen (GR00T-LeRobot: modality.json is read when present)
                 src = LeRobotSource(s.path, space, num_steps, name=s.name, camera=s.camera,
-                                    episodes=(episodes or {}).get(s.name))
+                                    episodes=(episodes or {}).get(s.name), chunk_fps=config.fps)
             if len(src) == 0:
                 raise DatasetError(f"source {s.name!r} has no samples")
             self.sources.append(src)
+        rates = {src.name: src.fps for src in self.sources if src.fps}
+        if config.fps is None and len(set(rates.values())) > 1:
+            listed = ", ".join(f"{n} at {r:g} fps" for n, r in rates.items())
+            raise DatasetError(f"the soup's sources differ in frame rate ({listed}); one model executes its chunks "
+                               "at one rate: pass --fps F (or 'fps' in the soup file) to resample every source's "
+                               "action chunks to F")
+        self.fps = config.fps or next(iter(rates.values()), None)  # the rate of every chunk's steps
         self.offsets = np.cumsum([0] + [len(s) for s in self.sources]) if self.sources else np.zeros(1, np.int64)
 
     def __len__(self) -> int:
@@ -179,13 +189,9 @@ class SoupSampler(Sampler[int]):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples into a batch: tensors for arrays, lists for images and text, padding + masks for ragged parts."""
-    b = len(samples)
-    out = {
-        "images": [s["image"] for s in samples],
-        "instructions": [s["instruction"] for s in samples],
-        "state": torch.from_numpy(np.stack([s["state"] for s in samples])),
-        "state_present": torch.tensor([s["state_present"] for s in samples]),
+    """Stack samples into a batch: the observations through `neon.observation.collate`, targets as tensors."""
+    return {
+        "obs": collate_observations([s["obs"] for s in samples], samples[0]["actions"].shape[-1]),
         "actions": torch.from_numpy(np.stack([s["actions"] for s in samples])),
         "action_mask": torch.from_numpy(np.stack([s["action_mask"] for s in samples])),
         "speech_target": torch.tensor([s["speech_target"] for s in samples]),
@@ -193,20 +199,4 @@ def collate(samples: list[dict]) -> dict:
         "row": torch.tensor([s.get("row", -1) for s in samples]),
         "episode": torch.tensor([s["episode"] for s in samples]),
         "frame": torch.tensor([s["frame"] for s in samples]),
-        "audio": [s["audio"] for s in samples],
     }
-    if any(s["eef"] is not None for s in samples):
-        eef = absent_eef(b)
-        for i, s in enumerate(samples):
-            if s["eef"] is not None:
-                eef[i] = torch.from_numpy(s["eef"])
-        out["eef"], out["eef_present"] = eef, torch.tensor([s["eef"] is not None for s in samples])
-    if any(s["lidar"] is not None for s in samples):
-        n = max(len(s["lidar"]) for s in samples if s["lidar"] is not None)
-        lidar, valid = torch.zeros(b, n, 4), torch.zeros(b, n, dtype=torch.bool)
-        for i, s in enumerate(samples):
-            if s["lidar"] is not None:
-                lidar[i, : len(s["lidar"])] = torch.from_numpy(s["lidar"])
-                valid[i, : len(s["lidar"])] = True
-        out["lidar"], out["lidar_valid"] = lidar, valid
-    return out

@@ -1,20 +1,16 @@
 """Data sources as Neon sees them: every sample mapped onto the G1 action space by joint name.
 
 A sample (`dict`) holds:
-    image        UInt8[(H, W, 3)]         head camera frame at t
-    instruction  str
-    state        Float[(D,)]              physical, action-space order (0 where the source has no such joint)
-    state_present bool
-    actions      Float[(T, D)]            absolute, physical; frames t..t+T-1 at the source's own fps,
-                                          the last frame repeated past the episode end
-    action_mask  Bool[(T, D)]             False past the episode end and on joints the source lacks
-    eef          Float[(14,)] | None      left/right wrist pose
-    lidar        Float[(N, 4)] | None
-    audio        Float[(S,)] | None       16 kHz, from the episode start up to t (at most AUDIO_WINDOW_S)
-    speech_target int                     index into the response vocabulary, -1 = no target
-    fps          float                    the source's frame rate: chunk step i is i / fps after t
-    row          int                      the frame's index among all the dataset's frames (feature cache key)
-    source       int                      index of the source in its soup
+    obs           Observation              the frame at t, validated by `neon.observation` exactly as the
+                                           runtime validates a request (LiDAR N x 3 -> N x 4, unit quaternions,
+                                           the newest AUDIO_WINDOW_S of audio from the episode start up to t)
+    actions       Float[(T, D)]            absolute, physical; chunk step i is i / fps after t (resampled
+                                           linearly when `chunk_fps` differs from the dataset's own rate)
+    action_mask   Bool[(T, D)]             False past the episode end and on joints the source lacks
+    speech_target int                      index into the response vocabulary, -1 = no target
+    fps           float                    the chunk's step rate
+    row           int                      the frame's index among all the dataset's frames (feature cache key)
+    episode, frame int
 """
 
 from __future__ import annotations
@@ -30,11 +26,11 @@ from neon.action_space import G1ActionSpace, JointMapping
 from neon.data.lerobot import DatasetError, LeRobotDataset, read_jsonl
 from neon.data.modality import modality_names
 from neon.data.video import VideoReader
+from neon.hub import resolve
+from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, LIDAR_CHANNELS, make_observation
 
 log = logging.getLogger(__name__)
 
-AUDIO_RATE = 16000
-AUDIO_WINDOW_S = 4.0
 STATE_KEYS = ("observation.state",)
 ACTION_KEYS = ("action",)
 EEF_KEYS = ("observation.eef", "observation.ee_pose")
@@ -45,26 +41,7 @@ _CAMERA_PREFERENCE = ("head", "ego", "high", "front", "main")
 
 def resolve_dataset_dir(path_or_repo: str, revision: str | None = None) -> Path:
     """A local dataset folder, or a Hub dataset repo fetched with huggingface_hub (when a network exists)."""
-    p = Path(path_or_repo).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists():
-        raise DatasetError(f"{p} is a file; pass the dataset folder (the one holding meta/info.json)")
-    from neon.backbones.loader import _env_true, hub_reachable, looks_like_repo_id
-
-    if looks_like_repo_id(path_or_repo):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        offline = _env_true("HF_HUB_OFFLINE") or not hub_reachable()
-        try:
-            return Path(snapshot_download(path_or_repo, repo_type="dataset", revision=revision,
-                                          local_files_only=offline))
-        except LocalEntryNotFoundError:
-            raise DatasetError(f"dataset {path_or_repo!r} is not in the local Hugging Face cache and the Hub is "
-                               "unreachable; download it where there is network (`hf download --repo-type dataset "
-                               f"{path_or_repo}`) or pass a local folder") from None
-    raise DatasetError(f"{path_or_repo} is neither a dataset folder nor a Hub dataset id (owner/name)")
+    return resolve(path_or_repo, "dataset", revision, error=DatasetError)
 
 
 def _first_key(features: dict, keys: tuple[str, ...]) -> str | None:
@@ -75,11 +52,13 @@ class LeRobotSource:
     """One LeRobot (or GR00T-LeRobot) dataset, mapped onto an action space, indexed by frame."""
 
     def __init__(self, path_or_repo: str, space: G1ActionSpace, num_steps: int, name: str | None = None,
-                 camera: str | None = None, episodes: list[int] | None = None):
+                 camera: str | None = None, episodes: list[int] | None = None, chunk_fps: float | None = None):
+        """`chunk_fps`: the rate of the chunk's steps (default: the dataset's own fps)."""
         self.name = name or str(path_or_repo)
         self.space, self.num_steps = space, num_steps
         self.ds = LeRobotDataset(resolve_dataset_dir(path_or_repo))
         self.root, self.fps = self.ds.root, self.ds.fps
+        self.chunk_fps = float(chunk_fps or self.fps)
         feats = self.ds.features
         self.state_key = _first_key(feats, STATE_KEYS)
         self.action_key = _first_key(feats, ACTION_KEYS)
@@ -98,6 +77,7 @@ class LeRobotSource:
         self.dim_available[self.action_map.target_index] = True
         self.eef_key = _first_key(feats, EEF_KEYS)
         self.lidar_key = _first_key(feats, LIDAR_KEYS)
+        self.lidar_channels = self._lidar_channels() if self.lidar_key else None
         self.audio_key = _first_key(feats, AUDIO_KEYS)
         if camera is not None and camera not in self.ds.video_keys:
             raise DatasetError(f"{self.name}: no camera {camera!r}; cameras: {', '.join(self.ds.video_keys) or 'none'}")
@@ -125,8 +105,33 @@ class LeRobotSource:
             names = self.ds.feature_names(key)
         return self.space.map_names(names)
 
+    def _lidar_channels(self) -> int:
+        """3 (x, y, z) or 4 (with intensity), from the feature's declared shape or names."""
+        feat = self.ds.features[self.lidar_key]
+        shape, names = list(feat.get("shape", [])), feat.get("names")
+        if isinstance(names, list) and len(names) in (3, 4) and list(names) == list(LIDAR_CHANNELS[: len(names)]):
+            return len(names)
+        if len(shape) == 2 and shape[1] in (3, 4):
+            return shape[1]
+        raise DatasetError(f"{self.root / 'meta/info.json'}: {self.lidar_key!r} must be declared as N x 3 or N x 4 "
+                           f"points (shape [N, 3|4], or names {list(LIDAR_CHANNELS)}); got shape {shape}, names {names}")
+
     def __len__(self) -> int:
         return len(self.index)
+
+    def chunk(self, actions: np.ndarray, t) -> tuple[np.ndarray, np.ndarray]:
+        """(Float[(..., T, D)] actions for the chunk(s) starting at frame(s) t, Bool[(..., T)] inside the episode).
+
+        Step i lies i / chunk_fps after frame t: linear interpolation between frames when the rates differ,
+        the last frame repeated past the episode end.
+        """
+        n = len(actions)
+        pos = np.asarray(t)[..., None] + np.arange(self.num_steps) * (self.fps / self.chunk_fps)
+        valid = pos <= n - 1 + 1e-6
+        pos = np.minimum(pos, n - 1)
+        lo = np.floor(pos).astype(np.int64)
+        w = (pos - lo)[..., None].astype(np.float32)
+        return actions[lo] * (1 - w) + actions[np.minimum(lo + 1, n - 1)] * w, valid
 
     def episode_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         """(actions Float[(L, D)], states Float[(L, D)] | None, raw columns) for the k-th chosen episode."""
@@ -148,32 +153,28 @@ class LeRobotSource:
         k, t = (int(x) for x in self.index[i])
         ep = self.episodes[k]
         actions, states, cols = self.episode_arrays(k)
-        n, steps = ep.length, self.num_steps
-        idx = np.minimum(np.arange(t, t + steps), n - 1)
-        step_valid = np.arange(t, t + steps) < n
+        chunk, step_valid = self.chunk(actions, t)
         path, start = self.ds.video_path(ep, self.camera)
-        out = {
-            "image": self._video.frame(path, start + t / self.fps, self.fps),
-            "instruction": self.ds.task_of(ep, cols, t),
-            "state": states[t] if states is not None else np.zeros(self.space.dim, np.float32),
-            "state_present": states is not None,
-            "actions": actions[idx],
-            "action_mask": step_valid[:, None] & self.dim_available[None, :],
-            "eef": cols[self.eef_key][t].reshape(-1).astype(np.float32) if self.eef_key else None,
-            "lidar": cols[self.lidar_key][t].reshape(-1, 4).astype(np.float32) if self.lidar_key else None,
-            "audio": self._audio(cols, t) if self.audio_key else None,
-            "speech_target": -1,
-            "fps": self.fps,
-            "row": int(self.first_row[k] + t),
-            "episode": int(ep.index),
-            "frame": t,
-        }
-        return out
+        obs = make_observation(
+            self.space, None, image=self._video.frame(path, start + t / self.fps, self.fps),
+            instruction=self.ds.task_of(ep, cols, t), state=states[t] if states is not None else None,
+            eef=cols[self.eef_key][t] if self.eef_key else None,
+            lidar=cols[self.lidar_key][t].reshape(-1, self.lidar_channels) if self.lidar_key else None,
+            audio=self._audio(cols[self.audio_key], t) if self.audio_key else None)
+        return {"obs": obs, "actions": chunk, "action_mask": step_valid[:, None] & self.dim_available[None, :],
+                "speech_target": -1, "fps": self.chunk_fps, "row": int(self.first_row[k] + t),
+                "episode": int(ep.index), "frame": t}
 
-    def _audio(self, cols: dict, t: int) -> np.ndarray:
-        chunks = [np.asarray(c, np.float32).reshape(-1) for c in cols[self.audio_key][: t + 1]]
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        return audio[-int(AUDIO_WINDOW_S * AUDIO_RATE):]
+    @staticmethod
+    def _audio(per_frame, t: int) -> np.ndarray | None:
+        """The per-frame audio chunks up to frame t joined, as far back as the model's window reaches."""
+        need, chunks = int(AUDIO_WINDOW_S * AUDIO_SAMPLE_RATE), []
+        for c in per_frame[t::-1]:
+            chunks.append(np.asarray(c, np.float32).reshape(-1))
+            need -= len(chunks[-1])
+            if need <= 0:
+                break
+        return np.concatenate(chunks[::-1]) if chunks else None
 
 
 def _pick_camera(keys: list[str]) -> str | None:
@@ -223,30 +224,18 @@ class VoiceCommandSource:
         target = -1
         if self.vocabulary is not None:
             target = self.vocabulary.index(response) if response in self.vocabulary else -1
+        audio = read_wav(self.root / row["audio"]) if row.get("audio") else None
+        obs = make_observation(self.space, None, image=self.IMAGE, instruction=row["text"], audio=audio)
         d, steps = self.space.dim, self.num_steps
-        return {
-            "image": self.IMAGE,
-            "instruction": row["text"],
-            "state": np.zeros(d, np.float32),
-            "state_present": False,
-            "actions": np.zeros((steps, d), np.float32),
-            "action_mask": np.zeros((steps, d), bool),
-            "eef": None,
-            "lidar": None,
-            "audio": read_wav(self.root / row["audio"]) if row.get("audio") else None,
-            "speech_target": target,
-            "fps": 0.0,
-            "row": i,
-            "episode": i,
-            "frame": 0,
-        }
+        return {"obs": obs, "actions": np.zeros((steps, d), np.float32), "action_mask": np.zeros((steps, d), bool),
+                "speech_target": target, "fps": 0.0, "row": i, "episode": i, "frame": 0}
 
 
 def read_wav(path: Path) -> np.ndarray:
     """Float[(S,)] samples of a 16 kHz mono 16-bit WAV file."""
     try:
         with wave.open(str(path), "rb") as w:
-            if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != AUDIO_RATE:
+            if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != AUDIO_SAMPLE_RATE:
                 raise DatasetError(f"{path}: audio must be 16 kHz mono 16-bit PCM, got {w.getframerate()} Hz, "
                                    f"{w.getnchannels()} channel(s), {8 * w.getsampwidth()}-bit")
             data = w.readframes(w.getnframes())
@@ -260,5 +249,5 @@ def write_wav(path: Path, samples: np.ndarray) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(AUDIO_RATE)
+        w.setframerate(AUDIO_SAMPLE_RATE)
         w.writeframes(pcm.tobytes())

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from neon.action_space import G1ActionSpace
-from neon.backbones.tiny import cache_root
 from neon.checkpoint import atomic_write_text
 from neon.data.sources import LeRobotSource
 from neon.normalization import ActionTransform, NormStats
+from neon.paths import norm_stats_dir
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: chunks resampled to the source's chunk_fps
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _cache_key(source: LeRobotSource, space: G1ActionSpace, action_scaler: float
         "v": STATS_VERSION, "root": str(source.root.resolve()), "info": hashlib.sha256(info).hexdigest(),
         "episodes": [(e.index, e.length, e.data_file, e.from_index) for e in source.episodes],
         "names": space.names, "relative": space.relative_mask().tolist(), "scaler": action_scaler,
-        "steps": source.num_steps,
+        "steps": source.num_steps, "chunk_fps": source.chunk_fps,
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
@@ -77,13 +77,13 @@ def source_moments(source: LeRobotSource, action_scaler: float = 1.0,
                    cache_dir: Path | None = None) -> tuple[Moments, Moments]:
     """(state moments, action moments) of one source, from the cache when its key matches."""
     space = source.space
-    cache_dir = cache_dir or cache_root() / "norm_stats"
+    cache_dir = cache_dir or norm_stats_dir()
     path = cache_dir / f"{_cache_key(source, space, action_scaler)}.json"
     if path.is_file():
         data = json.loads(path.read_text())
         return Moments.from_dict(data["state"]), Moments.from_dict(data["action"])
     transform = ActionTransform(space, NormStats.from_limits(space), action_scaler)
-    d, steps = space.dim, source.num_steps
+    d = space.dim
     state_m, action_m = Moments.zeros(d), Moments.zeros(d)
     state_avail = np.zeros(d, bool)
     if source.state_map is not None:
@@ -94,9 +94,8 @@ def source_moments(source: LeRobotSource, action_scaler: float = 1.0,
         base = states if states is not None else np.zeros_like(actions)
         if states is not None:
             state_m.add(states, np.broadcast_to(state_avail, states.shape))
-        idx = np.minimum(np.arange(n)[:, None] + np.arange(steps)[None, :], n - 1)  # (n, T)
-        valid = (np.arange(n)[:, None] + np.arange(steps)[None, :]) < n
-        rep = transform.to_representation(torch.from_numpy(actions[idx]), torch.from_numpy(base)).numpy()
+        chunks, valid = source.chunk(actions, np.arange(n))  # (n, T, D), (n, T): every chunk the loss sees
+        rep = transform.to_representation(torch.from_numpy(chunks), torch.from_numpy(base)).numpy()
         mask = valid[..., None] & source.dim_available[None, None, :]
         action_m.add(rep.reshape(-1, d), mask.reshape(-1, d))
     atomic_write_text(path, json.dumps({"source": source.name, "state": state_m.to_dict(),

@@ -23,13 +23,14 @@ import numpy as np
 
 from neon.action_space import G1ActionSpace
 from neon.data.lerobot import EpisodeData, write_dataset
+from neon.observation import AUDIO_SAMPLE_RATE as AUDIO_RATE
+from neon.observation import LIDAR_CHANNELS
 
 COLORS = {"red": (210, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 210), "yellow": (220, 200, 40)}
 VERBS = ("pick up", "reach for", "point at")
 WALK_VERB = "walk to"
 COLOR_TONES = {"red": 440.0, "green": 554.4, "blue": 659.3, "yellow": 784.0}
 VERB_TONES = {"pick up": 220.0, "reach for": 261.6, "point at": 329.6, "walk to": 392.0}
-AUDIO_RATE = 16000
 LIDAR_POINTS = 256
 CAMERA_KEY = "observation.images.head_camera"
 
@@ -209,7 +210,7 @@ def generate(root, cfg: SynthConfig | None = None, overwrite: bool = False, prog
         "observation.state": {"dtype": "float32", "shape": [space.dim], "names": names},
         "action": {"dtype": "float32", "shape": [space.dim], "names": names},
         "observation.eef": {"dtype": "float32", "shape": [14], "names": eef_names},
-        "observation.lidar": {"dtype": "float32", "shape": [LIDAR_POINTS, 4], "names": ["x", "y", "z", "intensity"]},
+        "observation.lidar": {"dtype": "float32", "shape": [LIDAR_POINTS, 4], "names": list(LIDAR_CHANNELS)},
         "observation.audio": {"dtype": "float32", "shape": [-1], "names": None},
     }
     disable = None if progress is None else not progress  # None: a bar only on a terminal

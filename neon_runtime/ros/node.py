@@ -21,6 +21,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, Twist
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState, PointCloud2
+from std_msgs.msg import Int16MultiArray, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from neon.action_space import ActionSpaceError, G1ActionSpace
+from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, EEF_SIDES
+from neon_runtime.ros.convert import MessageError, cloud_to_array, compressed_to_array, image_to_array, pose_to_array
 
 PARAMETERS: dict[str, object] = {
     "model": "",  # checkpoint folder or Hub id; "" = the embedded default (or fresh heads on `backbone`)
@@ -50,9 +62,8 @@ PARAMETERS: dict[str, object] = {
     "max_image_age_s": 0.5,
     "max_joint_age_s": 0.25,
     "max_sensor_age_s": 1.0,  # older audio, LiDAR or EEF counts as absent
-    "max_joint_velocity": 2.0,
+    "max_joint_velocity": 2.0,  # in-process only: a remote server applies its own
 }
-AUDIO_SECONDS = 4.0
 
 
 class _Latest:
@@ -68,307 +79,239 @@ class _Latest:
         return None if self.time is None else time.monotonic() - self.time
 
 
-def make_node(node_name: str = "neon", **overrides):
-    """Create the node (rclpy must be initialised). `overrides` set parameters, as a launch file would."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from geometry_msgs.msg import PoseStamped, Twist
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from sensor_msgs.msg import CompressedImage, Image, JointState, PointCloud2
-    from std_msgs.msg import Int16MultiArray, String
-    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+def make_policy(p: dict, logger):
+    """-> (policy, a description): a RemotePolicy on `server_url`, else a LocalPolicy on the model parameters."""
+    if p["server_url"]:
+        from neon_runtime.client import RemotePolicy
 
-    from neon.action_space import ActionSpaceError
-    from neon_runtime.ros.convert import (
-        MessageError,
-        cloud_to_array,
-        compressed_to_array,
-        image_to_array,
-        pose_to_array,
-    )
-    from neon_runtime.safety import SafetyConfig, SafetyLayer
+        return RemotePolicy(p["server_url"], p["token"] or None), f"remote {p['server_url']}"
+    from neon.model import NeonVLA
+    from neon.policy import NeonPolicy
+    from neon_runtime.policy import LocalPolicy
+    from neon_runtime.safety import SafetyConfig
 
-    class NeonNode(Node):
-        def __init__(self):
-            super().__init__(node_name, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-            for name, default in PARAMETERS.items():
-                self.declare_parameter(name, default)
-            p = {name: self.get_parameter(name).value for name in PARAMETERS}
-            self.p = p
-            self.policy = _Policy(p, self.get_logger())
-            space = self.policy.space
-            self.space, self.fps, self.steps = space, self.policy.fps, self.policy.steps
-            self.safety = SafetyLayer(space, SafetyConfig(max_joint_velocity=p["max_joint_velocity"]))
-            self.latest = {k: _Latest() for k in ("image", "joints", "instruction", "audio", "lidar", "eef_l", "eef_r")}
-            self._audio = np.zeros(0, np.float32)
-            sensor = qos_profile_sensor_data
-            command = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            if p["camera_compressed_topic"]:
-                self.create_subscription(CompressedImage, p["camera_compressed_topic"],
-                                         lambda m: self._decode("image", compressed_to_array, m), sensor)
-            else:
-                self.create_subscription(Image, p["camera_topic"], lambda m: self._decode("image", image_to_array, m),
-                                         sensor)
-            self.create_subscription(JointState, p["joint_states_topic"], self._on_joints, sensor)
-            self.create_subscription(String, p["instruction_topic"], lambda m: self.latest["instruction"].set(m.data),
-                                     command)
-            cfg = self.policy.config
-            if cfg.use_audio:
-                self.create_subscription(Int16MultiArray, p["audio_topic"], lambda m: self._on_audio(m.data), sensor)
-                if p["audio_data_topic"]:
-                    try:
-                        from audio_common_msgs.msg import AudioData
-                    except ImportError:
-                        raise ValueError("audio_data_topic is set but audio_common_msgs is not installed") from None
-                    self.create_subscription(AudioData, p["audio_data_topic"],
-                                             lambda m: self._on_audio(np.frombuffer(bytes(m.data), "<i2")), sensor)
-            if cfg.use_lidar:
-                self.create_subscription(PointCloud2, p["lidar_topic"], lambda m: self._decode("lidar", cloud_to_array, m),
-                                         sensor)
-            if cfg.use_eef:
-                self.create_subscription(PoseStamped, p["eef_left_topic"],
-                                         lambda m: self.latest["eef_l"].set(pose_to_array(m)), sensor)
-                self.create_subscription(PoseStamped, p["eef_right_topic"],
-                                         lambda m: self.latest["eef_r"].set(pose_to_array(m)), sensor)
-            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-            self.pub_traj = self.create_publisher(JointTrajectory, p["trajectory_topic"], reliable)
-            self.pub_preview = self.create_publisher(JointTrajectory, p["preview_topic"], reliable)
-            self.pub_twist = self.create_publisher(Twist, p["cmd_vel_topic"], reliable)
-            self.pub_speech = self.create_publisher(String, p["speech_topic"], reliable)
-            self.pub_diag = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], 10)
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neon-infer")
-            self._busy = threading.Lock()
-            self._last_request = 0.0
-            self._chunk_started = None
-            self.published = 0
-            self.create_timer(0.05, self._tick)
-            self.get_logger().info(f"neon-ros ready: {space.describe()}, {self.policy.describe()}, "
-                                   f"dry_run={p['dry_run']}")
+    if p["heads"] not in ("torch", "onnx"):
+        raise ValueError(f"heads must be 'torch' or 'onnx', got {p['heads']!r}")
+    if p["heads"] == "onnx" and not p["model"]:
+        raise ValueError("heads=onnx needs a model checkpoint with an ONNX export (neon-export)")
+    if p["model"]:
+        model, source = NeonVLA.from_pretrained(p["model"]), p["model"]
+    elif p["backbone"]:
+        from neon.presets import model_config
 
-        # ---------------------------------------------------------- callbacks (never block)
-        def _decode(self, key, fn, msg):
-            try:
-                self.latest[key].set(fn(msg))
-            except MessageError as e:
-                self.get_logger().warning(f"{key}: {e}", throttle_duration_sec=5.0)
+        model, source = NeonVLA(model_config(p["backbone"], p["mode"] or "arms_only")), f"{p['backbone']} with untrained heads"
+        logger.warning("no model given: heads are freshly initialised (every chunk is the mean action)")
+    else:
+        from neon_runtime.default_model import default_checkpoint
 
-        def _on_joints(self, msg):
-            self.latest["joints"].set(dict(zip(msg.name, msg.position, strict=False)))
+        folder, source = default_checkpoint(progress=False)
+        model = NeonVLA.from_pretrained(folder)
+    policy = NeonPolicy(model.load_backbone(p["device"] or None))
+    if p["heads"] == "onnx":
+        from neon_runtime.onnx_heads import OnnxHeads
 
-        def _on_audio(self, samples):
-            pcm = np.asarray(samples, np.int16).astype(np.float32) / 32768.0
-            self._audio = np.concatenate([self._audio, pcm])[-int(AUDIO_SECONDS * 16000):]
-            self.latest["audio"].set(self._audio)
-
-        # ---------------------------------------------------------- watchdog and scheduling
-        def _problems(self) -> list[str]:
-            p, out = self.p, []
-            for key, limit, what in (("image", p["max_image_age_s"], "camera"),
-                                     ("joints", p["max_joint_age_s"], "joint_states")):
-                age = self.latest[key].age()
-                if age is None:
-                    out.append(f"{what}: no message yet")
-                elif age > limit:
-                    out.append(f"{what}: stale ({age:.2f} s old, limit {limit} s)")
-            if self.latest["instruction"].value is None:
-                out.append("instruction: none received")
-            return out
-
-        def _state(self) -> np.ndarray:
-            joints = self.latest["joints"].value or {}
-            fill = np.zeros(self.space.dim, np.float32)
-            body = {k: v for k, v in joints.items()}
-            try:
-                mapping = self.space.map_names(list(body))
-            except ActionSpaceError as e:
-                raise MessageError(str(e)) from None
-            missing = [n for n in mapping.missing_target if self.space.joints[self.space.index(n)].group != "locomotion"]
-            if missing:
-                raise MessageError(f"joint_states lacks {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-            vals = np.array(list(body.values()), np.float32)
-            fill[mapping.target_index] = vals[mapping.source_index]
-            return fill
-
-        def _tick(self):
-            now = time.monotonic()
-            rate = float(self.p["rate_hz"])
-            due = rate > 0 and now - self._last_request >= 1.0 / rate
-            if self._chunk_started is not None:
-                remaining = self.steps - (now - self._chunk_started) * self.fps
-                due = due or remaining <= int(self.p["request_ahead_steps"])
-            elif rate <= 0:
-                due = True
-            if not due or self._busy.locked():
-                return
-            problems = self._problems()
-            state = None
-            if not problems:
-                try:
-                    state = self._state()
-                except MessageError as e:
-                    problems.append(str(e))
-            if problems:
-                self._chunk_started = None  # nothing to execute: the robot holds its own last command
-                self._diagnose(2, "; ".join(problems), {})
-                self._last_request = now
-                return
-            self._busy.acquire()
-            self._last_request = now
-            obs = {"image": self.latest["image"].value, "instruction": self.latest["instruction"].value,
-                   "state": state, "stamp": time.time()}
-            limit = self.p["max_sensor_age_s"]
-            fresh = lambda k: self.latest[k].age() is not None and self.latest[k].age() <= limit
-            if self.policy.config.use_audio and fresh("audio"):
-                obs["audio"] = self.latest["audio"].value
-            if self.policy.config.use_lidar and fresh("lidar"):
-                obs["lidar"] = self.latest["lidar"].value
-            if self.policy.config.use_eef and fresh("eef_l") and fresh("eef_r"):
-                obs["eef"] = np.concatenate([self.latest["eef_l"].value, self.latest["eef_r"].value])
-            sensed = now
-            self._worker.submit(self._infer, obs, sensed)
-
-        # ---------------------------------------------------------- inference thread
-        def _infer(self, obs: dict, sensed: float):
-            try:
-                out = self.policy.infer(obs)
-                actions, report = self.safety.apply(out["actions"], obs["state"], self.fps)
-                if not self._problems():  # inputs still fine when the answer came back
-                    self._publish(actions, out)
-                    latency = (time.monotonic() - sensed) * 1e3
-                    self._diagnose(0, "ok" + (" (dry run: preview only)" if self.p["dry_run"] else ""),
-                                   {"latency_ms": f"{latency:.1f}", "rate_limited": str(report.rate_limited),
-                                    **{f"{k}_age_s": f"{self.latest[k].age():.3f}" for k in ("image", "joints")}})
-            except Exception as e:
-                self._diagnose(2, f"inference failed: {type(e).__name__}: {e}", {})
-            finally:
-                self._busy.release()
-
-        def _publish(self, actions: np.ndarray, out: dict):
-            joint_idx = [i for i, j in enumerate(self.space.joints) if j.group != "locomotion"]
-            msg = JointTrajectory()
-            msg.header.stamp = self.get_clock().now().to_msg()
-            msg.joint_names = [self.space.names[i] for i in joint_idx]
-            for t, row in enumerate(actions):
-                pt = JointTrajectoryPoint()
-                pt.positions = [float(row[i]) for i in joint_idx]
-                secs = (t + 1) / self.fps
-                pt.time_from_start.sec = int(secs)
-                pt.time_from_start.nanosec = int(round((secs - int(secs)) * 1e9))
-                msg.points.append(pt)
-            if self.p["dry_run"]:
-                self.pub_preview.publish(msg)
-            else:
-                self.pub_traj.publish(msg)
-                if "locomotion" in self.space.groups:
-                    loco = self.space.group_slice("locomotion")
-                    tw = Twist()
-                    tw.linear.x, tw.linear.y, tw.angular.z = (float(v) for v in actions[0, loco])
-                    self.pub_twist.publish(tw)
-            if out.get("speech"):
-                self.pub_speech.publish(String(data=out["speech"]))
-            self._chunk_started = time.monotonic()
-            self.published += 1
-
-        def _diagnose(self, level: int, message: str, values: dict):
-            arr = DiagnosticArray()
-            arr.header.stamp = self.get_clock().now().to_msg()
-            st = DiagnosticStatus(level=bytes([level]), name="neon: policy", message=message, hardware_id="g1")
-            st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-            arr.status = [st]
-            self.pub_diag.publish(arr)
-
-        def destroy_node(self):
-            self._worker.shutdown(wait=True)
-            self.policy.close()
-            super().destroy_node()
-
-    return NeonNode()
+        policy.heads, source = OnnxHeads.beside(p["model"]), source + " (ONNX heads)"
+    safety = SafetyConfig(max_joint_velocity=p["max_joint_velocity"], dry_run=p["dry_run"])
+    return LocalPolicy(policy, safety, source), f"in-process {source}"
 
 
-class _Policy:
-    """In-process model, or a client of a running neon-serve (WebSocket, openpi protocol)."""
+class NeonNode(Node):
+    def __init__(self, node_name: str = "neon", **overrides):
+        super().__init__(node_name, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        for name, default in PARAMETERS.items():
+            self.declare_parameter(name, default)
+        self.p = p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.policy, self.source = make_policy(p, self.get_logger())
+        meta = self.policy.metadata()
+        self.space = space = G1ActionSpace.from_dict(meta["action_space"])
+        if p["mode"] and p["mode"] != space.control_mode:
+            raise ValueError(f"mode parameter is {p['mode']!r} but the policy is {space.control_mode!r}")
+        self.fps, self.steps, self.uses = space.fps, meta["num_action_steps"], meta["modalities"]
+        self.latest = {k: _Latest() for k in ("image", "joints", "instruction", "audio", "lidar", "eef_l", "eef_r")}
+        self._audio = np.zeros(0, np.float32)
+        self._subscribe()
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_traj = self.create_publisher(JointTrajectory, p["trajectory_topic"], reliable)
+        self.pub_preview = self.create_publisher(JointTrajectory, p["preview_topic"], reliable)
+        self.pub_twist = self.create_publisher(Twist, p["cmd_vel_topic"], reliable)
+        self.pub_speech = self.create_publisher(String, p["speech_topic"], reliable)
+        self.pub_diag = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], 10)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neon-infer")
+        self._busy = threading.Lock()
+        self._last_request = 0.0
+        self._chunk_started = None
+        self.published = 0
+        self.create_timer(0.05, self._tick)
+        self.get_logger().info(f"neon-ros ready: {space.describe()}, {self.source}, dry_run={p['dry_run']} "
+                               f"(policy: safety {meta['safety']}, dry_run={meta['dry_run']})")
 
-    def __init__(self, p: dict, logger):
-        from neon.model import NeonVLA
-
-        self.remote = bool(p["server_url"])
-        if self.remote:
-            import websockets.sync.client as ws_client
-
-            from neon.config import NeonConfig
-            from neon_runtime import wire
-
-            import warnings
-
-            headers = {"Authorization": f"Bearer {p['token']}"} if p["token"] else None
-            with warnings.catch_warnings():  # held open for the node's life, closed in close()
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self.ws = ws_client.connect(p["server_url"], compression=None, max_size=None,
-                                            additional_headers=headers)
-            meta = wire.unpackb(self.ws.recv())
-            from neon.action_space import G1ActionSpace
-
-            self.space = G1ActionSpace.from_dict(meta["action_space"])
-            self.config = NeonConfig(control_mode=self.space.control_mode, hand_type=self.space.hand_type,
-                                     neck=self.space.neck, use_audio=meta["modalities"]["audio"],
-                                     use_lidar=meta["modalities"]["lidar"], use_eef=meta["modalities"]["eef"])
-            self.steps, self.fps = meta["num_action_steps"], self.space.fps
-            self.source = p["server_url"]
+    def _subscribe(self) -> None:
+        p, sensor = self.p, qos_profile_sensor_data
+        command = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        if p["camera_compressed_topic"]:
+            self.create_subscription(CompressedImage, p["camera_compressed_topic"],
+                                     lambda m: self._decode("image", compressed_to_array, m), sensor)
         else:
-            if p["model"]:
-                model = NeonVLA.from_pretrained(p["model"])
-                self.source = p["model"]
-            elif p["backbone"]:
-                from neon.presets import model_config
+            self.create_subscription(Image, p["camera_topic"], lambda m: self._decode("image", image_to_array, m), sensor)
+        self.create_subscription(JointState, p["joint_states_topic"], self._on_joints, sensor)
+        self.create_subscription(String, p["instruction_topic"], lambda m: self.latest["instruction"].set(m.data),
+                                 command)
+        if self.uses["audio"]:
+            self.create_subscription(Int16MultiArray, p["audio_topic"], lambda m: self._on_audio(m.data), sensor)
+            if p["audio_data_topic"]:
+                try:
+                    from audio_common_msgs.msg import AudioData
+                except ImportError:
+                    raise ValueError("audio_data_topic is set but audio_common_msgs is not installed") from None
+                self.create_subscription(AudioData, p["audio_data_topic"],
+                                         lambda m: self._on_audio(np.frombuffer(bytes(m.data), "<i2")), sensor)
+        if self.uses["lidar"]:
+            self.create_subscription(PointCloud2, p["lidar_topic"], lambda m: self._decode("lidar", cloud_to_array, m),
+                                     sensor)
+        if self.uses["eef"]:
+            for side, key in zip(EEF_SIDES, ("eef_l", "eef_r"), strict=True):
+                self.create_subscription(PoseStamped, p[f"eef_{side}_topic"],
+                                         lambda m, k=key: self.latest[k].set(pose_to_array(m)), sensor)
 
-                model = NeonVLA(model_config(p["backbone"], p["mode"] or "arms_only"))
-                self.source = f"{p['backbone']} with untrained heads"
-                logger.warning("no model given: heads are freshly initialised (every chunk is the mean action)")
-            else:
-                from neon_runtime.cli import default_checkpoint
+    # ---------------------------------------------------------- callbacks (never block)
+    def _decode(self, key, fn, msg):
+        try:
+            self.latest[key].set(fn(msg))
+        except MessageError as e:
+            self.get_logger().warning(f"{key}: {e}", throttle_duration_sec=5.0)
 
-                folder, note = default_checkpoint(progress=False)
-                model = NeonVLA.from_pretrained(folder)
-                self.source = note
-            model.load_backbone(p["device"] or None)
-            if p["heads"] == "onnx":
-                if not p["model"]:
-                    raise ValueError("heads=onnx needs a model checkpoint with an ONNX export (neon-export)")
-                from neon.model import resolve_checkpoint
-                from neon_runtime.onnx_heads import use_onnx_heads
+    def _on_joints(self, msg):
+        self.latest["joints"].set(dict(zip(msg.name, msg.position, strict=False)))
 
-                use_onnx_heads(model, resolve_checkpoint(p["model"], None))
-                self.source += " (ONNX heads)"
-            elif p["heads"] != "torch":
-                raise ValueError(f"heads must be 'torch' or 'onnx', got {p['heads']!r}")
-            self.model, self.config, self.space = model, model.config, model.action_space
-            self.steps, self.fps = model.config.num_action_steps, model.action_space.fps
-        if p["mode"] and p["mode"] != self.space.control_mode:
-            raise ValueError(f"mode parameter is {p['mode']!r} but the policy is {self.space.control_mode!r}")
+    def _on_audio(self, samples):
+        pcm = np.asarray(samples, np.int16).astype(np.float32) / 32768.0
+        self._audio = np.concatenate([self._audio, pcm])[-int(AUDIO_WINDOW_S * AUDIO_SAMPLE_RATE):]
+        self.latest["audio"].set(self._audio)
 
-    def describe(self) -> str:
-        return f"{'remote ' if self.remote else 'in-process '}{self.source}"
+    # ---------------------------------------------------------- watchdog and scheduling
+    def _problems(self) -> list[str]:
+        p, out = self.p, []
+        for key, limit, what in (("image", p["max_image_age_s"], "camera"),
+                                 ("joints", p["max_joint_age_s"], "joint_states")):
+            age = self.latest[key].age()
+            if age is None:
+                out.append(f"{what}: no message yet")
+            elif age > limit:
+                out.append(f"{what}: stale ({age:.2f} s old, limit {limit} s)")
+        if self.latest["instruction"].value is None:
+            out.append("instruction: none received")
+        return out
 
-    def infer(self, obs: dict) -> dict:
-        if self.remote:
-            from neon_runtime import wire
+    def _state(self) -> np.ndarray:
+        joints = self.latest["joints"].value or {}
+        try:
+            mapping = self.space.map_names(list(joints))
+        except ActionSpaceError as e:
+            raise MessageError(str(e)) from None
+        missing = [n for n in mapping.missing_target if self.space.joints[self.space.index(n)].group != "locomotion"]
+        if missing:
+            raise MessageError(f"joint_states lacks {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+        state = np.zeros(self.space.dim, np.float32)
+        state[mapping.target_index] = np.array(list(joints.values()), np.float32)[mapping.source_index]
+        return state
 
-            msg = {k: v for k, v in obs.items() if k != "stamp" and v is not None}
-            msg["timestamp"] = obs["stamp"]
-            self.ws.send(wire.packb(msg))
-            out = wire.unpackb(self.ws.recv())
-            if "error" in out:
-                raise RuntimeError(f"server: {out['error']}: {out['detail']}")
-            return out
-        kwargs = {k: v for k, v in obs.items() if k != "stamp"}
-        pred = self.model.predict(**kwargs)
-        return {"actions": pred.actions, "speech": pred.speech}
+    def _request(self) -> dict:
+        """The newest inputs as a policy request; audio, LiDAR and EEF older than max_sensor_age_s count as absent."""
+        fresh = lambda k: self.latest[k].age() is not None and self.latest[k].age() <= self.p["max_sensor_age_s"]
+        request = {"image": self.latest["image"].value, "instruction": self.latest["instruction"].value,
+                   "state": self._state(), "timestamp": time.time()}
+        if self.uses["audio"] and fresh("audio"):
+            request["audio"] = self.latest["audio"].value
+        if self.uses["lidar"] and fresh("lidar"):
+            request["lidar"] = self.latest["lidar"].value
+        if self.uses["eef"] and fresh("eef_l") and fresh("eef_r"):
+            request["eef"] = np.concatenate([self.latest["eef_l"].value, self.latest["eef_r"].value])
+        return request
 
-    def close(self) -> None:
-        if self.remote:
-            self.ws.close()
+    def _tick(self):
+        now = time.monotonic()
+        rate = float(self.p["rate_hz"])
+        due = rate > 0 and now - self._last_request >= 1.0 / rate
+        if self._chunk_started is not None:
+            remaining = self.steps - (now - self._chunk_started) * self.fps
+            due = due or remaining <= int(self.p["request_ahead_steps"])
+        elif rate <= 0:
+            due = True
+        if not due or self._busy.locked():
+            return
+        problems, request = self._problems(), None
+        if not problems:
+            try:
+                request = self._request()
+            except MessageError as e:
+                problems.append(str(e))
+        self._last_request = now
+        if problems:
+            self._chunk_started = None  # nothing to execute: the robot holds its own last command
+            self._diagnose(2, "; ".join(problems), {})
+            return
+        self._busy.acquire()
+        self._worker.submit(self._infer, request, now)
+
+    # ---------------------------------------------------------- inference thread
+    def _infer(self, request: dict, sensed: float):
+        try:
+            reply = self.policy.infer(request)
+            if not self._problems():  # inputs still fine when the answer came back
+                preview = self.p["dry_run"] or bool(reply.get("dry_run"))
+                self._publish(np.asarray(reply["actions"], np.float32), reply.get("speech", ""), preview)
+                latency = (time.monotonic() - sensed) * 1e3
+                self._diagnose(0, "ok" + (" (dry run: preview only)" if preview else ""),
+                               {"latency_ms": f"{latency:.1f}", "rate_limited": str(reply["safety"]["rate_limited"]),
+                                **{f"{k}_age_s": f"{self.latest[k].age():.3f}" for k in ("image", "joints")}})
+        except Exception as e:
+            self._diagnose(2, f"inference failed: {type(e).__name__}: {e}", {})
+        finally:
+            self._busy.release()
+
+    def _publish(self, actions: np.ndarray, speech: str, preview: bool):
+        joint_idx = [i for i, j in enumerate(self.space.joints) if j.group != "locomotion"]
+        msg = JointTrajectory()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.joint_names = [self.space.names[i] for i in joint_idx]
+        for t, row in enumerate(actions):
+            pt = JointTrajectoryPoint()
+            pt.positions = [float(row[i]) for i in joint_idx]
+            secs = (t + 1) / self.fps
+            pt.time_from_start.sec = int(secs)
+            pt.time_from_start.nanosec = int(round((secs - int(secs)) * 1e9))
+            msg.points.append(pt)
+        if preview:
+            self.pub_preview.publish(msg)
+        else:
+            self.pub_traj.publish(msg)
+            if "locomotion" in self.space.groups:
+                tw = Twist()
+                tw.linear.x, tw.linear.y, tw.angular.z = (float(v) for v in actions[0, self.space.group_slice("locomotion")])
+                self.pub_twist.publish(tw)
+        if speech:
+            self.pub_speech.publish(String(data=speech))
+        self._chunk_started = time.monotonic()
+        self.published += 1
+
+    def _diagnose(self, level: int, message: str, values: dict):
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        st = DiagnosticStatus(level=bytes([level]), name="neon: policy", message=message, hardware_id="g1")
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr.status = [st]
+        self.pub_diag.publish(arr)
+
+    def destroy_node(self):
+        self._worker.shutdown(wait=True)
+        if hasattr(self.policy, "close"):
+            self.policy.close()
+        super().destroy_node()
+
+
+def make_node(node_name: str = "neon", **overrides) -> NeonNode:
+    """Create the node (rclpy must be initialised). `overrides` set parameters, as a launch file would."""
+    return NeonNode(node_name, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

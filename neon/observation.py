@@ -1,0 +1,234 @@
+"""The observation spec: each modality stated once, and the one set of functions that validate it.
+
+| field       | shape, dtype           | units and conventions                                                   |
+|-------------|------------------------|-------------------------------------------------------------------------|
+| image       | UInt8[(H, W, 3)]       | RGB head-camera frame, sides 16..4096 px                                |
+| instruction | str                    | what to do, at most the config's `max_instruction_chars`                |
+| state       | Float32[(D,)]          | action-space order (or {joint name: value}): rad; Inspire hands 0..1000; |
+|             |                        | locomotion m/s, rad/s (the command in force)                            |
+| audio       | Float32[(S,)]          | mono, AUDIO_SAMPLE_RATE Hz, in [-1, 1] (int16 PCM accepted); clips up to |
+|             |                        | MAX_AUDIO_S are accepted and cut to the newest AUDIO_WINDOW_S           |
+| lidar       | Float32[(N, 4)]        | LIDAR_CHANNELS: x, y, z in metres, LiDAR frame (x forward, y left, z up),|
+|             |                        | intensity 0..255; N x 3 clouds get intensity 0                          |
+| eef         | Float32[(EEF_DIM,)]    | EEF_SIDES x EEF_FIELDS: position (m) and unit quaternion, scalar first;  |
+|             |                        | quaternions are normalised                                              |
+
+The dataset sources and the runtime both build an `Observation` with
+`make_observation`, and `collate` is the only place where absent fields become
+masks and placeholders. Nothing here mutates the caller's arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from neon.action_space import G1ActionSpace
+
+if TYPE_CHECKING:  # torch only where batches are built: numpy-only code reads the spec without it
+    import torch
+
+AUDIO_SAMPLE_RATE = 16000  # Hz, mono: the G1's microphone array and every backbone's audio path
+AUDIO_WINDOW_S = 4.0  # the newest seconds of audio the model hears
+MAX_AUDIO_S = 30.0  # longest clip accepted (then cut to the window)
+LIDAR_CHANNELS = ("x", "y", "z", "intensity")
+LIDAR_RANGE_M = 20.0  # Livox MID-360 useful range; the encoder divides x, y, z by it
+LIDAR_INTENSITY_MAX = 255.0
+MAX_LIDAR_POINTS = 200_000
+EEF_SIDES = ("left", "right")
+EEF_FIELDS = ("x", "y", "z", "qw", "qx", "qy", "qz")
+EEF_DIM = len(EEF_SIDES) * len(EEF_FIELDS)
+IMAGE_SIDES = (16, 4096)  # smallest and largest accepted side, pixels
+
+
+class InputError(ValueError):
+    """An observation field is missing, malformed or out of range."""
+
+
+def _describe(x) -> str:
+    return f"{x.shape} {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One validated observation in the spec's units; absent optional fields are None."""
+
+    image: np.ndarray  # UInt8[(H, W, 3)]
+    instruction: str
+    state: np.ndarray | None = None  # Float32[(D,)]
+    audio: np.ndarray | None = None  # Float32[(S,)], S <= AUDIO_WINDOW_S * AUDIO_SAMPLE_RATE
+    lidar: np.ndarray | None = None  # Float32[(N, 4)]
+    eef: np.ndarray | None = None  # Float32[(14,)]
+
+
+def check_image(image) -> np.ndarray:
+    if image is None:
+        raise InputError("image is required (HxWx3 uint8)")
+    if not isinstance(image, np.ndarray):
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be an HxWx3 uint8 array, got {_describe(image)}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"image must be HxWx3 uint8, got {_describe(image)}")
+    h, w = image.shape[:2]
+    if min(h, w) < IMAGE_SIDES[0] or max(h, w) > IMAGE_SIDES[1]:
+        raise InputError(f"image sides must be {IMAGE_SIDES[0]}..{IMAGE_SIDES[1]} pixels, got {h}x{w}")
+    return image
+
+
+def check_instruction(instruction, max_chars: int | None) -> str:
+    """Stripped text; `max_chars=None` (a dataset's own task text) accepts any string, empty included."""
+    if not isinstance(instruction, str):
+        raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
+    text = instruction.strip()
+    if max_chars is None:
+        return text
+    if not text:
+        raise InputError("instruction is empty")
+    if len(text) > max_chars:
+        raise InputError(f"instruction has {len(text)} characters, at most {max_chars} allowed")
+    return text
+
+
+def check_state(state, space: G1ActionSpace) -> np.ndarray | None:
+    if state is None:
+        return None
+    if isinstance(state, dict):
+        try:
+            vec = space.vector_from_names({str(k): float(v) for k, v in state.items()})
+        except (TypeError, ValueError) as e:
+            raise InputError(f"state: {e}") from None
+    else:
+        vec = np.asarray(state)
+        if vec.dtype.kind not in "fiu":
+            raise InputError(f"state must be numeric, got dtype {vec.dtype}")
+        if vec.shape not in ((space.dim,), (1, space.dim)):
+            raise InputError(f"state must have {space.dim} values in action-space order ({space.names[0]}, ..., "
+                             f"{space.names[-1]}), got shape {vec.shape}")
+        vec = vec.astype(np.float32).reshape(-1)  # always a copy
+    bad = [space.names[i] for i in np.flatnonzero(~np.isfinite(vec))]
+    if bad:
+        raise InputError(f"state has NaN or Inf at: {', '.join(bad)}")
+    return vec
+
+
+def check_audio(audio) -> np.ndarray | None:
+    """Float32 mono samples cut to the newest AUDIO_WINDOW_S; None for no (or empty) audio."""
+    if audio is None:
+        return None
+    arr = np.asarray(audio)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise InputError(f"audio must be 1-D mono samples at {AUDIO_SAMPLE_RATE} Hz, got shape {arr.shape}")
+    if arr.dtype == np.int16:
+        arr = arr.astype(np.float32) / 32768.0
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float32)
+    else:
+        raise InputError(f"audio must be float32 in [-1, 1] or int16 PCM, got dtype {arr.dtype}")
+    if len(arr) == 0:
+        return None
+    if len(arr) > MAX_AUDIO_S * AUDIO_SAMPLE_RATE:
+        raise InputError(f"audio is {len(arr) / AUDIO_SAMPLE_RATE:.1f} s long, at most {MAX_AUDIO_S:.0f} s allowed")
+    if not np.isfinite(arr).all():
+        raise InputError("audio holds NaN or Inf samples")
+    return arr[-int(AUDIO_WINDOW_S * AUDIO_SAMPLE_RATE):]
+
+
+def check_lidar(points) -> np.ndarray | None:
+    """Float32[(N, 4)] (x, y, z, intensity) from an N x 3 or N x 4 cloud."""
+    if points is None:
+        return None
+    arr = np.asarray(points)
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"lidar must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] not in (3, 4):
+        raise InputError(f"lidar must be Nx3 (x, y, z) or Nx4 (x, y, z, intensity), got shape {arr.shape}")
+    if len(arr) > MAX_LIDAR_POINTS:
+        raise InputError(f"lidar has {len(arr)} points, at most {MAX_LIDAR_POINTS} allowed")
+    out = np.zeros((len(arr), len(LIDAR_CHANNELS)), np.float32)
+    out[:, : arr.shape[1]] = arr
+    if not np.isfinite(out).all():
+        raise InputError("lidar holds NaN or Inf coordinates (drop invalid returns before sending)")
+    return out
+
+
+def check_eef(eef) -> np.ndarray | None:
+    """Float32[(14,)] with unit quaternions, from 14 values or {"left": 7 values, "right": 7 values}."""
+    if eef is None:
+        return None
+    n = len(EEF_FIELDS)
+    if isinstance(eef, dict):
+        missing = set(EEF_SIDES) - set(eef)
+        if missing:
+            raise InputError(f"eef needs 'left' and 'right' poses, missing {', '.join(sorted(missing))}")
+        eef = [np.asarray(eef[side], np.float32).reshape(-1) for side in EEF_SIDES]
+        if any(p.shape != (n,) for p in eef):
+            raise InputError(f"eef poses must be {n} values each: {', '.join(EEF_FIELDS)}")
+        eef = np.concatenate(eef)
+    if np.size(eef) != EEF_DIM:
+        raise InputError(f"eef must be {EEF_DIM} values (left then right: {', '.join(EEF_FIELDS)}), "
+                         f"got shape {np.shape(eef)}")
+    pose = np.array(eef, dtype=np.float32).reshape(len(EEF_SIDES), n)  # a copy: the caller's array stays as it is
+    if not np.isfinite(pose).all():
+        raise InputError("eef holds NaN or Inf")
+    norms = np.linalg.norm(pose[:, 3:], axis=1)
+    for side, norm in zip(EEF_SIDES, norms, strict=True):
+        if not 0.5 < norm < 1.5:
+            raise InputError(f"eef {side} quaternion has norm {norm:.3f}; expected a unit quaternion (qw, qx, qy, qz)")
+    pose[:, 3:] /= norms[:, None]
+    return pose.reshape(-1)
+
+
+def make_observation(space: G1ActionSpace, max_instruction_chars: int | None, *, image, instruction, state=None,
+                     audio=None, lidar=None, eef=None) -> Observation:
+    return Observation(check_image(image), check_instruction(instruction, max_instruction_chars),
+                       check_state(state, space), check_audio(audio), check_lidar(lidar), check_eef(eef))
+
+
+@dataclass
+class ObservationBatch:
+    """Observations stacked for the model: tensors with presence masks, lists where the backbone takes lists."""
+
+    images: list[np.ndarray]
+    instructions: list[str]
+    audio: list[np.ndarray | None]
+    state: torch.Tensor  # Float[(B, D)], zeros where absent
+    state_present: torch.Tensor  # Bool[(B,)]
+    eef: torch.Tensor  # Float[(B, 14)], origin and identity quaternions where absent
+    eef_present: torch.Tensor  # Bool[(B,)]
+    lidar: torch.Tensor  # Float[(B, N, 4)], padded with zeros to the largest cloud (N >= 1)
+    lidar_valid: torch.Tensor  # Bool[(B, N)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def collate(observations: list[Observation], dim: int) -> ObservationBatch:
+    """The one place where absent fields become placeholders and ragged clouds are padded."""
+    import torch
+
+    b = len(observations)
+    state, eef = torch.zeros(b, dim), torch.zeros(b, len(EEF_SIDES), len(EEF_FIELDS))
+    eef[:, :, 3] = 1.0  # identity rotation
+    eef = eef.reshape(b, EEF_DIM)
+    n = max([len(o.lidar) for o in observations if o.lidar is not None] + [1])
+    lidar, valid = torch.zeros(b, n, len(LIDAR_CHANNELS)), torch.zeros(b, n, dtype=torch.bool)
+    for i, o in enumerate(observations):
+        if o.state is not None:
+            state[i] = torch.from_numpy(o.state)
+        if o.eef is not None:
+            eef[i] = torch.from_numpy(o.eef)
+        if o.lidar is not None:
+            lidar[i, : len(o.lidar)] = torch.from_numpy(o.lidar)
+            valid[i, : len(o.lidar)] = True
+    present = lambda field: torch.tensor([getattr(o, field) is not None for o in observations], dtype=torch.bool)
+    return ObservationBatch([o.image for o in observations], [o.instruction for o in observations],
+                            [o.audio for o in observations], state, present("state"), eef, present("eef"), lidar,
+                            valid)

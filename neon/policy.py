@@ -1,0 +1,108 @@
+"""NeonPolicy: observations in, action chunks in physical units out.
+
+    policy = NeonPolicy.from_pretrained("you/neon-g1-v1")          # checkpoint + its backbone
+    chunk = policy.predict(image=frame, instruction="pick up the red block", state=joints)
+
+It owns what turns the model into a policy: validation against the
+observation spec, the heads backend (the model's PyTorch modules, or any
+callable with the same signature such as `neon_runtime.onnx_heads.OnnxHeads`),
+decoding through the checkpoint's paired transform, clamping to the joint
+limits, the speech choice and per-stage timings. The evaluator, the server and
+the ROS node all predict through it; the runtime adds the safety layer on top
+(`neon_runtime.policy.LocalPolicy`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from neon.model import NeonInputs, NeonVLA
+from neon.observation import InputError, Observation, collate, make_observation
+
+SPEECH_MIN_CONFIDENCE = 0.5
+
+
+@dataclass
+class Prediction:
+    actions: np.ndarray  # Float[(T, D)] physical units, inside joint limits
+    joint_names: list[str]
+    fps: float  # chunk step i is meant for i / fps seconds after the observation
+    speech: str  # "" = nothing to say
+    speech_confidence: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "actions": self.actions.tolist()}
+
+
+class NeonPolicy:
+    def __init__(self, model: NeonVLA, heads=None):
+        """`heads`: None for the model's own modules, else a callable NeonInputs -> (actions, speech logits)."""
+        self.model, self.heads = model, heads
+        self.space, self.config = model.action_space, model.config
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str, device: str | None = None) -> NeonPolicy:
+        return cls(NeonVLA.from_pretrained(path_or_repo).load_backbone(device))
+
+    @property
+    def heads_provider(self) -> str:
+        """Where the heads run: "pytorch", or the ONNX Runtime execution provider."""
+        return getattr(self.heads, "provider", "pytorch")
+
+    def observation(self, **fields) -> Observation:
+        """Validate one observation (image, instruction, state, audio, lidar, eef) against the spec."""
+        obs = make_observation(self.space, self.config.max_instruction_chars, **fields)
+        relative = [g for g, r in self.space.representation.items() if r == "relative"]
+        if obs.state is None and relative:
+            raise InputError(f"state is required: group(s) {', '.join(relative)} are predicted relative to the "
+                             "current state")
+        return obs
+
+    @torch.no_grad()
+    def run_heads(self, inputs: NeonInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Float[(B, T, D)] normalised actions, Float[(B, R)] speech logits) from the heads backend."""
+        return (self.heads or self.model)(inputs)
+
+    @torch.no_grad()
+    def predict_batch(self, observations: list[Observation], features=None, keys=None) -> list[Prediction]:
+        """Chunks for validated observations in one backbone forward (features: see `NeonVLA.inputs`)."""
+        t_start = time.perf_counter()
+        features = features or self.model.features()
+        inputs = self.model.inputs(collate(observations, self.space.dim), features, keys)
+        timings = dict(getattr(features, "timings_ms", {}))
+        t0 = time.perf_counter()
+        pred, speech_logits = self.run_heads(inputs)
+        timings["heads"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        actions = self.space.clip(self.model.transform.decode(pred.float(), inputs.state).cpu().numpy())
+        probs = speech_logits.float().softmax(-1).cpu().numpy()
+        timings["postprocess"] = (time.perf_counter() - t0) * 1e3
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        timings = {k: round(v, 3) for k, v in timings.items()}
+        out = []
+        for row, p in zip(actions, probs, strict=True):
+            k = int(p.argmax())
+            speech = self.config.speech_responses[k] if p[k] >= SPEECH_MIN_CONFIDENCE else ""
+            out.append(Prediction(row.astype(np.float32), self.space.names, self.space.fps, speech, float(p[k]),
+                                  dict(timings)))
+        return out
+
+    def predict(self, image=None, instruction: str = "", state=None, audio=None, lidar=None, eef=None) -> Prediction:
+        """One chunk (physical units, inside joint limits) for one observation.
+
+        image: UInt8[(H, W, 3)]; instruction: text; state: Float[(D,)] in action-space order or
+        {joint name: value}; audio: 16 kHz mono float or int16; lidar: Float[(N, 3|4)];
+        eef: Float[(14,)] or {"left": 7 values, "right": 7 values} (see `neon.observation`).
+        """
+        t0 = time.perf_counter()
+        obs = self.observation(image=image, instruction=instruction, state=state, audio=audio, lidar=lidar, eef=eef)
+        validate_ms = round((time.perf_counter() - t0) * 1e3, 3)
+        result = self.predict_batch([obs])[0]
+        result.timings_ms = {"validate": validate_ms, **result.timings_ms,
+                             "total": round(result.timings_ms["total"] + validate_ms, 3)}
+        return result
