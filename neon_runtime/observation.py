@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
 
 import numpy as np
 
-from neon.observation import MAX_LIDAR_POINTS, InputError
+from neon.observation import IMAGE_SIDES, MAX_LIDAR_POINTS, InputError
+
+MAX_IMAGE_PIXELS = IMAGE_SIDES[1] ** 2  # checked before decoding, so a decompression bomb is never expanded
 
 NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "timestamp", "client_id", "token"}
 OPENPI_ALIASES = {"observation/image": "image", "prompt": "instruction", "observation/state": "state"}
@@ -29,13 +30,7 @@ OPENPI_IGNORED = {"observation/wrist_image", "observation/wrist_image_left", "ob
                   "observation/exterior_image_2_left", "observation/joint_position", "observation/gripper_position"}
 
 
-@dataclass
-class Limits:
-    max_image_pixels: int = 4096 * 4096
-    max_lidar_points: int = MAX_LIDAR_POINTS
-
-
-def decode_image(value, limits: Limits) -> np.ndarray:
+def decode_image(value) -> np.ndarray:
     """An image from an array, nested lists, base64 text, or encoded bytes."""
     from PIL import Image
 
@@ -47,8 +42,8 @@ def decode_image(value, limits: Limits) -> np.ndarray:
     if isinstance(value, (bytes, bytearray)):
         try:
             with Image.open(io.BytesIO(value)) as im:
-                if im.width * im.height > limits.max_image_pixels:
-                    raise InputError(f"image is {im.width}x{im.height}, more than {limits.max_image_pixels} pixels")
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"image is {im.width}x{im.height}, more than {MAX_IMAGE_PIXELS} pixels")
                 return np.asarray(im.convert("RGB"))
         except InputError:
             raise
@@ -59,12 +54,12 @@ def decode_image(value, limits: Limits) -> np.ndarray:
             value = np.asarray(value, dtype=np.uint8)
         except (ValueError, OverflowError, TypeError):
             raise InputError("image: a nested list must hold 0..255 integers shaped HxWx3") from None
-    if isinstance(value, np.ndarray) and value.ndim >= 2 and value.shape[0] * value.shape[1] > limits.max_image_pixels:
-        raise InputError(f"image is {value.shape[1]}x{value.shape[0]}, more than {limits.max_image_pixels} pixels")
+    if isinstance(value, np.ndarray) and value.ndim >= 2 and value.shape[0] * value.shape[1] > MAX_IMAGE_PIXELS:
+        raise InputError(f"image is {value.shape[1]}x{value.shape[0]}, more than {MAX_IMAGE_PIXELS} pixels")
     return value
 
 
-def parse_request(data, limits: Limits) -> tuple[dict, list[str]]:
+def parse_request(data) -> tuple[dict, list[str]]:
     """-> (a request for `LocalPolicy.prepare`: observation fields and `timestamp`, the openpi keys ignored)."""
     if not isinstance(data, dict):
         raise InputError(f"the request must be a map of observation fields, got {type(data).__name__}")
@@ -83,11 +78,11 @@ def parse_request(data, limits: Limits) -> tuple[dict, list[str]]:
         out[name] = value
     if "image" not in out:
         raise InputError("image is required (key 'image' or 'observation/image')")
-    out["image"] = decode_image(out["image"], limits)
+    out["image"] = decode_image(out["image"])
     if out.get("lidar") is not None:
         n = len(out["lidar"]) if hasattr(out["lidar"], "__len__") else 0
-        if n > limits.max_lidar_points:
-            raise InputError(f"lidar has {n} points, at most {limits.max_lidar_points} allowed")
+        if n > MAX_LIDAR_POINTS:
+            raise InputError(f"lidar has {n} points, at most {MAX_LIDAR_POINTS} allowed")
     for key in ("state", "audio", "lidar", "eef"):
         if isinstance(out.get(key), list):
             try:

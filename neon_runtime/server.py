@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from neon import __version__
 from neon.observation import AUDIO_WINDOW_S, InputError
 from neon_runtime import wire
-from neon_runtime.observation import Limits, parse_request
+from neon_runtime.observation import parse_request
 from neon_runtime.policy import PolicyRunner, Superseded, chunk_to_list
 from neon_runtime.safety import SafetyError
 
@@ -39,13 +39,9 @@ MSGPACK = "application/msgpack"
 class ServerSettings:
     token: str | None = None
     max_request_bytes: int = 16 * 1024 * 1024
-    limits: Limits = None  # type: ignore[assignment]
     default_model_note: str = ""
     audio_source: object = None  # a neon_runtime.sensors.AudioRing: fills requests that carry no audio
     profile: str = ""
-
-    def __post_init__(self):
-        self.limits = self.limits or Limits()
 
 
 class Metrics:
@@ -121,7 +117,7 @@ def metadata(runner: PolicyRunner, settings: ServerSettings) -> dict:
 
 async def answer(runner: PolicyRunner, settings: ServerSettings, data, client: str | None) -> dict:
     """One decoded request (a dict of observation fields) -> the policy's reply."""
-    request, ignored = parse_request(data, settings.limits)
+    request, ignored = parse_request(data)
     if request.get("audio") is None and settings.audio_source is not None and runner.local.policy.config.use_audio:
         heard = settings.audio_source.read(AUDIO_WINDOW_S)
         request["audio"] = heard if len(heard) else None

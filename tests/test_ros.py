@@ -222,3 +222,29 @@ def test_launch_file_and_params_match_the_node():
     xml = (pkg / "package.xml").read_text()
     assert "<name>neon_bringup</name>" in xml and "ament_python" in xml
     assert (pkg / "resource" / "neon_bringup").is_file() and (pkg / "setup.py").is_file()
+
+
+def test_remote_mode_takes_the_servers_safety_and_dry_run(graph, checkpoint, backbones):
+    """A dry-run server is never executed by the node, and its chunks are not rate-limited a second time."""
+    from serving import runner_for, serve
+
+    from neon_runtime.safety import SafetyConfig
+    from neon_runtime.server import ServerSettings, create_app
+
+    model = NeonVLA.from_pretrained(checkpoint)
+    model.backbone = backbones("neon-tiny/qwen2.5-vl")
+    runner = runner_for(model, SafetyConfig(max_joint_velocity=2.0, dry_run=True), max_batch=1, max_wait_ms=0)
+    with serve(create_app(runner, ServerSettings())) as addr:
+        # The node asks for executed trajectories and a far lower speed limit; neither applies to a remote policy.
+        neon = graph(make_node("neon_remote_dry", server_url=f"ws://{addr}/ws", dry_run=False, rate_hz=5.0,
+                               max_joint_velocity=0.05))
+        sim = G1Sim(graph(rclpy.create_node("g1_sim_remote_dry")), neon.space.names)
+        previews = []
+        sim.node.create_subscription(JointTrajectory, "/neon/joint_trajectory_preview", previews.append, 10)
+        assert wait_for(lambda: len(previews) >= 2), [d.status[0].message for d in sim.diags[-3:]]
+        assert sim.trajs == [] and neon.policy.metadata()["dry_run"] is True
+        assert "dry run" in sim.diags[-1].status[0].message
+    runner.close()
+    arms = [i for i, n in enumerate(previews[-1].joint_names) if "_hand_" not in n]
+    step = np.abs(np.array(previews[-1].points[0].positions)[arms]).max()  # first step from the all-zero joint state
+    assert 0.05 / 30 * 2 < step <= 2.0 / 30 + 1e-6  # the server's 2 rad/s, not the node's 0.05

@@ -164,3 +164,26 @@ def test_image_augmentation_turns_the_cache_off(synth, tmp_path, backbones):
     assert stats["feature_cache"] is None and stats["steps"] == 2
     with pytest.raises(ConfigError, match="feature_cache"):
         small_config(synth, tmp_path / "x", tmp_path / "fc", image_augmentation=True, feature_cache=True).validate()
+
+
+def test_checkpoint_carries_the_datas_frame_rate(synth, feature_dir, tmp_path, backbones):
+    """A 15 fps dataset gives a 15 fps checkpoint; a 15 + 30 fps soup needs --fps and then trains at that rate."""
+    slow = generate(tmp_path / "slow", SynthConfig(episodes=4, length=20, fps=15.0, image_size=64), progress=False)
+    bb = backbones("neon-tiny/qwen2.5-vl")
+    kw = dict(max_steps=2, batch_size=4, eval_steps=2, warmup_steps=1)
+    cfg = small_config(slow, tmp_path / "slow_run", feature_dir, **kw)
+    cfg.data = DataSoupConfig([DataSourceConfig("slow", str(slow))])
+    stats = NeonTrainer(cfg, backbone=bb).train()
+    model = NeonVLA.from_pretrained(stats["best_checkpoint"])
+    assert stats["fps"] == model.config.fps == model.action_space.fps == 15.0
+    model.backbone = bb
+    assert model.predict(image=torch.zeros(64, 64, 3, dtype=torch.uint8).numpy(), instruction="wave").fps == 15.0
+    mixed = [DataSourceConfig("fast", str(synth)), DataSourceConfig("slow", str(slow))]
+    cfg = small_config(synth, tmp_path / "mixed", feature_dir, data=DataSoupConfig(mixed), **kw)
+    with pytest.raises(Exception, match="differ in frame rate .*fast at 30 fps, slow at 15 fps"):
+        NeonTrainer(cfg, backbone=bb).train()
+    assert train_main(["--backbone", "neon-tiny/qwen2.5-vl", "--dataset", str(synth), "--dataset", str(slow),
+                       "--max-steps", "1", "--output", str(tmp_path / "cli_mixed"), "--no-push"]) == 2
+    cfg = small_config(synth, tmp_path / "mixed", feature_dir, data=DataSoupConfig(mixed, fps=20.0), **kw)
+    stats = NeonTrainer(cfg, backbone=bb).train()
+    assert NeonVLA.from_pretrained(stats["best_checkpoint"]).config.fps == 20.0
