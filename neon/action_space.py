@@ -313,28 +313,15 @@ class G1ActionSpace:
 
     # -------------------------------------------------------------- JSON I/O
     def to_dict(self) -> dict:
-        return {
-            "robot": "unitree_g1",
-            "control_mode": self.control_mode,
-            "hand_type": self.hand_type,
-            "neck": self.neck,
-            "fps": self.fps,
-            "representation": dict(self.representation),
-            "joints": [
-                {"name": j.name, "group": j.group, "lower": j.lower, "upper": j.upper, "sdk_index": j.sdk_index}
-                for j in self.joints
-            ],
-        }
+        joints = [{"name": j.name, "group": j.group, "lower": j.lower, "upper": j.upper, "sdk_index": j.sdk_index}
+                  for j in self.joints]
+        return {"robot": "unitree_g1", "control_mode": self.control_mode, "hand_type": self.hand_type,
+                "neck": self.neck, "fps": self.fps, "representation": dict(self.representation), "joints": joints}
 
     @classmethod
     def from_dict(cls, data: dict) -> G1ActionSpace:
-        space = cls(
-            control_mode=data["control_mode"],
-            hand_type=data.get("hand_type", "dex3"),
-            neck=bool(data.get("neck", False)),
-            representation=dict(data.get("representation", {})),
-            fps=float(data.get("fps", 30.0)),
-        )
+        space = cls(data["control_mode"], data.get("hand_type", "dex3"), bool(data.get("neck", False)),
+                    dict(data.get("representation", {})), float(data.get("fps", 30.0)))
         stored = data.get("joints")
         if stored is not None and [j["name"] for j in stored] != space.names:
             raise ActionSpaceError(
@@ -346,8 +333,7 @@ class G1ActionSpace:
     def save(self, directory: str | os.PathLike) -> Path:
         from neon.checkpoint import atomic_write_text
 
-        path = Path(directory) / ACTION_SPACE_FILE
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path := Path(directory) / ACTION_SPACE_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod
@@ -355,13 +341,9 @@ class G1ActionSpace:
         path = Path(directory_or_file)
         if path.is_dir():
             path = path / ACTION_SPACE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ActionSpaceError(f"{path} not found") from None
-        except json.JSONDecodeError as e:
-            raise ActionSpaceError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        from neon.checkpoint import read_json
+
+        return cls.from_dict(read_json(path, ActionSpaceError))
 
     def describe(self) -> str:
         parts = [f"{g}={self.group_slice(g).stop - self.group_slice(g).start}" for g in self.groups]

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe tensor loading, and saving / loading a NeonVLA.
+"""Checkpoints: atomic writes, JSON reads, safe tensor loading, and saving / loading a NeonVLA.
 
 A checkpoint directory is written into a temporary sibling and renamed into
 place, so a crash never leaves a half-written checkpoint that loads as valid.
@@ -153,14 +153,14 @@ def load_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None
 
     directory = resolve_checkpoint(path_or_repo, revision)
     if (directory / MANIFEST_FILE).exists():
-        for name, digest in _read_json(directory / MANIFEST_FILE).get("sha256", {}).items():
+        for name, digest in read_json(directory / MANIFEST_FILE).get("sha256", {}).items():
             f = directory / name
             if not f.is_file():
                 raise CheckpointError(f"checkpoint {directory} lacks {name}, listed in {MANIFEST_FILE}")
             if _sha256(f) != digest:
                 raise CheckpointError(f"{f} is corrupted or was modified: its sha256 does not match {MANIFEST_FILE}")
     try:
-        config = NeonConfig.from_dict(_read_json(directory / CONFIG_FILE))
+        config = NeonConfig.from_dict(read_json(directory / CONFIG_FILE))
     except ConfigError as e:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
     model = NeonVLA(config, NormStats.load(directory) if (directory / NORM_STATS_FILE).exists() else None)
@@ -199,10 +199,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: str | os.PathLike, error: type[Exception] = CheckpointError, missing: str = "not found") -> dict:
+    """A JSON file's content; a missing or malformed file raises `error` naming it."""
+    path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path} not found") from None
+        raise error(f"{path} {missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        raise error(f"{path} is not valid JSON: {e}") from None

@@ -14,8 +14,6 @@ import time
 
 import numpy as np
 
-from neon.observation import AUDIO_SAMPLE_RATE
-
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
@@ -57,18 +55,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_image(size: int = 224) -> np.ndarray:
-    """A deterministic test scene: a grey table with a red cup-like disc."""
-    yy, xx = np.mgrid[:size, :size]
-    img = np.full((size, size, 3), 128, np.uint8)
-    img[size // 2:] = (96, 72, 48)
-    cup = (yy - size * 0.6) ** 2 + (xx - size * 0.4) ** 2 < (size * 0.08) ** 2
-    img[cup] = (200, 30, 30)
-    return img
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from neon.model import NeonVLA
+    from neon.policy import NeonPolicy
     from neon.presets import model_config
 
     t0 = time.perf_counter()
@@ -86,18 +75,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"4-bit={model.backbone.info.quantized_4bit}, {model.backbone.info.device}), {source}")
     print(f"  {space.describe()}; trainable {_fmt_params(model.parameter_counts()['total'])}; loaded in {load_s:.1f} s")
 
-    rng = np.random.default_rng(0)
-    state = (space.lower + space.upper) / 2
-    obs = dict(image=_demo_image(), instruction=args.instruction, state=state)
-    if cfg.use_audio:
-        obs["audio"] = (0.1 * np.sin(np.arange(AUDIO_SAMPLE_RATE) / AUDIO_SAMPLE_RATE * 2 * np.pi * 440)).astype(np.float32)
-    if cfg.use_lidar:
-        obs["lidar"] = np.concatenate([rng.uniform(-5, 5, (2048, 3)), rng.uniform(0, 255, (2048, 1))], 1)
-    if cfg.use_eef:
-        obs["eef"] = {"left": [0.3, 0.2, 0.9, 1, 0, 0, 0], "right": [0.3, -0.2, 0.9, 1, 0, 0, 0]}
-
-    model.predict(**obs)  # warm-up
-    results = [model.predict(**obs) for _ in range(args.runs)]
+    policy = NeonPolicy(model)
+    obs = policy.example(args.instruction)  # a red block on a table; every sensor the model uses
+    policy.predict(**obs)  # warm-up
+    results = [policy.predict(**obs) for _ in range(args.runs)]
     r = results[-1]
     print(f"\ninstruction: {args.instruction!r}  ->  speech: {r.speech!r} (p={r.speech_confidence:.2f})")
     print(f"action chunk: {r.actions.shape[0]} steps x {r.actions.shape[1]} dims at {r.fps:g} fps (rad; first 8 joints)")
@@ -129,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="arms_only", choices=["arms_only", "whole_body"])
     p.add_argument("--checkpoint", help="a Neon checkpoint folder or Hub repo id instead of fresh heads")
     p.add_argument("--instruction", default="pick up the red cup")
-    p.add_argument("--audio", action="store_true", help="enable the audio path (a 440 Hz tone is sent)")
-    p.add_argument("--lidar", action="store_true", help="enable the LiDAR encoder (random points are sent)")
+    p.add_argument("--audio", action="store_true", help="enable the audio path (a 1 s 440 Hz tone is sent)")
+    p.add_argument("--lidar", action="store_true", help="enable the LiDAR encoder (2048 random points are sent)")
     p.add_argument("--eef", action="store_true", help="enable the end-effector encoder")
     p.add_argument("--runs", type=int, default=5)
     p.set_defaults(func=cmd_demo)
@@ -140,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as e:  # a clear one-line error for the expected failures
-        from neon.backbones.loader import HubUnavailableError
         from neon.checkpoint import CheckpointError
         from neon.config import ConfigError
+        from neon.hub import HubUnavailableError
 
         if isinstance(e, (HubUnavailableError, CheckpointError, ConfigError)):
             print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from neon.action_space import CONTROL_MODES, HAND_TYPES, G1ActionSpace
-from neon.backbones.registry import ALIASES, DEFAULT_WHISPER, WHISPER_DIMS, BackboneSpec, get_spec
+from neon.backbones.registry import DEFAULT_WHISPER, WHISPER_DIMS, BackboneSpec, canonical_id, get_spec
 
 CONFIG_FILE = "config.json"
 
@@ -72,7 +72,7 @@ class BackboneConfig:
 
     def validate(self) -> None:
         get_spec(self.model_id)  # raises with the list of known ids
-        self.model_id = ALIASES.get(self.model_id, self.model_id)
+        self.model_id = canonical_id(self.model_id)
         _check(self.freeze_backbone, "backbone.freeze_backbone",
                "Neon trains only the heads; an unfrozen backbone is not supported")
         _check(self.pooling in ("tokens", "mean"), "backbone.pooling", f"must be 'tokens' or 'mean', got {self.pooling!r}")

@@ -56,29 +56,27 @@ def resolve(name: str, kind: str = "backbone", revision: str | None = None, allo
         return p
     if p.exists():
         raise error(f"{p} is a file; pass the {kind} folder")
-    if kind != "dataset":
-        from neon.backbones.tiny import TINY_IDS, tiny_model_dir
+    if kind != "dataset" and name.startswith("neon-tiny/"):  # built offline on first use
+        from neon.backbones.tiny import tiny_model_dir
 
-        if name in TINY_IDS:
-            return tiny_model_dir(name)
+        return tiny_model_dir(name)
     if not looks_like_repo_id(name):
         raise error(f"{name} is neither a {kind} folder nor a Hub repo id (owner/name)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    repo_type = "dataset" if kind == "dataset" else "model"
     offline = env_true("HF_HUB_OFFLINE") or not hub_reachable()
     try:
-        return Path(snapshot_download(name, repo_type=repo_type, revision=revision, local_files_only=offline,
-                                      allow_patterns=None if offline else allow_patterns))
+        return Path(snapshot_download(name, repo_type="dataset" if kind == "dataset" else "model", revision=revision,
+                                      local_files_only=offline, allow_patterns=None if offline else allow_patterns))
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if env_true("HF_HUB_OFFLINE") else "the Hugging Face Hub is unreachable"
-        flag = "--repo-type dataset " if repo_type == "dataset" else ""
-        hint = (", or use an offline tiny backbone (neon-tiny/qwen2.5-vl, neon-tiny/qwen2.5-omni)"
-                if kind == "backbone" else ", or pass a local folder")
+        get = f"hf download {'--repo-type dataset ' if kind == 'dataset' else ''}{name}"
+        hint = ("use an offline tiny backbone (neon-tiny/qwen2.5-vl, neon-tiny/qwen2.5-omni)" if kind == "backbone"
+                else "pass a local folder")
         raise error(f"{kind} {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and {why}. Download "
-                    f"it where there is network (`hf download {flag}{name}`) and copy the cache here{hint}.") from None
+                    f"it where there is network (`{get}`) and copy the cache here, or {hint}.") from None
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, message: str = "Neon checkpoint",

@@ -79,13 +79,9 @@ class NormStats:
 
     @classmethod
     def load(cls, directory: str | Path) -> NormStats:
-        path = Path(directory) / NORM_STATS_FILE
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise NormStatsError(f"{path} not found") from None
-        except json.JSONDecodeError as e:
-            raise NormStatsError(f"{path} is not valid JSON: {e}") from None
+        from neon.checkpoint import read_json
+
+        return cls.from_dict(read_json(Path(directory) / NORM_STATS_FILE, NormStatsError))
 
 
 class ActionTransform:

@@ -66,11 +66,8 @@ class Observation:
 def check_image(image) -> np.ndarray:
     if image is None:
         raise InputError("image is required (HxWx3 uint8)")
-    if not isinstance(image, np.ndarray):
-        from PIL import Image
-
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+    if type(image).__module__.startswith("PIL."):  # a PIL image (PIL is imported only when given one)
+        image = np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be an HxWx3 uint8 array, got {_describe(image)}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -165,13 +162,11 @@ def check_eef(eef) -> np.ndarray | None:
         return None
     n = len(EEF_FIELDS)
     if isinstance(eef, dict):
-        missing = set(EEF_SIDES) - set(eef)
-        if missing:
-            raise InputError(f"eef needs 'left' and 'right' poses, missing {', '.join(sorted(missing))}")
-        eef = [np.asarray(eef[side], np.float32).reshape(-1) for side in EEF_SIDES]
-        if any(p.shape != (n,) for p in eef):
-            raise InputError(f"eef poses must be {n} values each: {', '.join(EEF_FIELDS)}")
-        eef = np.concatenate(eef)
+        if set(eef) != set(EEF_SIDES) or any(np.size(eef[side]) != n for side in EEF_SIDES):
+            missing = ", ".join(sorted(set(EEF_SIDES) - set(eef))) or "none"
+            raise InputError(f"eef as a map needs 'left' and 'right' poses of {n} values each ({', '.join(EEF_FIELDS)}); "
+                             f"got {sorted(eef)}, missing {missing}")
+        eef = np.concatenate([np.asarray(eef[side], np.float32).reshape(-1) for side in EEF_SIDES])
     if np.size(eef) != EEF_DIM:
         raise InputError(f"eef must be {EEF_DIM} values (left then right: {', '.join(EEF_FIELDS)}), "
                          f"got shape {np.shape(eef)}")

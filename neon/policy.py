@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from neon.model import NeonInputs, NeonVLA
-from neon.observation import InputError, Observation, collate, make_observation
+from neon.observation import AUDIO_SAMPLE_RATE, InputError, Observation, collate, make_observation
 
 SPEECH_MIN_CONFIDENCE = 0.5
 
@@ -49,10 +49,20 @@ class NeonPolicy:
     def from_pretrained(cls, path_or_repo: str, device: str | None = None) -> NeonPolicy:
         return cls(NeonVLA.from_pretrained(path_or_repo).load_backbone(device))
 
-    @property
-    def heads_provider(self) -> str:
-        """Where the heads run: "pytorch", or the ONNX Runtime execution provider."""
-        return getattr(self.heads, "provider", "pytorch")
+    def example(self, instruction: str = "pick up the red block") -> dict:
+        """A deterministic observation with every input this model uses (a red block on a table, the mid-range
+        pose, a 1 s tone, a LiDAR scan, both wrists): for warm-ups and demos."""
+        c, space, rng = self.config, self.space, np.random.default_rng(0)
+        yy, xx = np.mgrid[:224, :224]
+        image = np.full((224, 224, 3), 128, np.uint8)
+        image[112:] = (96, 72, 48)
+        image[(yy - 134) ** 2 + (xx - 90) ** 2 < 18 ** 2] = (200, 30, 30)
+        tone = 0.1 * np.sin(np.arange(AUDIO_SAMPLE_RATE) / AUDIO_SAMPLE_RATE * 2 * np.pi * 440)
+        lidar = np.c_[rng.uniform(-5, 5, (2048, 3)), rng.uniform(0, 255, 2048)]
+        eef = {"left": [0.3, 0.2, 0.9, 1, 0, 0, 0], "right": [0.3, -0.2, 0.9, 1, 0, 0, 0]}
+        return {"image": image, "instruction": instruction, "state": (space.lower + space.upper) / 2,
+                "audio": tone.astype(np.float32) if c.use_audio else None,
+                "lidar": lidar.astype(np.float32) if c.use_lidar else None, "eef": eef if c.use_eef else None}
 
     def observation(self, **fields) -> Observation:
         """Validate one observation (image, instruction, state, audio, lidar, eef) against the spec."""

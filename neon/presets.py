@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from neon.backbones.registry import ALIASES, canonical_id
 from neon.config import BackboneConfig, NeonConfig
 
-BACKBONE_SHORT = {
-    "omni7b": "Qwen/Qwen2.5-Omni-7B",
-    "omni3b": "Qwen/Qwen2.5-Omni-3B",
-    "cosmos8b": "nvidia/Cosmos-Reason2-8B",
-    "cosmos2b": "nvidia/Cosmos-Reason2-2B",
-    "vl7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-    "vl3b": "Qwen/Qwen2.5-VL-3B-Instruct",
-}
+BACKBONE_SHORT = {k: v for k, v in ALIASES.items() if not k.startswith("tiny")}  # the preset grid's backbones
 
 # Head sizes per scale; everything else keeps NeonConfig's defaults.
 SCALES = {
@@ -30,7 +24,7 @@ SCALES = {
 
 def model_config(backbone: str, mode: str, scale: str = "standard", **overrides) -> NeonConfig:
     """NeonConfig for a backbone (id or short name), control mode and scale."""
-    model_id = BACKBONE_SHORT.get(backbone, backbone)
+    model_id = canonical_id(backbone)
     cfg = NeonConfig(backbone=BackboneConfig(model_id=model_id), control_mode=mode, **{**SCALES[scale], **overrides})
     return cfg.validate()
 

@@ -12,7 +12,10 @@ import logging
 import os
 import sys
 
+from neon_runtime.safety import SafetyConfig
 from neon_runtime.sensors import G1_MIC_GROUP, G1_MIC_PORT
+
+SAFE = SafetyConfig()  # the safety layer's defaults
 
 log = logging.getLogger("neon.serve")
 
@@ -42,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic-device", help="PortAudio input device name or index")
     p.add_argument("--mic-group", default=G1_MIC_GROUP, help="multicast group of the PCM stream ('' = unicast)")
     p.add_argument("--mic-port", type=int, default=G1_MIC_PORT)
-    p.add_argument("--max-obs-age", type=float, default=0.5, help="refuse observations older than this (s)")
-    p.add_argument("--max-joint-velocity", type=float, default=2.0, help="rad/s limit applied to every chunk")
+    p.add_argument("--max-obs-age", type=float, default=SAFE.max_observation_age_s,
+                   help="refuse observations older than this (s)")
+    p.add_argument("--max-joint-velocity", type=float, default=SAFE.max_joint_velocity,
+                   help="rad/s limit applied to every chunk")
     p.add_argument("--dry-run", action="store_true", help="mark every chunk as not executable")
     p.add_argument("--device")
     p.add_argument("--log-level", default="info")
@@ -71,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     from neon.hub import HubUnavailableError
     from neon.policy import NeonPolicy
     from neon_runtime.policy import LocalPolicy, PolicyRunner
-    from neon_runtime.safety import SafetyConfig
     from neon_runtime.server import Metrics, ServerSettings, create_app
 
     note = ""

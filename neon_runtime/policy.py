@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 
 from neon.observation import Observation
 from neon.policy import NeonPolicy
@@ -93,7 +92,7 @@ class LocalPolicy:
             "model": {"source": self.source, "backbone": m.config.backbone.model_id,
                       "trainable_parameters": m.parameter_counts()["total"], "norm_stats_source": m.norm_stats.source,
                       "heads": "torch" if self.policy.heads is None else "onnx",
-                      "heads_provider": self.policy.heads_provider},
+                      "heads_provider": getattr(self.policy.heads, "provider", "pytorch")},
             "action_space": space.to_dict(),
             "num_action_steps": m.config.num_action_steps,
             "modalities": {"image": True, "instruction": True, "state": True, "audio": m.config.use_audio,
@@ -101,15 +100,6 @@ class LocalPolicy:
             "safety": asdict(self.safety_config),
             "dry_run": self.safety_config.dry_run,
         }
-
-    def warm_up_request(self) -> dict:
-        """A request with every input the model uses, to run the whole path once before serving."""
-        c, space = self.policy.config, self.policy.space
-        return {"image": np.full((224, 224, 3), 128, np.uint8), "instruction": "warm up",
-                "state": (space.lower + space.upper) / 2,
-                "audio": np.zeros(1600, np.float32) if c.use_audio else None,
-                "lidar": np.zeros((8, 4), np.float32) if c.use_lidar else None,
-                "eef": np.tile(np.array([0, 0, 0, 1, 0, 0, 0], np.float32), 2) if c.use_eef else None}
 
     def reloaded(self, path: str | Path) -> LocalPolicy:
         """The same deployment (safety, heads backend, backbone when it is the same) on another checkpoint."""
@@ -182,7 +172,7 @@ class PolicyRunner:
 
     def warm_up(self) -> None:
         """Run one request through the whole path before `ready` is set."""
-        self.submit(self.local.prepare(self.local.warm_up_request())).result(timeout=600)
+        self.submit(self.local.prepare(self.local.policy.example("warm up"))).result(timeout=600)
         self.ready.set()
 
     # ------------------------------------------------------------------ the inference thread
@@ -258,7 +248,3 @@ class PolicyRunner:
         self._stop.set()
         self._queue.put(None)
         self._thread.join(timeout=5)
-
-
-def chunk_to_list(actions: np.ndarray) -> list[list[float]]:
-    return np.asarray(actions, dtype=np.float32).round(6).tolist()

@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -26,7 +27,7 @@ from neon import __version__
 from neon.observation import AUDIO_WINDOW_S, InputError
 from neon_runtime import wire
 from neon_runtime.observation import parse_request
-from neon_runtime.policy import PolicyRunner, Superseded, chunk_to_list
+from neon_runtime.policy import PolicyRunner, Superseded
 from neon_runtime.safety import SafetyError
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
         metrics.request.labels("http").observe(time.perf_counter() - t0)
         if request.headers.get("accept", "").startswith(MSGPACK):
             return Response(wire.packb(out), media_type=MSGPACK)
-        out["actions"] = chunk_to_list(out["actions"])
+        out["actions"] = np.asarray(out["actions"], np.float32).round(6).tolist()
         return out
 
     @app.post("/reload", summary="Swap the checkpoint without dropping connections (token required)",

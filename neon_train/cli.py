@@ -59,7 +59,10 @@ def resolve_config(args: argparse.Namespace):
     from neon_train.config import SCALE_TRAINING, TrainConfig, get_preset
 
     if args.config:
-        cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        from neon.checkpoint import read_json
+        from neon.config import ConfigError
+
+        cfg = TrainConfig.from_dict(read_json(args.config, ConfigError))
     elif args.preset:
         cfg = get_preset(args.preset)
     else:

@@ -283,19 +283,14 @@ def make_plots(report: dict, traj: dict, space, out: Path, joints: list[str] | N
     for j, n in enumerate(names):
         ax.bar(np.arange(len(groups)) + j * width, [res[n]["per_group"][g] for g in groups], width, label=n)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
-    ax.set_yscale("log")
-    ax.set_ylabel("MSE (physical units)")
-    ax.set_title("Per-group MSE: model vs baselines")
+    ax.set(yscale="log", ylabel="MSE (physical units)", title="Per-group MSE: model vs baselines")
     ax.legend()
     paths["group_mse"] = _save(fig, out / "group_mse.png")
 
     fig, ax = plt.subplots(figsize=PLOT_SIZE, dpi=PLOT_DPI)
     for n in names:
         ax.plot(range(report["num_action_steps"]), res[n]["per_step"], marker="o", label=n)
-    ax.set_yscale("log")
-    ax.set_xlabel("chunk step")
-    ax.set_ylabel("MSE (physical units)")
-    ax.set_title("Error vs chunk step")
+    ax.set(yscale="log", xlabel="chunk step", ylabel="MSE (physical units)", title="Error vs chunk step")
     ax.legend()
     paths["step_error"] = _save(fig, out / "step_error.png")
     return paths

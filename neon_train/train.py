@@ -357,19 +357,12 @@ class NeonTrainer:
 
     # ------------------------------------------------------------------ pieces
     def _loss(self, run, batch: dict) -> torch.Tensor:
-        model, obs = run.model, batch["obs"]
         if self.config.image_augmentation:
             rng = np.random.default_rng([self.config.seed, self.dist.rank, int(batch["row"].sum()), len(batch["row"])])
-            obs.images = [augment(im, rng) for im in obs.images]
-        with torch.no_grad():
-            inp = model.inputs(obs, run.features, (batch["source"], batch["row"]))
-        with run.autocast:
-            pred, speech = run.net(inp)
-        dev = pred.device
-        target = model.transform.encode(batch["actions"].to(dev), inp.state)
-        weight = batch["action_mask"].to(dev).float() * run.group_w
-        loss = (weight * (pred.float() - target) ** 2).sum() / weight.sum().clamp(min=1.0)
-        speech_target = batch["speech_target"].to(dev)
+            batch["obs"].images = [augment(im, rng) for im in batch["obs"].images]
+        error, weight, speech = self._chunk_error(run, batch, run.features, run.net)
+        loss = error / weight.clamp(min=1.0)
+        speech_target = batch["speech_target"].to(speech.device)
         has_speech = speech_target >= 0
         if has_speech.any():
             loss = loss + self.config.speech_loss_weight * F.cross_entropy(speech[has_speech].float(),
@@ -377,6 +370,17 @@ class NeonTrainer:
         else:
             loss = loss + 0.0 * speech.sum()  # keeps DDP's gradient buckets identical across ranks
         return loss
+
+    @staticmethod
+    def _chunk_error(run, batch: dict, features, net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sum of weighted squared errors over the chunk, sum of weights, speech logits) for a batch."""
+        with torch.no_grad():
+            inp = run.model.inputs(batch["obs"], features, (batch["source"], batch["row"]))
+        with run.autocast:
+            pred, speech = net(inp)
+        target = run.model.transform.encode(batch["actions"].to(pred.device), inp.state)
+        weight = batch["action_mask"].to(pred.device).float() * run.group_w
+        return (weight * (pred.float() - target) ** 2).sum(), weight.sum(), speech
 
     def _val_batches(self, soup: DataSoup) -> list[list[int]]:
         if len(soup) == 0:
@@ -390,13 +394,8 @@ class NeonTrainer:
         run.net.eval()
         total, weight = 0.0, 0.0
         for b in run.val_batches:
-            batch = collate([run.val_soup[i] for i in b])
-            inp = run.model.inputs(batch["obs"], run.val_features, (batch["source"], batch["row"]))
-            pred, _ = run.model(inp)
-            target = run.model.transform.encode(batch["actions"].to(pred.device), inp.state)
-            w = batch["action_mask"].to(pred.device).float() * run.group_w
-            total += float((w * (pred - target) ** 2).sum())
-            weight += float(w.sum())
+            error, w, _ = self._chunk_error(run, collate([run.val_soup[i] for i in b]), run.val_features, run.model)
+            total, weight = total + float(error), weight + float(w)
         return total / weight if weight else float("nan")
 
     def _save(self, run, which: str) -> None:

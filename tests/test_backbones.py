@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import scene
 
-from neon.backbones.loader import Backbone, HubUnavailableError, pool_tokens, resolve_attn_implementation
+from neon.backbones.loader import Backbone, pool_tokens, resolve_attn_implementation
+from neon.hub import HubUnavailableError
 from neon.backbones.registry import BACKBONES, UnknownBackboneError, get_spec
 from neon.config import BackboneConfig, ConfigError
 

@@ -317,7 +317,7 @@ def test_missing_info_json(tmp_path, synth):
     bad = tmp_path / "bad"
     shutil.copytree(synth, bad)
     (bad / "meta" / "info.json").unlink()
-    with pytest.raises(DatasetError, match=r"meta/info.json: info.json is missing"):
+    with pytest.raises(DatasetError, match=r"meta/info.json is missing; is .*bad a LeRobot dataset"):
         LeRobotSource(str(bad), ARMS, 16)
 
 

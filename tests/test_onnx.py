@@ -48,7 +48,7 @@ def test_onnx_matches_pytorch(backbones, tmp_path, backbone, mode):
     info = export_heads(model, ckpt / ONNX_DIR)
     assert max(info["max_abs_diff"].values()) <= TOLERANCE
     onnx_model = NeonPolicy(attach(NeonVLA.from_pretrained(ckpt), backbones), OnnxHeads.beside(ckpt))
-    assert onnx_model.heads_provider == "CPUExecutionProvider"
+    assert onnx_model.heads.provider == "CPUExecutionProvider"
     for seed, drop in ((0, ()), (1, ("audio", "lidar", "eef")), (2, ("state",))):
         obs = {k: v for k, v in full_obs(model, seed).items() if k not in drop}
         a, b = model.predict(**obs), onnx_model.predict(**obs)

@@ -17,13 +17,10 @@ from PIL import Image
 
 from neon.backbones.registry import BackboneSpec
 from neon.config import BackboneConfig
-from neon.hub import MODEL_FILES, HubUnavailableError, resolve
+from neon.hub import MODEL_FILES, resolve
 from neon.observation import AUDIO_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
-
-__all__ = ["Backbone", "HubUnavailableError", "pool_tokens"]
-
 
 def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":

@@ -44,17 +44,15 @@ BACKBONES: dict[str, BackboneSpec] = {
     ]
 }
 
-# Short names accepted on the command line.
-ALIASES = {
-    "omni-7b": "Qwen/Qwen2.5-Omni-7B",
-    "omni-3b": "Qwen/Qwen2.5-Omni-3B",
-    "cosmos-8b": "nvidia/Cosmos-Reason2-8B",
-    "cosmos-2b": "nvidia/Cosmos-Reason2-2B",
-    "vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-    "vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
-    "tiny-vl": "neon-tiny/qwen2.5-vl",
-    "tiny-omni": "neon-tiny/qwen2.5-omni",
-}
+# Short names, for the command line and the preset grid ("omni7b" or "omni-7b").
+ALIASES = {"omni7b": "Qwen/Qwen2.5-Omni-7B", "omni3b": "Qwen/Qwen2.5-Omni-3B", "cosmos8b": "nvidia/Cosmos-Reason2-8B",
+           "cosmos2b": "nvidia/Cosmos-Reason2-2B", "vl7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+           "vl3b": "Qwen/Qwen2.5-VL-3B-Instruct", "tinyvl": "neon-tiny/qwen2.5-vl", "tinyomni": "neon-tiny/qwen2.5-omni"}
+
+
+def canonical_id(model_id: str) -> str:
+    """The full id for a short name; any other id unchanged."""
+    return ALIASES.get(model_id.replace("-", "").lower(), model_id)
 
 
 class UnknownBackboneError(ValueError):
@@ -62,7 +60,7 @@ class UnknownBackboneError(ValueError):
 
 
 def get_spec(model_id: str) -> BackboneSpec:
-    model_id = ALIASES.get(model_id, model_id)
+    model_id = canonical_id(model_id)
     try:
         return BACKBONES[model_id]
     except KeyError:

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from neon.checkpoint import atomic_directory
+from neon.checkpoint import atomic_directory, read_json
 from neon.data.video import VideoError, encode_video
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class LeRobotDataset:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         info_path = self.root / "meta" / "info.json"
-        self.info = _read_json(info_path, "info.json")
+        self.info = read_json(info_path, DatasetError, f"is missing; is {root} a LeRobot dataset?")
         self.version = self.info.get("codebase_version")
         if self.version not in SUPPORTED_VERSIONS:
             raise DatasetError(f"{info_path}: codebase_version {self.version!r} is not supported "
@@ -85,7 +85,7 @@ class LeRobotDataset:
             raise DatasetError(f"{self.root}: the dataset has no episodes")
         self._columns: dict[str, dict[str, np.ndarray]] = {}
         modality = self.root / "meta" / "modality.json"
-        self.modality = _read_json(modality, "modality.json") if modality.exists() else None
+        self.modality = read_json(modality, DatasetError) if modality.exists() else None
 
     # -- metadata
     def _read_episodes_v21(self) -> list[EpisodeMeta]:
@@ -104,8 +104,6 @@ class LeRobotDataset:
         return out
 
     def _read_episodes_v30(self) -> list[EpisodeMeta]:
-        import pyarrow.parquet as pq
-
         tasks_path = self.root / "meta" / "tasks.parquet"
         table = _read_parquet(tasks_path)
         names = _task_name_column(table, tasks_path)
@@ -117,11 +115,7 @@ class LeRobotDataset:
         video_t = self.info.get("video_path", V30_VIDEO)
         out = []
         for f in files:
-            try:
-                rows = pq.read_table(f).to_pylist()
-            except Exception as e:
-                raise DatasetError(f"{f} cannot be read as parquet: {e}") from None
-            for r in rows:
+            for r in _read_parquet(f).to_pylist():
                 try:
                     data = data_t.format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"])
                     videos = {k: (video_t.format(video_key=k, chunk_index=r[f"videos/{k}/chunk_index"],
@@ -198,15 +192,6 @@ class LeRobotDataset:
                 path, _ = self.video_path(ep, cam)
                 if not path.is_file():
                     raise DatasetError(f"{path}: video file for episode {ep.index}, camera {cam!r} is missing")
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: {what} is missing; is {path.parent.parent} a LeRobot dataset?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:

@@ -11,21 +11,20 @@ reported as unmapped.
 
 from __future__ import annotations
 
-from neon.action_space import BODY_JOINTS, G1ActionSpace
+from neon.action_space import G1ActionSpace
 from neon.data.lerobot import DatasetError
 
+def _names(group: str, side: str = "", hand: str = "dex3") -> list[str]:
+    """A group's joint names in action-space (SDK) order, read from the action space, one side's when given."""
+    joints = G1ActionSpace("whole_body", hand, neck=True).joints
+    return [j.name for j in joints if j.group == group and j.name.startswith(side)]
+
+
 _G1_SLICES: dict[str, list[str]] = {
-    "left_arm": [j.name for j in BODY_JOINTS[15:22]],
-    "right_arm": [j.name for j in BODY_JOINTS[22:29]],
-    "left_leg": [j.name for j in BODY_JOINTS[0:6]],
-    "right_leg": [j.name for j in BODY_JOINTS[6:12]],
-    "waist": [j.name for j in BODY_JOINTS[12:15]],
-    "left_hand": [n for n in G1ActionSpace("arms_only", "dex3").names if n.startswith("left_hand_")],
-    "right_hand": [n for n in G1ActionSpace("arms_only", "dex3").names if n.startswith("right_hand_")],
-    "left_gripper": ["left_gripper"],
-    "right_gripper": ["right_gripper"],
-    "base_velocity": ["vx", "vy", "yaw_rate"],
-    "neck": ["neck_pitch", "neck_yaw"],
+    **{f"{s}_{part}": _names(group, s + "_") for s in ("left", "right")
+       for part, group in (("arm", "arms"), ("leg", "legs"), ("hand", "hands"))},
+    **{f"{s}_gripper": _names("hands", s + "_", "dex1") for s in ("left", "right")},
+    "waist": _names("torso"), "base_velocity": _names("locomotion"), "neck": _names("head"),
 }
 
 

@@ -70,9 +70,8 @@ class LeRobotSource:
             raise DatasetError(
                 f"{self.name}: none of the dataset's action names match the G1 {space.control_mode} action space "
                 f"({self.action_map.report()}); is it a dataset for another robot?")
-        report = self.action_map.report()
         if self.action_map.unmapped_source or self.action_map.missing_target:
-            log.warning("%s: action %s", self.name, report)
+            log.warning("%s: action %s", self.name, self.action_map.report())
         self.dim_available = np.zeros(space.dim, bool)
         self.dim_available[self.action_map.target_index] = True
         self.eef_key = _first_key(feats, EEF_KEYS)
@@ -85,8 +84,7 @@ class LeRobotSource:
         if self.camera is None:
             raise DatasetError(f"{self.root / 'meta/info.json'}: no video feature; Neon needs a camera stream")
         self.ds.check_videos()
-        chosen = self.ds.episodes if episodes is None else [self.ds.episodes[i] for i in episodes]
-        self.episodes = chosen
+        self.episodes = chosen = self.ds.episodes if episodes is None else [self.ds.episodes[i] for i in episodes]
         self.index = np.array([(k, t) for k, e in enumerate(chosen) for t in range(e.length)], dtype=np.int64)
         # Row of each chosen episode's first frame among all the dataset's frames (stable across subsets).
         starts = np.cumsum([0] + [e.length for e in self.ds.episodes])

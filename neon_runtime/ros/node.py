@@ -309,9 +309,7 @@ class NeonNode(Node):
         super().destroy_node()
 
 
-def make_node(node_name: str = "neon", **overrides) -> NeonNode:
-    """Create the node (rclpy must be initialised). `overrides` set parameters, as a launch file would."""
-    return NeonNode(node_name, **overrides)
+make_node = NeonNode  # make_node(name, **parameters), rclpy initialised: parameters as a launch file sets them
 
 
 def main(argv: list[str] | None = None) -> int:
