@@ -24,7 +24,7 @@ import numpy as np
 from neon.action_space import G1ActionSpace
 from neon.data.lerobot import EpisodeData, write_dataset
 from neon.observation import AUDIO_SAMPLE_RATE as AUDIO_RATE
-from neon.observation import LIDAR_CHANNELS
+from neon.observation import EEF_DIM, EEF_FIELDS, EEF_SIDES, LIDAR_CHANNELS
 
 COLORS = {"red": (210, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 210), "yellow": (220, 200, 40)}
 VERBS = ("pick up", "reach for", "point at")
@@ -167,7 +167,7 @@ def _eef(space: G1ActionSpace, states: np.ndarray) -> np.ndarray:
 def _lidar(rng, xs, ys, n: int) -> np.ndarray:
     """Float[(n, 256, 4)]: floor returns plus a cluster on each block (x forward, y left, in metres)."""
     floor = LIDAR_POINTS - 64
-    scans = np.empty((n, LIDAR_POINTS, 4), np.float32)
+    scans = np.empty((n, LIDAR_POINTS, len(LIDAR_CHANNELS)), np.float32)
     for t in range(n):
         pts = [np.c_[rng.uniform(0.3, 3.0, floor), rng.uniform(-1.5, 1.5, floor), np.full(floor, -0.8),
                      rng.uniform(20, 60, floor)]]
@@ -204,13 +204,13 @@ def generate(root, cfg: SynthConfig | None = None, overwrite: bool = False, prog
         raise ValueError(f"need at least 1 episode of 2 frames, got {cfg.episodes} x {cfg.length}")
     space = G1ActionSpace(cfg.mode, "dex3", fps=cfg.fps)
     names = space.names
-    eef_names = [f"{s}_{c}" for s in ("left", "right") for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+    eef_names = [f"{s}_{c}" for s in EEF_SIDES for c in EEF_FIELDS]
     features = {
         CAMERA_KEY: {"dtype": "video", "shape": [cfg.image_size, cfg.image_size, 3]},
         "observation.state": {"dtype": "float32", "shape": [space.dim], "names": names},
         "action": {"dtype": "float32", "shape": [space.dim], "names": names},
-        "observation.eef": {"dtype": "float32", "shape": [14], "names": eef_names},
-        "observation.lidar": {"dtype": "float32", "shape": [LIDAR_POINTS, 4], "names": list(LIDAR_CHANNELS)},
+        "observation.eef": {"dtype": "float32", "shape": [EEF_DIM], "names": eef_names},
+        "observation.lidar": {"dtype": "float32", "shape": [LIDAR_POINTS, len(LIDAR_CHANNELS)], "names": list(LIDAR_CHANNELS)},
         "observation.audio": {"dtype": "float32", "shape": [-1], "names": None},
     }
     disable = None if progress is None else not progress  # None: a bar only on a terminal
