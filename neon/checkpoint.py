@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,9 @@ from pathlib import Path
 from collections.abc import Iterator
 
 import torch
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -47,29 +51,53 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block succeeds.
 
-    An existing `path` is moved aside first and removed only after the new one
-    is in place, so at every instant either the old or the new checkpoint is whole.
+    Files and folders are fsynced, then the new folder and an existing old one swap places in one atomic
+    step (Linux `renameat2(RENAME_EXCHANGE)`), so at every instant `path` holds the old or the new version,
+    whole. Where the kernel cannot swap, the old one is moved aside first and removed after.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+        for f in sorted(tmp.rglob("*"), reverse=True) + [tmp]:  # contents before the rename makes them visible
+            _fsync(f)
+        if path.exists() and _exchange(tmp, path):
+            _fsync(path.parent)
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old version
+            return
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -137,28 +165,52 @@ def save_checkpoint(model, directory: str | os.PathLike, extra_files: dict[str, 
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "neon", "neon_version": __version__})
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {"format": "neon-checkpoint", "format_version": CHECKPOINT_FORMAT, "neon_version": __version__,
-                    "sha256": files}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, trained_steps=model.trained_steps)
     return directory
 
 
-def load_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None):
-    """A NeonVLA from a checkpoint folder or Hub repo id, every file checked (the backbone is loaded separately)."""
+def write_manifest(directory: Path, **fields) -> None:
+    """manifest.json: the sha256 of every file below `directory` (subfolders such as onnx/ included)."""
+    from neon import __version__
+
+    files = {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name != MANIFEST_FILE}
+    manifest = {"format": "neon-checkpoint", "format_version": CHECKPOINT_FORMAT, "neon_version": __version__,
+                **fields, "sha256": files}
+    atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def verified_manifest(directory: Path, allow_unverified: bool = False) -> dict:
+    """The checkpoint's manifest after checking every file it lists; a folder without one is refused unless
+    `allow_unverified` (a checkpoint Neon did not write)."""
+    if not (directory / MANIFEST_FILE).exists():
+        if not allow_unverified:
+            raise CheckpointError(f"{directory} has no {MANIFEST_FILE}, so its files cannot be verified; pass "
+                                  "--allow-unverified to load a checkpoint that Neon did not write")
+        log.warning("%s has no %s: loading it unverified (--allow-unverified)", directory, MANIFEST_FILE)
+        return {}
+    manifest = read_json(directory / MANIFEST_FILE)
+    for name, digest in manifest.get("sha256", {}).items():
+        f = directory / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {directory} lacks {name}, listed in {MANIFEST_FILE}")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f} is corrupted or was modified: its sha256 does not match {MANIFEST_FILE}")
+    return manifest
+
+
+def load_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None, allow_unverified: bool = False):
+    """A NeonVLA from a checkpoint folder or Hub repo id, every file checked (the backbone is loaded separately).
+
+    `model.trained_steps` comes from the manifest: 0 (untrained heads) when it records none.
+    """
     from neon.action_space import ACTION_SPACE_FILE, G1ActionSpace
     from neon.config import CONFIG_FILE, ConfigError, NeonConfig
     from neon.model import NeonVLA
     from neon.normalization import NORM_STATS_FILE, NormStats
 
     directory = resolve_checkpoint(path_or_repo, revision)
-    if (directory / MANIFEST_FILE).exists():
-        for name, digest in read_json(directory / MANIFEST_FILE).get("sha256", {}).items():
-            f = directory / name
-            if not f.is_file():
-                raise CheckpointError(f"checkpoint {directory} lacks {name}, listed in {MANIFEST_FILE}")
-            if _sha256(f) != digest:
-                raise CheckpointError(f"{f} is corrupted or was modified: its sha256 does not match {MANIFEST_FILE}")
+    manifest = verified_manifest(directory, allow_unverified)
     try:
         config = NeonConfig.from_dict(read_json(directory / CONFIG_FILE))
     except ConfigError as e:
@@ -174,6 +226,7 @@ def load_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None
         raise CheckpointError(f"checkpoint {directory} has neither {WEIGHTS_FILE} nor {LEGACY_WEIGHTS_FILE}")
     _check_weights(model.state_dict(), state, directory)
     model.load_state_dict(state)
+    model.trained_steps = int(manifest.get("trained_steps", 0))
     return model.eval()
 
 

@@ -91,6 +91,7 @@ class NeonVLA(nn.Module):
         self.norm_stats = norm_stats or NormStats.from_limits(self.action_space, config.action_scaler)
         self.transform = ActionTransform(self.action_space, self.norm_stats, config.action_scaler)
         self.backbone = None  # a neon.backbones.loader.Backbone once load_backbone() ran; never saved
+        self.trained_steps = 0  # optimizer steps behind these weights (the trainer sets it; 0 = untrained heads)
 
         c, space = config, self.action_space
         d = c.fusion_dim
@@ -183,10 +184,11 @@ class NeonVLA(nn.Module):
         return save_checkpoint(self, directory, extra_files)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None) -> NeonVLA:
+    def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None,
+                        allow_unverified: bool = False) -> NeonVLA:
         from neon.checkpoint import load_checkpoint
 
-        return load_checkpoint(path_or_repo, revision)
+        return load_checkpoint(path_or_repo, revision, allow_unverified)
 
 
 def count_parameters(config: NeonConfig) -> dict[str, int]:

@@ -34,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("NEON_TOKEN"), help="required to bind beyond loopback "
-                   "(default: $NEON_TOKEN)")
+                   "(default: $NEON_TOKEN); then every route but /health and /ready needs it")
+    p.add_argument("--token-file", help="read the token from this file (a bare line or NEON_TOKEN=...)")
+    p.add_argument("--model-root", help="POST /reload loads local checkpoints only below this folder")
+    p.add_argument("--allow-hub", action="append", default=[], metavar="PATTERN",
+                   help="POST /reload loads Hub ids matching this fnmatch pattern (repeatable), e.g. 'you/neon-*'")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a checkpoint without manifest.json (one Neon did not write), unverified")
     p.add_argument("--heads", choices=["torch", "onnx"], default=None, help="default torch (onnx with --profile edge_3b)")
     p.add_argument("--max-batch", type=int, default=None, help="default 8")
     p.add_argument("--max-wait-ms", type=float, default=None, help="default 5")
@@ -58,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.token_file:
+        from neon_runtime.client import RemoteError, read_token
+
+        try:
+            args.token = read_token(args.token_file)
+        except RemoteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if not _is_loopback(args.host) and not args.token:
         print(f"error: binding to {args.host} exposes the robot's policy to the network; pass --token "
               "(or set NEON_TOKEN)", file=sys.stderr)
@@ -74,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from neon.checkpoint import CheckpointError
     from neon.hub import HubUnavailableError
+    from neon.model import NeonVLA
     from neon.policy import NeonPolicy
+    from neon_runtime.default_model import DefaultModelError, default_checkpoint
     from neon_runtime.policy import LocalPolicy, PolicyRunner
     from neon_runtime.server import Metrics, ServerSettings, create_app
 
@@ -83,12 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             path = args.model
         else:
-            from neon_runtime.default_model import default_checkpoint
 
             folder, note = default_checkpoint()
             path = str(folder)
             log.info("%s (%s)", note, folder)
-        policy = NeonPolicy.from_pretrained(path, args.device)
+        policy = NeonPolicy(NeonVLA.from_pretrained(path, allow_unverified=args.allow_unverified).load_backbone(args.device))
         if profile and policy.config.backbone.model_id != profile["expected_backbone"]:
             log.warning("profile %s expects %s, the model uses %s", args.profile, profile["expected_backbone"],
                         policy.config.backbone.model_id)
@@ -96,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             from neon_runtime.onnx_heads import OnnxHeads
 
             policy.heads = OnnxHeads.beside(path)
-    except (CheckpointError, HubUnavailableError, FileNotFoundError) as e:
+    except (CheckpointError, HubUnavailableError, FileNotFoundError, DefaultModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     safety = SafetyConfig(max_joint_velocity=args.max_joint_velocity, max_observation_age_s=args.max_obs_age,
@@ -114,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     runner = PolicyRunner(LocalPolicy(policy, safety, source=path), max_batch, max_wait, metrics)
     settings = ServerSettings(token=args.token, default_model_note=note, audio_source=mic.ring if mic else None,
-                              profile=args.profile or "")
+                              profile=args.profile or "", model_root=args.model_root, allow_hub=tuple(args.allow_hub),
+                              device=args.device)
     app = create_app(runner, settings, metrics)
     runner.warm_up()
     used, how = memory_used_gb()

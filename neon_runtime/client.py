@@ -12,12 +12,25 @@ already applied its safety layer, and its `dry_run` travels in every reply.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from neon_runtime import wire
 
 
 class RemoteError(RuntimeError):
     """The server refused a request or cannot be used; the message carries its reason."""
+
+
+def read_token(path: str | Path) -> str:
+    """The token in a file: its first non-empty line, `NEON_TOKEN=` stripped (so neon-serve's systemd
+    EnvironmentFile can be shared)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except OSError as e:
+        raise RemoteError(f"cannot read the token file {path}: {e.strerror}") from None
+    if not lines:
+        raise RemoteError(f"the token file {path} is empty")
+    return lines[0].removeprefix("NEON_TOKEN=").strip().strip("'\"")
 
 
 class RemotePolicy:
@@ -40,6 +53,9 @@ class RemotePolicy:
 
     def metadata(self) -> dict:
         return self._metadata
+
+    def warm_up(self) -> None:
+        """Nothing to do: the server warmed its model up before it said it was ready."""
 
     def infer(self, request: dict) -> dict:
         self.ws.send(wire.packb({k: v for k, v in request.items() if v is not None}))

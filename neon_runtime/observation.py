@@ -8,7 +8,9 @@ Neon's own keys and openpi's are both accepted:
     audio                                    16 kHz mono (float or int16)
     lidar                                    Float[(N, 3|4)]
     eef                                      Float[(14,)] or {"left": 7 values, "right": 7 values}
-    timestamp                                observation time, Unix seconds (the chunk is anchored to it)
+    timestamp                                observation time, Unix seconds (without it: not executable)
+    client_id                                newest-wins key (a newer request replaces this client's queued one)
+    token                                    the server's token, as a first WebSocket message
 
 openpi's other cameras (wrist, exterior) are accepted and ignored; any other key is an error.
 """
@@ -73,7 +75,7 @@ def parse_request(data) -> tuple[dict, list[str]]:
         name = OPENPI_ALIASES.get(key, key)
         if name in out:
             raise InputError(f"{key!r} and its alias both given")
-        if key in OPENPI_IGNORED or name in ("client_id", "token"):
+        if key in OPENPI_IGNORED or name == "token":
             continue
         out[name] = value
     if "image" not in out:
@@ -89,6 +91,8 @@ def parse_request(data) -> tuple[dict, list[str]]:
                 out[key] = np.asarray(out[key], dtype=np.float32)
             except (ValueError, TypeError):
                 raise InputError(f"{key}: expected numbers") from None
+    if out.get("client_id") is not None and not isinstance(out["client_id"], str):
+        raise InputError(f"client_id must be a string, got {type(out['client_id']).__name__}")
     ts = out.get("timestamp")
     if ts is not None and not isinstance(ts, (int, float)):
         raise InputError(f"timestamp must be Unix seconds (a number), got {type(ts).__name__}")

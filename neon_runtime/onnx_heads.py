@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neon.checkpoint import atomic_directory, resolve_checkpoint
+from neon.checkpoint import (
+    MANIFEST_FILE,
+    CheckpointError,
+    atomic_directory,
+    read_json,
+    resolve_checkpoint,
+    verified_manifest,
+    write_manifest,
+)
 from neon.model import NeonInputs, NeonVLA
 from neon.observation import EEF_FIELDS, LIDAR_CHANNELS, MAX_LIDAR_POINTS
 
@@ -103,6 +111,9 @@ def export_heads(model: NeonVLA, out_dir: str | Path) -> dict:
                 "torch": torch.__version__, "onnxruntime": ort.__version__, "seconds": round(time.perf_counter() - t0, 2),
                 "control_mode": model.config.control_mode, "trainable_parameters": model.parameter_counts()["total"]}
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    checkpoint = out_dir.absolute().parent
+    if out_dir.name == ONNX_DIR and (checkpoint / MANIFEST_FILE).is_file():  # beside a checkpoint: cover it too
+        write_manifest(checkpoint, **{k: v for k, v in read_json(checkpoint / MANIFEST_FILE).items() if k != "sha256"})
     return info
 
 
@@ -127,6 +138,12 @@ class OnnxHeads:
         return torch.from_numpy(actions).to(dev), torch.from_numpy(speech).to(dev)
 
     @classmethod
-    def beside(cls, checkpoint: str | Path) -> OnnxHeads:
-        """The export saved beside a checkpoint (folder or Hub id), by `neon-export`."""
-        return cls(resolve_checkpoint(checkpoint) / ONNX_DIR)
+    def beside(cls, checkpoint: str | Path, allow_unverified: bool = False) -> OnnxHeads:
+        """The export saved beside a checkpoint (folder or Hub id) by `neon-export`, checked against the
+        checkpoint's manifest."""
+        directory = resolve_checkpoint(checkpoint)
+        listed = verified_manifest(directory, allow_unverified).get("sha256", {})
+        if not allow_unverified and (directory / ONNX_DIR / ONNX_FILE).is_file() and f"{ONNX_DIR}/{ONNX_FILE}" not in listed:
+            raise CheckpointError(f"{directory / ONNX_DIR} is not covered by {directory / MANIFEST_FILE}: "
+                                  "export it again with `neon-export`")
+        return cls(directory / ONNX_DIR)

@@ -42,6 +42,8 @@ class Policy(Protocol):
 
     def metadata(self) -> dict: ...
 
+    def warm_up(self) -> None: ...
+
 
 class LocalPolicy:
     """A NeonPolicy in this process, behind the safety layer."""
@@ -50,6 +52,10 @@ class LocalPolicy:
         self.policy, self.source = policy, source
         self.safety_config = (safety or SafetyConfig()).validate()
         self.safety = SafetyLayer(policy.space, self.safety_config)
+        self.untrained = policy.model.trained_steps <= 0
+        if self.untrained:
+            log.warning("%s: the heads are untrained (no training steps recorded): dry run only, every chunk is "
+                        "marked not executable", source or "this model")
 
     def prepare(self, request: dict) -> tuple[Observation, float | None]:
         """Validate a request's fields (InputError) and refuse a stale one (SafetyError)."""
@@ -68,10 +74,16 @@ class LocalPolicy:
         for (obs, timestamp), p in zip(prepared, predictions, strict=True):
             t1 = time.perf_counter()
             try:
+                self.safety.check_age(timestamp)  # again: queueing and the forward pass count
                 actions, report = self.safety.apply(p.actions, obs.state, p.fps)
             except SafetyError as e:
                 replies.append(e)
                 continue
+            if timestamp is None:
+                report.refuse(f"the request has no timestamp, so its age cannot be held to "
+                              f"{self.safety_config.max_observation_age_s} s")
+            if self.untrained:
+                report.refuse("the heads are untrained (the checkpoint records no training steps)")
             timings = {**p.timings_ms, "safety": round((time.perf_counter() - t1) * 1e3, 3), "model_batch": model_ms,
                        "batch_size": len(prepared)}
             replies.append({"actions": actions, "joint_names": p.joint_names, "fps": p.fps,
@@ -91,6 +103,7 @@ class LocalPolicy:
         return {
             "model": {"source": self.source, "backbone": m.config.backbone.model_id,
                       "trainable_parameters": m.parameter_counts()["total"], "norm_stats_source": m.norm_stats.source,
+                      "trained_steps": m.trained_steps,
                       "heads": "torch" if self.policy.heads is None else "onnx",
                       "heads_provider": getattr(self.policy.heads, "provider", "pytorch")},
             "action_space": space.to_dict(),
@@ -98,20 +111,33 @@ class LocalPolicy:
             "modalities": {"image": True, "instruction": True, "state": True, "audio": m.config.use_audio,
                            "lidar": m.config.use_lidar, "eef": m.config.use_eef},
             "safety": asdict(self.safety_config),
-            "dry_run": self.safety_config.dry_run,
+            "dry_run": self.safety_config.dry_run or self.untrained,  # true: no chunk of this policy is executable
         }
 
-    def reloaded(self, path: str | Path) -> LocalPolicy:
-        """The same deployment (safety, heads backend, backbone when it is the same) on another checkpoint."""
+    def warm_up(self) -> None:
+        """Run the whole path once (the first forward is the slow one) before anything is executed."""
+        self.infer(self.policy.example("warm up"))
+
+    def reloaded(self, path: str | Path, force: bool = False, device: str | None = None) -> LocalPolicy:
+        """The same deployment (safety, heads backend, backbone when it is the same) on another checkpoint.
+
+        A checkpoint whose action space (joint names, limits, fps) differs from the one being served is
+        refused unless `force`: the robot side was set up for this one.
+        """
         from neon.model import NeonVLA
 
         new = NeonVLA.from_pretrained(path)
         old = self.policy.model
+        a, b = old.action_space.to_dict(), new.action_space.to_dict()
+        changed = [k for k in ("joints", "fps") if a[k] != b[k]]
+        if changed and not force:
+            raise ValueError(f"{path} has another action space ({' and '.join(changed)} differ from the one being "
+                             'served); send "force": true to load it anyway')
         if old.backbone is not None and asdict(old.config.backbone) == asdict(new.config.backbone):
             new.backbone = old.backbone
             new.to(old.backbone.device).eval()
         else:
-            new.load_backbone()
+            new.load_backbone(device)
         heads = None
         if self.policy.heads is not None:  # keep serving with ONNX heads: the new checkpoint's export
             from neon_runtime.onnx_heads import OnnxHeads
@@ -235,9 +261,10 @@ class PolicyRunner:
                 r.future.set_result(reply)
 
     # ------------------------------------------------------------------ reload and shutdown
-    def reload(self, path: str | Path) -> dict:
-        """Load a new checkpoint (reusing the loaded backbone when it is the same) and swap it in."""
-        new = self.local.reloaded(path)
+    def reload(self, path: str | Path, force: bool = False, device: str | None = None) -> dict:
+        """Load a new checkpoint (reusing the loaded backbone when it is the same) and swap it in; on any
+        failure the old one keeps serving."""
+        new = self.local.reloaded(path, force, device)
         with self._lock:
             self.local = new
             self.reloads += 1

@@ -3,11 +3,16 @@
 1. Non-finite values never leave: a chunk with NaN/Inf is replaced by "hold
    the current state" (or refused when there is no state).
 2. Joint limits: every value clamped into the action space's limits.
-3. Velocity: the first step may move at most `max_joint_velocity / fps` from
-   the current state, and each later step at most that much from the one
-   before; a faster chunk is rate-limited along its own path.
+3. Velocity: the first step may move at most `max_joint_velocity x first_dt`
+   from the current state (`first_dt` = 1 / fps unless the caller knows the
+   first step's real time), and each later step at most `max_joint_velocity /
+   fps` from the one before; a faster chunk is rate-limited along its own path.
+   Locomotion commands are acceleration-limited the same way from the command
+   in force.
 4. Stale observations (older than `max_observation_age_s`) are refused.
-5. `dry_run`: chunks are computed and returned, marked not executable.
+5. Not executable (computed, returned, marked `executable: false` with the
+   reason in `notes`): every chunk in `dry_run`, and a chunk computed without a
+   joint state (its first step could be anywhere inside the limits).
 
 Limits come from the action space; the speeds here are deliberately far below
 what Unitree's teleoperation stack allows (20-30 rad/s).
@@ -47,11 +52,16 @@ class SafetyReport:
     clamped_to_limits: int = 0  # values moved into the joint limits
     rate_limited: int = 0  # values slowed down by the velocity limits
     non_finite: int = 0  # NaN/Inf values found (the chunk was replaced)
-    executable: bool = True  # False in dry-run mode
+    executable: bool = True  # False: computed for inspection only (the notes say why)
     notes: list[str] = field(default_factory=list)
 
+    def refuse(self, why: str) -> None:
+        """Mark the chunk not executable, saying why."""
+        self.executable = False
+        self.notes.append(f"not executable: {why}")
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "notes": list(self.notes)}
 
 
 class SafetyLayer:
@@ -82,9 +92,17 @@ class SafetyLayer:
             raise SafetyError(f"observation timestamp is {-age:.3f} s in the future: check the clocks")
         return age
 
-    def apply(self, chunk: np.ndarray, state: np.ndarray | None, fps: float) -> tuple[np.ndarray, SafetyReport]:
-        """Float[(T, D)] chunk (physical units) -> a safe copy and what was changed."""
-        report = SafetyReport(executable=not self.config.dry_run)
+    def apply(self, chunk: np.ndarray, state: np.ndarray | None, fps: float,
+              first_dt: float | None = None) -> tuple[np.ndarray, SafetyReport]:
+        """Float[(T, D)] chunk (physical units) -> a safe copy and what was changed.
+
+        `first_dt`: seconds between `state` and the first step (default 1 / fps).
+        """
+        report = SafetyReport()
+        if self.config.dry_run:
+            report.refuse("the policy runs in dry-run mode")
+        if state is None:
+            report.refuse("no joint state was given, so the first step could be anywhere inside the limits")
         chunk = np.array(chunk, dtype=np.float32, copy=True)
         if chunk.ndim != 2 or chunk.shape[1] != self.space.dim:
             raise SafetyError(f"chunk must be (T, {self.space.dim}), got {chunk.shape}")
@@ -101,13 +119,14 @@ class SafetyLayer:
         report.clamped_to_limits = int((clipped != chunk).sum())
         chunk = clipped
         step = self.speed / float(fps)
+        first = self.speed * (1.0 / float(fps) if first_dt is None else max(0.0, float(first_dt)))
         prev = None
         if state is not None:
             prev = np.where(self.is_command, state, self.space.clip(np.asarray(state, np.float32)))
         limited = 0
         for t in range(len(chunk)):
             if prev is not None:
-                lo, hi = prev - step, prev + step
+                lo, hi = prev - (first if t == 0 else step), prev + (first if t == 0 else step)
                 new = np.clip(chunk[t], lo, hi)
                 limited += int((np.abs(new - chunk[t]) > 1e-7).sum())
                 chunk[t] = new

@@ -3,7 +3,10 @@
     POST /predict   JSON or msgpack (Content-Type: application/msgpack) observation -> action chunk
     WS   /ws  (/)   openpi protocol: metadata on connect, then msgpack observation -> {"actions", "server_timing"}
     GET  /health /ready /metadata /metrics
-    POST /reload    swap the checkpoint (token required)
+    POST /reload    swap the checkpoint (token required; only from --model-root or --allow-hub)
+
+With a token, everything but /health and /ready needs it (the OpenAPI docs too), and
+the WebSocket says nothing about the model before the client has authenticated.
 
 Requests are answered by a `PolicyRunner` around a `LocalPolicy` (neon_runtime.policy),
 which applies the safety layer; this module only speaks the protocols.
@@ -36,6 +39,9 @@ SCHEMA_VERSION = 1
 MSGPACK = "application/msgpack"
 
 
+OPEN_PATHS = ("/health", "/ready")  # the only routes answered without the token
+
+
 @dataclass
 class ServerSettings:
     token: str | None = None
@@ -43,6 +49,26 @@ class ServerSettings:
     default_model_note: str = ""
     audio_source: object = None  # a neon_runtime.sensors.AudioRing: fills requests that carry no audio
     profile: str = ""
+    model_root: str | None = None  # /reload loads local checkpoints only below this folder
+    allow_hub: tuple[str, ...] = ()  # ... and Hub ids only when they match one of these fnmatch patterns
+    device: str | None = None  # where a reloaded model goes (the backbone is reused when it is the same)
+
+
+def reload_refusal(settings: ServerSettings, model: str) -> str | None:
+    """Why `model` may not be loaded by /reload (None: it may)."""
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    from neon.hub import looks_like_repo_id
+
+    path = Path(model).expanduser()
+    if path.exists() or not looks_like_repo_id(model):
+        root = Path(settings.model_root).resolve() if settings.model_root else None
+        if root is None or not path.resolve().is_relative_to(root):
+            return f"{model} is not below the server's --model-root ({settings.model_root or 'not set'})"
+    elif not any(fnmatch(model, pattern) for pattern in settings.allow_hub):
+        return f"Hub id {model} matches none of the server's --allow-hub patterns ({', '.join(settings.allow_hub) or 'none'})"
+    return None
 
 
 class Metrics:
@@ -75,7 +101,10 @@ class PredictRequest(BaseModel):
     lidar: list[list[float]] | None = Field(None, description="N x 3 or N x 4 points (x, y, z m, intensity)")
     eef: list[float] | dict[str, list[float]] | None = Field(
         None, description="14 values, or {'left': 7, 'right': 7}: x, y, z, qw, qx, qy, qz")
-    timestamp: float | None = Field(None, description="observation time, Unix seconds")
+    timestamp: float | None = Field(None, description="observation time, Unix seconds; without it the chunk is "
+                                    "not executable (its age cannot be checked)")
+    client_id: str | None = Field(None, description="keys newest-wins: a newer request from the same client "
+                                  "replaces its older one still waiting (else the X-Client-Id header)")
 
 
 class PredictResponse(BaseModel):
@@ -85,7 +114,8 @@ class PredictResponse(BaseModel):
     observation_timestamp: float | None = Field(description="the observation time the chunk is anchored to")
     speech: str = Field(description="what the robot should say ('' = nothing)")
     speech_confidence: float
-    dry_run: bool = Field(description="true: computed for inspection, not to be executed")
+    dry_run: bool = Field(description="true: not to be executed (a dry-run server, untrained heads, no state or no "
+                                      "timestamp in the request; safety.notes says which)")
     safety: dict = Field(description="what the safety layer changed")
     server_timing: dict = Field(description="per-stage milliseconds")
     ignored_keys: list[str] = []
@@ -117,8 +147,13 @@ def metadata(runner: PolicyRunner, settings: ServerSettings) -> dict:
 
 
 async def answer(runner: PolicyRunner, settings: ServerSettings, data, client: str | None) -> dict:
-    """One decoded request (a dict of observation fields) -> the policy's reply."""
+    """One decoded request (a dict of observation fields) -> the policy's reply.
+
+    A `client_id` in the request (else the transport's) keys newest-wins: a newer request from the same
+    client replaces its older one while that still waits.
+    """
     request, ignored = parse_request(data)
+    client = request.pop("client_id", None) or client
     if request.get("audio") is None and settings.audio_source is not None and runner.local.policy.config.use_audio:
         heard = settings.audio_source.read(AUDIO_WINDOW_S)
         request["audio"] = heard if len(heard) else None
@@ -147,6 +182,12 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
     def reject(reason: str, status: int, detail: str) -> JSONResponse:
         metrics.rejected.labels(reason).inc()
         return JSONResponse({"error": reason, "detail": detail}, status_code=status)
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if request.url.path not in OPEN_PATHS and not _auth_ok(settings, request.headers.get("authorization")):
+            return reject("unauthorized", 401, "missing or wrong bearer token")
+        return await call_next(request)
 
     @app.get("/health", summary="The process is alive")
     async def health():
@@ -177,23 +218,26 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
     @app.post("/predict", response_model=PredictResponse, summary="One observation -> one action chunk",
               openapi_extra=body_doc,
               responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+                         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def predict(request: Request):
-        t0 = time.perf_counter()
-        if not _auth_ok(settings, request.headers.get("authorization")):
-            return reject("unauthorized", 401, "missing or wrong bearer token")
-        length = int(request.headers.get("content-length") or 0)
-        body = b"" if length > settings.max_request_bytes else await request.body()
-        if max(length, len(body)) > settings.max_request_bytes:
-            return reject("too_large", 413, f"request is {max(length, len(body))} bytes, the limit is "
-                          f"{settings.max_request_bytes}")
+        t0, limit = time.perf_counter(), settings.max_request_bytes
+        if int(request.headers.get("content-length") or 0) > limit:
+            return reject("too_large", 413, f"request is {request.headers['content-length']} bytes, the limit is {limit}")
+        body = bytearray()
+        async for piece in request.stream():  # chunked bodies carry no length: cut them off at the limit
+            body += piece
+            if len(body) > limit:
+                return reject("too_large", 413, f"request is over the {limit}-byte limit")
         try:
-            data = decode_body(request.headers.get("content-type", ""), body)
+            data = decode_body(request.headers.get("content-type", ""), bytes(body))
             out = await answer(runner, settings, data, request.headers.get("x-client-id"))
         except (InputError, wire.WireError) as e:
             return reject("bad_input", 422 if isinstance(e, InputError) else 400, str(e))
         except (SafetyError, Superseded) as e:
             return reject("unsafe" if isinstance(e, SafetyError) else "superseded", 409, str(e))
+        except Exception as e:  # the model failed: say so, keep serving
+            log.exception("inference failed")
+            return reject("inference_failed", 503, f"{type(e).__name__}: {e}")
         metrics.requests.labels("http").inc()
         metrics.request.labels("http").observe(time.perf_counter() - t0)
         if request.headers.get("accept", "").startswith(MSGPACK):
@@ -202,16 +246,20 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
         return out
 
     @app.post("/reload", summary="Swap the checkpoint without dropping connections (token required)",
-              responses={401: {"model": ErrorResponse}, 400: {"model": ErrorResponse}})
+              responses={401: {"model": ErrorResponse}, 400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
     async def reload(request: Request):
-        if not settings.token or not _auth_ok(settings, request.headers.get("authorization")):
+        if not settings.token:
             return reject("unauthorized", 401, "reload needs the server's token (start neon-serve with --token)")
         try:
-            path = (await request.json())["model"]
+            body = await request.json()
+            path, force = str(body["model"]), bool(body.get("force", False))
         except Exception:
-            return reject("bad_input", 400, 'body must be JSON {"model": "<checkpoint folder or Hub id>"}')
+            return reject("bad_input", 400, 'body must be JSON {"model": "<checkpoint folder or Hub id>"[, "force": true]}')
+        refusal = reload_refusal(settings, path)
+        if refusal:
+            return reject("forbidden", 403, refusal)
         try:
-            return await asyncio.to_thread(runner.reload, path)
+            return await asyncio.to_thread(runner.reload, path, force, settings.device)
         except Exception as e:
             return reject("reload_failed", 400, f"{type(e).__name__}: {e}")
 
@@ -228,7 +276,9 @@ async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: Server
     header = socket.headers.get("authorization")
     await socket.accept()
     authed = _auth_ok(settings, header)
-    await socket.send_bytes(wire.packb({**metadata(runner, settings), "needs_token": not authed}))
+    # openpi's protocol: metadata first. Not before authentication, though: then only that a token is needed.
+    await socket.send_bytes(wire.packb({**metadata(runner, settings), "needs_token": False} if authed
+                                       else {"needs_token": True}))
     client = f"ws-{id(socket)}"
     try:
         while True:
@@ -247,7 +297,7 @@ async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: Server
                     token = data.get("token") if isinstance(data, dict) else None
                     if token is not None and _auth_ok(settings, f"Bearer {token}"):
                         authed = True
-                        await socket.send_bytes(wire.packb({"authenticated": True}))
+                        await socket.send_bytes(wire.packb({"authenticated": True, "metadata": metadata(runner, settings)}))
                         continue
                     metrics.rejected.labels("unauthorized").inc()
                     await socket.send_bytes(wire.packb({"error": "unauthorized",
@@ -257,9 +307,14 @@ async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: Server
                 metrics.requests.labels("ws").inc()
                 metrics.request.labels("ws").observe(time.perf_counter() - t0)
                 await socket.send_bytes(wire.packb(out))
-            except (InputError, wire.WireError, SafetyError, Superseded, json.JSONDecodeError) as e:
+            except Exception as e:  # every error is a message; the connection stays usable
+                known = (InputError, wire.WireError, SafetyError, Superseded, json.JSONDecodeError)
                 reason = {SafetyError: "unsafe", Superseded: "superseded"}.get(type(e), "bad_input")
+                if not isinstance(e, known):
+                    log.exception("inference failed")
+                    reason = "inference_failed"
                 metrics.rejected.labels(reason).inc()
-                await socket.send_bytes(wire.packb({"error": reason, "detail": str(e)}))
+                await socket.send_bytes(wire.packb({"error": reason, "detail": f"{type(e).__name__}: {e}"
+                                                    if reason == "inference_failed" else str(e)}))
     except WebSocketDisconnect:
         pass

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from neon.checkpoint import CheckpointError, verified_manifest
 from neon.data.lerobot import DatasetError
 from neon.data.soup import DataSoup, collate
 from neon.data.sources import LeRobotSource, VoiceCommandSource
@@ -114,6 +115,19 @@ class MicroBatchStream:
                     yield b
                 n += 1
             epoch += 1
+
+
+def _newest_complete(out: Path) -> Path | None:
+    """The `last` checkpoint to resume from: the newest whose files match its manifest (a crash while one
+    replaced another can leave the previous one beside it, under a hidden name)."""
+    found = []
+    for d in (d for d in [out / "last", *out.glob(".last.*")] if d.is_dir()):
+        try:
+            verified_manifest(d)
+            found.append((json.loads((d / TRAINER_STATE).read_text())["state"]["step"], str(d)))
+        except (CheckpointError, OSError, KeyError, ValueError):
+            log.warning("%s is not a complete checkpoint: not resuming from it", d)
+    return Path(max(found)[1]) if found else None
 
 
 class NeonTrainer:
@@ -243,14 +257,14 @@ class NeonTrainer:
         run.split_json = self._split_json(probe, val_eps)
 
         run.model = model = NeonVLA(cfg.model, stats)
-        last, resumed_optimizer = run.out / "last", None
-        if self.resume and (last / TRAINER_STATE).is_file():
+        last, resumed_optimizer = _newest_complete(run.out) if self.resume else None, None
+        if last is not None:
             model.load_state_dict(NeonVLA.from_pretrained(last).state_dict())
             run.state = TrainState(**json.loads((last / TRAINER_STATE).read_text())["state"])
             resumed_optimizer = state_from_bytes((last / OPTIMIZER_FILE).read_bytes())
             log.info("resuming from %s at step %d", last, run.state.step)
         elif self.resume:
-            log.warning("--resume: no checkpoint at %s, starting from scratch", last)
+            log.warning("--resume: no complete checkpoint in %s, starting from scratch", run.out)
         if self._backbone is not None:
             model.backbone = self._backbone
             model.to(self._backbone.device)
@@ -410,6 +424,7 @@ class NeonTrainer:
         if which == "last":
             extra[OPTIMIZER_FILE] = state_to_bytes(run.optimizer.state_dict())
             extra[TRAINER_STATE] = json.dumps({"state": state.__dict__}, indent=2)
+        run.model.trained_steps = state.step
         run.model.save_pretrained(run.out / which, extra)
 
     def _replicas_in_sync(self, model: NeonVLA) -> bool:

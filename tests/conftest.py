@@ -39,6 +39,13 @@ def tiny_config(backbone: str, mode: str = "arms_only", **kw):
     return model_config(backbone, mode, **kw)
 
 
+def as_trained(model, steps: int = 1):
+    """Random weights standing in for trained heads: for tests of the plumbing, which must see executable chunks.
+    (A model whose checkpoint records no training steps is dry-run only.)"""
+    model.trained_steps = steps
+    return model
+
+
 def attach(model, backbones, load_in_4bit: bool = False):
     """Give a model a (shared) tiny backbone instead of loading a new one."""
     model.backbone = backbones(model.config.backbone.model_id, load_in_4bit)

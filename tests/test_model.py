@@ -1,6 +1,7 @@
 """NeonVLA end to end on the tiny backbones: predict, checkpoints, bad inputs, parameter counts."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,8 +143,10 @@ def test_truncated_weights_give_clear_error(checkpoint):
     weights = ckpt / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:1000])
     (ckpt / "manifest.json").unlink()  # without the checksum, safetensors itself must notice
+    with pytest.raises(CheckpointError, match="has no manifest.json, so its files cannot be verified"):
+        NeonVLA.from_pretrained(ckpt)  # a checkpoint without its manifest is refused ...
     with pytest.raises(CheckpointError, match=r"neon_weights.safetensors is truncated or corrupted"):
-        NeonVLA.from_pretrained(ckpt)
+        NeonVLA.from_pretrained(ckpt, allow_unverified=True)  # ... unless asked for
 
 
 def test_corrupted_weights_fail_the_checksum(checkpoint):
@@ -166,7 +169,7 @@ def test_mismatched_weights_name_the_keys(checkpoint):
     save_file(state, str(ckpt / WEIGHTS_FILE))
     (ckpt / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match=r"missing speech.mlp.proj.bias.*wrong shapes proprio.mlp.fc.weight"):
-        NeonVLA.from_pretrained(ckpt)
+        NeonVLA.from_pretrained(ckpt, allow_unverified=True)
 
 
 def test_legacy_pt_loads_without_unpickling_objects(checkpoint):
@@ -174,20 +177,22 @@ def test_legacy_pt_loads_without_unpickling_objects(checkpoint):
     (ckpt / WEIGHTS_FILE).unlink()
     (ckpt / "manifest.json").unlink()
     torch.save(model.state_dict(), ckpt / "neon_weights.pt")
-    loaded = NeonVLA.from_pretrained(ckpt)
+    loaded = NeonVLA.from_pretrained(ckpt, allow_unverified=True)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
     torch.save({"x": Payload()}, ckpt / "neon_weights.pt")
     with pytest.raises(CheckpointError, match="could not be read safely"):
-        NeonVLA.from_pretrained(ckpt)
+        NeonVLA.from_pretrained(ckpt, allow_unverified=True)
 
 
 def test_bad_checkpoint_paths(tmp_path):
     with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a Hub repo id"):
         NeonVLA.from_pretrained(str(tmp_path / "missing" / "deep"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="config.json not found"):
+    with pytest.raises(CheckpointError, match="empty has no manifest.json"):
         NeonVLA.from_pretrained(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="config.json not found"):
+        NeonVLA.from_pretrained(tmp_path / "empty", allow_unverified=True)
 
 
 def test_failed_save_keeps_previous_checkpoint(checkpoint, monkeypatch):
@@ -271,3 +276,26 @@ def test_config_json_round_trip_and_validation(tmp_path):
         NeonConfig.from_dict({**cfg.to_dict(), "mlp_hiden": 3})
     with pytest.raises(ConfigError, match="action_softcap"):
         NeonConfig(action_softcap=1.0).validate()
+
+
+def test_replacing_a_checkpoint_swaps_it_in_one_step(checkpoint, monkeypatch):
+    """The new checkpoint takes the old one's place in one atomic exchange: there is no moment without either."""
+    import neon.checkpoint as ck
+
+    model, ckpt = checkpoint
+    old_weights = (ckpt / WEIGHTS_FILE).read_bytes()
+    real_replace = ck.os.replace
+
+    def replace(src, dst):  # moving the old checkpoint aside first would leave `ckpt` missing for a moment
+        assert Path(dst) != ckpt, "the old checkpoint was moved aside"
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", replace)
+    randomize(model, seed=5).save_pretrained(ckpt)
+    assert (ckpt / WEIGHTS_FILE).read_bytes() != old_weights
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt"]  # the old version is gone
+    NeonVLA.from_pretrained(ckpt)
+    monkeypatch.setattr(ck, "_exchange", lambda a, b: False)  # a kernel without renameat2: the fallback still works
+    monkeypatch.setattr(ck.os, "replace", real_replace)
+    randomize(model, seed=6).save_pretrained(ckpt)
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt"] and NeonVLA.from_pretrained(ckpt)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import websockets.sync.client as ws_client
-from conftest import attach, scene, tiny_config
+from conftest import as_trained, attach, scene, tiny_config
 from serving import serve
 
 from neon.model import NeonVLA
@@ -20,7 +20,7 @@ from neon_runtime.server import ServerSettings, create_app
 
 
 def randomized(cfg, seed=0):
-    model = NeonVLA(cfg)
+    model = as_trained(NeonVLA(cfg))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -116,3 +116,30 @@ def test_edge_profile_uses_onnx_heads_and_enforces_the_memory_budget(tmp_path, c
     assert serve_main(["--profile", "edge_3b", "--model", str(ckpt), "--max-memory-gb", "0.01"]) == 2
     assert "over the 0.01 GB budget" in capsys.readouterr().err
     assert PROFILES["edge_3b"]["heads"] == "onnx" and PROFILES["edge_3b"]["max_batch"] == 1
+
+
+def test_the_manifest_covers_the_onnx_export(backbones, tmp_path):
+    import shutil
+
+    from neon.checkpoint import CheckpointError
+
+    ckpt = randomized(tiny_config("neon-tiny/qwen2.5-vl")).save_pretrained(tmp_path / "ckpt")
+    before = (ckpt / "manifest.json").read_text()
+    export_heads(NeonVLA.from_pretrained(ckpt), ckpt / ONNX_DIR)
+    listed = json.loads((ckpt / "manifest.json").read_text())["sha256"]
+    assert {f"{ONNX_DIR}/{ONNX_FILE}", f"{ONNX_DIR}/export.json"} <= set(listed)
+    assert json.loads((ckpt / "manifest.json").read_text())["trained_steps"] == 1  # the rest of the manifest kept
+    assert OnnxHeads.beside(ckpt).provider == "CPUExecutionProvider"
+    tampered = tmp_path / "tampered"
+    shutil.copytree(ckpt, tampered)
+    graph = tampered / ONNX_DIR / ONNX_FILE
+    graph.write_bytes(graph.read_bytes()[:-16] + bytes(16))
+    with pytest.raises(CheckpointError, match="onnx/neon_heads.onnx is corrupted or was modified"):
+        OnnxHeads.beside(tampered)
+    with pytest.raises(CheckpointError, match="corrupted or was modified"):
+        NeonVLA.from_pretrained(tampered)
+    stale = tmp_path / "stale"  # an export the manifest does not know about
+    shutil.copytree(ckpt, stale)
+    (stale / "manifest.json").write_text(before)
+    with pytest.raises(CheckpointError, match="not covered by .*manifest.json"):
+        OnnxHeads.beside(stale)

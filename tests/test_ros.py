@@ -3,6 +3,9 @@
 import ast
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(10, 200)))
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
-from conftest import tiny_config  # noqa: E402
+from conftest import as_trained, tiny_config  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
@@ -42,7 +45,7 @@ def checkpoint(tmp_path_factory):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.save_pretrained(tmp_path_factory.mktemp("ros") / "ckpt")
+    return as_trained(model).save_pretrained(tmp_path_factory.mktemp("ros") / "ckpt")
 
 
 class G1Sim:
@@ -92,7 +95,8 @@ def graph():
     for n in nodes:
         executor.remove_node(n)
     executor.shutdown(timeout_sec=5)
-    thread.join(timeout=5)
+    if started:
+        thread.join(timeout=5)
     for n in nodes:
         n.destroy_node()
     rclpy.try_shutdown()
@@ -116,10 +120,10 @@ def test_trajectory_from_synthetic_g1_topics_and_watchdog(graph, checkpoint):
     assert list(msg.joint_names) == space.names and len(msg.points) == 16
     pos = np.array([p.positions for p in msg.points])
     assert (pos >= space.lower - 1e-5).all() and (pos <= space.upper + 1e-5).all()
-    t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
-    assert t == pytest.approx([(i + 1) / 30 for i in range(16)], abs=1e-6)
+    t = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])
+    assert 0 < t[0] <= 1 / 30 and np.allclose(np.diff(t), 1 / 30, atol=1e-6)  # from now: past steps are dropped
     ok = [d for d in sim.diags if d.status[0].level == b"\x00"]
-    assert ok and any(v.key == "latency_ms" for v in ok[-1].status[0].values)
+    assert ok and any(v.key == "observation_age_ms" for v in ok[-1].status[0].values)
     # Camera goes silent: no trajectories, diagnostics say why.
     sim.camera_on = False
     assert wait_for(lambda: any(d.status[0].level == b"\x02" and "camera: stale" in d.status[0].message
@@ -138,7 +142,7 @@ def test_whole_body_publishes_locomotion_twist_and_hears_audio(graph, tmp_path):
 
     cfg = tiny_config("neon-tiny/qwen2.5-omni", "whole_body", use_audio=True)
     cfg.backbone.load_in_4bit = False
-    ckpt = NeonVLA(cfg).save_pretrained(tmp_path / "wb")
+    ckpt = as_trained(NeonVLA(cfg)).save_pretrained(tmp_path / "wb")
     neon = graph(make_node("neon_wb", model=str(ckpt), dry_run=False, rate_hz=5.0))
     sim = G1Sim(graph(rclpy.create_node("g1_sim_wb")), [n for n in neon.space.names if n not in ("vx", "vy", "yaw_rate")])
     twists = []
@@ -147,7 +151,13 @@ def test_whole_body_publishes_locomotion_twist_and_hears_audio(graph, tmp_path):
     sim.node.create_timer(0.1, lambda: mic.publish(Int16MultiArray(data=[100, -100] * 800)))
     assert wait_for(lambda: len(sim.trajs) >= 1 and len(twists) >= 1 and neon.latest["audio"].value is not None)
     assert len(sim.trajs[-1].joint_names) == 43 and "vx" not in sim.trajs[-1].joint_names
-    assert abs(twists[-1].linear.x) <= 0.5 and abs(twists[-1].angular.z) <= 0.6
+    # The first command is acceleration-limited from the command in force (zero): 1 (m/s)/s over at most 1/30 s.
+    first = twists[0]
+    assert max(abs(first.linear.x), abs(first.linear.y), abs(first.angular.z)) <= 1.0 / 30 + 1e-6
+    assert neon.command[0] == pytest.approx(twists[-1].linear.x)  # the command in force, fed back as the state
+    sim.camera_on = False  # the watchdog trips: a zero Twist stops the walking
+    assert wait_for(lambda: len(twists) > 1 and twists[-1].linear.x == twists[-1].angular.z == 0.0
+                    and not neon.command.any())
     assert len(neon.latest["audio"].value) > 0 and np.abs(neon.latest["audio"].value).max() > 0
 
 
@@ -201,19 +211,20 @@ def test_message_conversions():
 
 def test_launch_file_and_params_match_the_node():
     pkg = ROOT / "ros2_ws" / "src" / "neon_bringup"
-    tree = ast.parse((pkg / "launch" / "g1.launch.py").read_text())
+    source = (pkg / "launch" / "g1.launch.py").read_text()
+    tree = ast.parse(source)
     arguments = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGUMENTS")
-    declared = {name: default for name, default, _ in ast.literal_eval(arguments)}
-    for arg in ("model", "backbone", "mode", "rate_hz", "server_url", "dry_run", "camera_topic", "joint_states_topic",
-                "instruction_topic", "lidar_topic", "audio_topic"):
+    declared = {name: (default, kind) for name, default, kind, _ in ast.literal_eval(arguments)}
+    for arg in ("model", "backbone", "mode", "rate_hz", "server_url", "token_file", "dry_run", "camera_topic",
+                "joint_states_topic", "instruction_topic", "lidar_topic", "audio_topic"):
         assert arg in declared, arg
-    assert declared["dry_run"] == "true"
-    # Every launch argument that becomes a node parameter is one the node declares.
-    params_used = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):
-            params_used |= {k.value for k in node.keys if isinstance(k, ast.Constant)}
-    assert params_used <= set(PARAMETERS), params_used - set(PARAMETERS)
+    assert declared["dry_run"][0] == "true"
+    # Every argument becomes a node parameter of the node's own type (`model:=2024` stays a string).
+    for name, (_, kind) in declared.items():
+        assert kind == type(PARAMETERS[name]).__name__, (name, kind, PARAMETERS[name])
+    assert "ParameterValue(LaunchConfiguration(name), value_type=TYPES[kind])" in source
+    # The node's death ends the launch; neon-ros is found on PATH by absolute path, or the launch says why.
+    assert "on_exit=Shutdown(" in source and 'shutil.which("neon-ros")' in source and "not on PATH" in source
     cfg = yaml.safe_load((pkg / "config" / "g1.yaml").read_text())
     params = cfg["neon"]["ros__parameters"]
     assert set(params) <= set(PARAMETERS), set(params) - set(PARAMETERS)
@@ -248,3 +259,113 @@ def test_remote_mode_takes_the_servers_safety_and_dry_run(graph, checkpoint, bac
     arms = [i for i, n in enumerate(previews[-1].joint_names) if "_hand_" not in n]
     step = np.abs(np.array(previews[-1].points[0].positions)[arms]).max()  # first step from the all-zero joint state
     assert 0.05 / 30 * 2 < step <= 2.0 / 30 + 1e-6  # the server's 2 rad/s, not the node's 0.05
+
+
+def test_chunks_are_anchored_on_the_freshest_state_at_publish_time(graph, checkpoint):
+    """A chunk that comes back late loses its past steps, starts from where the robot is now, and is not
+    published at all once its observation is older than the policy's limit."""
+    neon = graph(make_node("neon_anchor", model=str(checkpoint), dry_run=False, rate_hz=0.001))
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_anchor")), neon.space.names)
+    assert wait_for(lambda: neon.latest["joints"].value is not None and neon.latest["image"].value is not None)
+    time.sleep(0.2)
+    before = len(sim.trajs)
+    elbow = neon.space.index("left_elbow")
+    actions = np.zeros((16, neon.space.dim), np.float32)
+    actions[:, elbow] = 1.0  # where the model wanted the elbow, from a state it saw 0.2 s ago
+    reply = {"actions": actions, "dry_run": False, "safety": {"rate_limited": 0, "notes": []}, "speech": ""}
+    neon._publish(reply, time.time() - 0.2)
+    assert wait_for(lambda: len(sim.trajs) > before)
+    msg = sim.trajs[-1]
+    t = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])
+    assert len(msg.points) == 10 and 0 < t[0] <= 1 / 30 + 1e-3  # steps 1..6 (up to 0.2 s) are already past
+    first = msg.points[0].positions[list(msg.joint_names).index("left_elbow")]
+    assert 0 < first <= 2.0 * t[0] + 1e-4  # 2 rad/s from the current joint state (0), over the first step's time
+    diags = len(sim.diags)
+    neon._publish(reply, time.time() - 0.6)  # older than the policy's 0.5 s
+    assert wait_for(lambda: any("not published" in d.status[0].message and "old at publish time" in d.status[0].message
+                                for d in sim.diags[diags:]))
+    assert len(sim.trajs) == before + 1
+
+
+def neon_ros(**params) -> subprocess.Popen:
+    """A real `neon-ros` process (python -m, so the test does not depend on PATH), on this test's DDS domain."""
+    args = [sys.executable, "-m", "neon_runtime.ros.node", "--ros-args"]
+    for k, v in params.items():
+        args += ["-p", f"{k}:={v}"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_neon_ros_stops_cleanly_on_sigterm_and_sigint(graph, tmp_path, sig):
+    from geometry_msgs.msg import Twist
+
+    cfg = tiny_config("neon-tiny/qwen2.5-vl", "whole_body")
+    cfg.backbone.load_in_4bit = False
+    ckpt = as_trained(NeonVLA(cfg)).save_pretrained(tmp_path / "wb")
+    listener = graph(rclpy.create_node(f"listener_{sig}"))
+    twists, diags = [], []
+    listener.create_subscription(Twist, "/neon/cmd_vel", twists.append, 10)
+    listener.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    proc = neon_ros(model=ckpt, rate_hz=5.0)
+    try:
+        assert wait_for(lambda: any("no message yet" in d.status[0].message for d in diags), 90), proc.poll()
+        proc.send_signal(sig)  # how systemd (SIGTERM) and ros2 launch (SIGINT, then SIGTERM) stop it
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "ExternalShutdownException" not in out, out
+    assert wait_for(lambda: any(d.status[0].message.startswith("stopped") for d in diags), 10)
+    assert twists and (twists[-1].linear.x, twists[-1].linear.y, twists[-1].angular.z) == (0.0, 0.0, 0.0)
+
+
+def test_neon_ros_that_cannot_start_exits_with_the_reason(checkpoint):
+    r = neon_ros(model=checkpoint, mode="whole_body")  # an arms_only model
+    out, _ = r.communicate(timeout=120)
+    assert r.returncode == 2 and "cannot start" in out and "mode parameter is 'whole_body'" in out, out
+
+
+def test_token_file_connects_node_and_server_processes(graph, checkpoint, tmp_path):
+    """neon-serve and neon-ros started as the systemd units start them, sharing one token file, on loopback."""
+    import socket
+
+    import httpx
+
+    token = tmp_path / "token.env"
+    token.write_text("NEON_TOKEN=s3cret-fleet-token\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "neon_runtime.cli", "--model", str(checkpoint), "--port", str(port),
+                               "--token-file", str(token), "--log-level", "warning"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node = None
+    try:
+        assert wait_for(lambda: _ready(httpx, port), 120), server.poll()
+        assert httpx.get(f"http://127.0.0.1:{port}/metadata").status_code == 401
+        wrong = tmp_path / "wrong.env"
+        wrong.write_text("not-the-token\n")
+        refused = neon_ros(server_url=f"ws://127.0.0.1:{port}/ws", token_file=wrong)
+        out, _ = refused.communicate(timeout=120)
+        assert refused.returncode == 2 and "needs a token" in out, out
+        node = neon_ros(server_url=f"ws://127.0.0.1:{port}/ws", token_file=token, rate_hz=5.0)  # dry run: preview
+        sim = G1Sim(graph(rclpy.create_node("g1_sim_token")), [j.name for j in NeonVLA.from_pretrained(checkpoint)
+                                                                .action_space.joints])
+        previews = []
+        sim.node.create_subscription(JointTrajectory, "/neon/joint_trajectory_preview", previews.append, 10)
+        assert wait_for(lambda: len(previews) >= 1, 120), [d.status[0].message for d in sim.diags[-3:]]
+    finally:
+        for p in (node, server):
+            if p is not None:
+                p.terminate()
+                p.wait(timeout=30)
+    units = {name: (ROOT / "launch" / name).read_text() for name in ("neon-serve.service", "neon-ros.service")}
+    assert "EnvironmentFile=-/etc/neon/token.env" in units["neon-serve.service"]
+    assert "token_file:=/etc/neon/token.env" in units["neon-ros.service"]
+
+
+def _ready(httpx, port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -2,7 +2,6 @@
 
 import base64
 import io
-import json
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import websockets.sync.client as ws_client
-from conftest import attach, tiny_config
+from conftest import as_trained, attach, tiny_config
 from PIL import Image
 from serving import runner_for, serve
 
@@ -31,7 +30,7 @@ TOKEN = "s3cret-token"
 def make_model(backbones, seed=0):
     import torch
 
-    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones)
+    model = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -155,8 +154,7 @@ print(meta["num_action_steps"], out["actions"].shape, sorted(out["server_timing"
 """
     r = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "16 (16, 28) audio ['observation/wrist_image']" or \
-        r.stdout.startswith("16 (16, 28)"), r.stdout
+    assert r.stdout.strip() == "16 (16, 28) backbone ['observation/wrist_image']", r.stdout
 
 
 def test_concurrent_clients_get_their_own_answers(server, backbones):
@@ -221,17 +219,23 @@ def test_auth_and_hot_reload_under_load(backbones, tmp_path):
     other = make_model(backbones, seed=2)
     other.save_pretrained(tmp_path / "v2")
     runner = runner_for(model, max_batch=4, max_wait_ms=5, source="v1")
-    with serve(create_app(runner, ServerSettings(token=TOKEN))) as addr:
+    with serve(create_app(runner, ServerSettings(token=TOKEN, model_root=str(tmp_path)))) as addr:
         url = f"http://{addr}/predict"
         auth = {"authorization": f"Bearer {TOKEN}"}
         assert httpx.post(url, json=obs_json(6)).status_code == 401
         assert httpx.post(url, json=obs_json(6), headers={"authorization": "Bearer nope"}).status_code == 401
+        for path in ("/metadata", "/metrics", "/docs", "/openapi.json"):  # nothing about the model without the token
+            assert httpx.get(f"http://{addr}{path}").status_code == 401, path
+            assert httpx.get(f"http://{addr}{path}", headers=auth).status_code == 200, path
+        for path in ("/health", "/ready"):
+            assert httpx.get(f"http://{addr}{path}").status_code == 200, path
         with ws_client.connect(f"ws://{addr}/ws") as c:  # token as the first message
-            assert wire.unpackb(c.recv())["needs_token"]
+            assert wire.unpackb(c.recv()) == {"needs_token": True}  # and no metadata before it
             c.send(wire.packb({"observation/image": image(6), "prompt": "x"}))
             assert wire.unpackb(c.recv())["error"] == "unauthorized"
             c.send(wire.packb({"token": TOKEN}))
-            assert wire.unpackb(c.recv()) == {"authenticated": True}
+            welcome = wire.unpackb(c.recv())
+            assert welcome["authenticated"] and welcome["metadata"]["action_space"]["control_mode"] == "arms_only"
             c.send(wire.packb({"observation/image": image(6), "prompt": "x", "observation/state": np.zeros(28)}))
             assert wire.unpackb(c.recv())["actions"].shape == (16, 28)
         before = httpx.post(url, json=obs_json(7), headers=auth, timeout=60).json()["actions"]
@@ -256,9 +260,21 @@ def test_auth_and_hot_reload_under_load(backbones, tmp_path):
         assert len(statuses) > 5 and set(statuses) == {200}  # nothing failed while swapping
         after = httpx.post(url, json=obs_json(7), headers=auth, timeout=60).json()["actions"]
         assert not np.allclose(before, after)
-        assert httpx.get(f"http://{addr}/metadata").json()["model"]["source"] == str(tmp_path / "v2")
+        assert httpx.get(f"http://{addr}/metadata", headers=auth).json()["model"]["source"] == str(tmp_path / "v2")
         bad = httpx.post(f"http://{addr}/reload", json={"model": str(tmp_path / "missing")}, headers=auth)
         assert bad.status_code == 400 and httpx.post(url, json=obs_json(7), headers=auth).status_code == 200
+        # Only from --model-root (or --allow-hub patterns), and only the same action space unless forced.
+        outside = httpx.post(f"http://{addr}/reload", json={"model": "/etc"}, headers=auth)
+        assert outside.status_code == 403 and "--model-root" in outside.json()["detail"]
+        hub = httpx.post(f"http://{addr}/reload", json={"model": "someone/neon-g1"}, headers=auth)
+        assert hub.status_code == 403 and "--allow-hub" in hub.json()["detail"]
+        wb = as_trained(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", "whole_body"))).save_pretrained(tmp_path / "wb")
+        refused = httpx.post(f"http://{addr}/reload", json={"model": str(wb)}, headers=auth, timeout=120)
+        assert refused.status_code == 400 and "another action space" in refused.json()["detail"]
+        assert httpx.get(f"http://{addr}/metadata", headers=auth).json()["model"]["source"] == str(tmp_path / "v2")
+        forced = httpx.post(f"http://{addr}/reload", json={"model": str(wb), "force": True}, headers=auth, timeout=120)
+        assert forced.status_code == 200
+        assert httpx.get(f"http://{addr}/metadata", headers=auth).json()["action_space"]["control_mode"] == "whole_body"
     runner.close()
 
 
@@ -283,9 +299,102 @@ def test_serve_refuses_open_binding_without_token(capsys):
     assert "neither a checkpoint folder" in capsys.readouterr().err
 
 
-def test_metadata_json_is_plain(server):
-    addr, _ = server
-    json.dumps(httpx.get(f"http://{addr}/metadata").json())
+def test_metadata_is_the_same_over_http_and_websocket(server):
+    """One description of the policy: what /metadata says as JSON is what the WebSocket greeting says in msgpack."""
+    addr, runner = server
+    meta = httpx.get(f"http://{addr}/metadata").json()
+    with ws_client.connect(f"ws://{addr}/ws") as c:
+        greeting = wire.unpackb(c.recv())
+    assert greeting.pop("needs_token") is False and greeting == meta
+    assert meta["safety"]["max_joint_velocity"] == 100.0 and meta["dry_run"] is False
+    assert meta["model"]["trained_steps"] == 1 and len(meta["action_space"]["joints"]) == 28
+
+
+def test_what_is_not_executable_and_what_is_refused(backbones, monkeypatch, caplog):
+    """No state, no timestamp, untrained heads: computed but marked not executable, with the reason. An
+    observation that grew too old while it waited or ran: refused."""
+    from neon.policy import NeonPolicy
+    from neon_runtime.policy import LocalPolicy
+    from neon_runtime.safety import SafetyError
+
+    local = LocalPolicy(NeonPolicy(make_model(backbones)), SafetyConfig(max_observation_age_s=0.5))
+    fresh = {"image": image(1), "instruction": "wave", "state": np.zeros(28), "timestamp": time.time()}
+    assert local.infer(fresh)["dry_run"] is False
+    for missing, why in (("state", "no joint state"), ("timestamp", "no timestamp")):
+        reply = local.infer({k: v for k, v in {**fresh, "timestamp": time.time()}.items() if k != missing})
+        assert reply["dry_run"] is True and any(why in n for n in reply["safety"]["notes"]), missing
+    slow = local.policy.predict_batch
+    monkeypatch.setattr(local.policy, "predict_batch", lambda obs: (time.sleep(0.6), slow(obs))[1])
+    with pytest.raises(SafetyError, match="old"):  # fresh when it arrived, 0.6 s old when the chunk was ready
+        local.infer({**fresh, "timestamp": time.time()})
+    monkeypatch.undo()
+    untrained = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones)  # fresh heads: no training steps
+    with caplog.at_level("WARNING"):
+        local = LocalPolicy(NeonPolicy(untrained), source="fresh heads")
+    assert "untrained" in caplog.text and local.metadata()["dry_run"] is True
+    reply = local.infer({**fresh, "timestamp": time.time()})
+    assert reply["dry_run"] is True and any("untrained" in n for n in reply["safety"]["notes"])
+
+
+def test_chunked_bodies_are_cut_off_at_the_limit(backbones):
+    """A body without Content-Length is refused once it passes the limit, while it is still arriving."""
+    import select
+    import socket
+
+    runner = runner_for(make_model(backbones), max_batch=1, max_wait_ms=0)
+    with serve(create_app(runner, ServerSettings(max_request_bytes=400_000))) as addr:
+        host, port = addr.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n".encode())
+            chunk, sent, answer = b"x" * 50_000, 0, b""
+            while sent < 20_000_000 and not answer:  # 50 times the limit, if the server waited for the end
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += len(chunk)
+                if select.select([sock], [], [], 0.05)[0]:
+                    answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413") and sent <= 1_000_000, (answer[:40], sent)
+        assert httpx.post(f"http://{addr}/predict", json=obs_json(3), timeout=60).status_code == 200
+    runner.close()
+
+
+def test_inference_errors_are_structured_and_the_server_keeps_serving(server, monkeypatch):
+    addr, runner = server
+    real = runner.local.policy.predict_batch
+
+    def broken(observations, *a, **kw):
+        if any(o.instruction == "break" for o in observations):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(observations, *a, **kw)
+
+    monkeypatch.setattr(runner.local.policy, "predict_batch", broken)
+    r = httpx.post(f"http://{addr}/predict", json=obs_json(4, instruction="break"), timeout=60)
+    assert r.status_code == 503 and r.json()["error"] == "inference_failed" and "illegal memory" in r.json()["detail"]
+    with ws_client.connect(f"ws://{addr}/ws") as c:
+        c.recv()
+        c.send(wire.packb({"image": image(4), "instruction": "break", "state": np.zeros(28)}))
+        assert wire.unpackb(c.recv())["error"] == "inference_failed"
+        c.send(wire.packb({"image": image(4), "instruction": "wave", "state": np.zeros(28)}))
+        assert wire.unpackb(c.recv())["actions"].shape == (16, 28)  # the same connection keeps working
+    assert httpx.post(f"http://{addr}/predict", json=obs_json(4), timeout=60).status_code == 200
+    assert 'neon_rejected_total{reason="inference_failed"} 2.0' in httpx.get(f"http://{addr}/metrics").text
+
+
+def test_client_id_in_the_body_drives_newest_wins(server, monkeypatch):
+    addr, runner = server
+    seen = []
+    infer = runner.infer
+    monkeypatch.setattr(runner, "infer", lambda prepared, client=None: (seen.append(client), infer(prepared, client))[1])
+    assert httpx.post(f"http://{addr}/predict", json=obs_json(2, client_id="robot-7"), timeout=60).status_code == 200
+    with ws_client.connect(f"ws://{addr}/ws") as c:
+        c.recv()
+        c.send(wire.packb({"image": image(2), "instruction": "wave", "client_id": "arm-left"}))
+        c.recv()
+        c.send(wire.packb({"image": image(2), "instruction": "wave"}))
+        c.recv()
+    assert seen[:2] == ["robot-7", "arm-left"] and seen[2].startswith("ws-")
+    r = httpx.post(f"http://{addr}/predict", json=obs_json(2, client_id=7), timeout=60)
+    assert r.status_code == 422 and "client_id" in r.json()["detail"]
 
 
 def test_main_job_serves_the_embedded_default():
@@ -318,3 +427,21 @@ def test_main_job_serves_the_embedded_default():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_failed_default_build_is_shown_and_never_cached(tmp_path, monkeypatch, capfd):
+    """With the runtime but not the trainer's dependencies (here: tensorboard made unimportable), the embedded
+    default cannot be trained: the error says so, the trainer's own output is shown, and nothing is cached."""
+    from neon_runtime.default_model import DefaultModelError, default_checkpoint
+
+    blocker = tmp_path / "no_tensorboard"
+    (blocker / "tensorboard").mkdir(parents=True)
+    (blocker / "tensorboard" / "__init__.py").write_text("raise ImportError(\"No module named 'tensorboard'\")\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocker))
+    monkeypatch.setenv("NEON_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DefaultModelError, match=r"needs the trainer.*Nothing was cached"):
+        default_checkpoint()
+    assert "tensorboard" in capfd.readouterr().err  # the trainer's error reached the log, not swallowed
+    assert not any((tmp_path / "cache" / "default").glob("tiny-omni-arms-*"))
+    assert serve_main(["--port", "0"]) == 2  # neon-serve says why and exits; it does not serve untrained heads
+    assert "building the embedded default failed" in capfd.readouterr().err

@@ -187,3 +187,25 @@ def test_checkpoint_carries_the_datas_frame_rate(synth, feature_dir, tmp_path, b
     cfg = small_config(synth, tmp_path / "mixed", feature_dir, data=DataSoupConfig(mixed, fps=20.0), **kw)
     stats = NeonTrainer(cfg, backbone=bb).train()
     assert NeonVLA.from_pretrained(stats["best_checkpoint"]).config.fps == 20.0
+
+
+def test_resume_picks_the_newest_complete_checkpoint(synth, feature_dir, tmp_path, backbones, caplog):
+    import shutil
+
+    bb = backbones("neon-tiny/qwen2.5-vl")
+    kw = dict(batch_size=4, save_steps=1, eval_steps=2, warmup_steps=1)
+    out = tmp_path / "run"
+    NeonTrainer(small_config(synth, out, feature_dir, max_steps=2, **kw), backbone=bb).train()
+    shutil.copytree(out / "last", tmp_path / "step2")
+    NeonTrainer(small_config(synth, out, feature_dir, max_steps=4, **kw), backbone=bb, resume=True).train()
+    assert NeonVLA.from_pretrained(out / "last").trained_steps == 4  # the checkpoint records its training
+    shutil.copytree(tmp_path / "step2", out / ".last.old-1234")  # a crash mid-swap left the previous one beside
+    weights = out / "last" / "neon_weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))  # ... and the newest is damaged
+    with caplog.at_level("INFO"):
+        stats = NeonTrainer(small_config(synth, out, feature_dir, max_steps=5, **kw), backbone=bb, resume=True).train()
+    assert "last is not a complete checkpoint" in caplog.text and "at step 2" in caplog.text
+    saved = json.loads((tmp_path / "step2" / "trainer_state.json").read_text())["state"]["history"]
+    assert stats["history"][:2] == saved and [s for s, _, _ in stats["history"]] == [1, 2, 3, 4, 5]

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped, Twist
+from geometry_msgs.msg import PoseStamped, Twist, Vector3
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -33,15 +33,18 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from neon.action_space import ActionSpaceError, G1ActionSpace
 from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, EEF_SIDES
 from neon_runtime.ros.convert import MessageError, cloud_to_array, compressed_to_array, image_to_array, pose_to_array
+from neon_runtime.safety import SafetyConfig, SafetyLayer
 
 PARAMETERS: dict[str, object] = {
     "model": "",  # checkpoint folder or Hub id; "" = the embedded default (or fresh heads on `backbone`)
     "backbone": "",  # with model "": fresh (untrained) heads on this backbone id
     "mode": "",  # "" = the model's; else must match it (arms_only | whole_body)
     "device": "",
-    "heads": "torch",  # torch | onnx (in-process: the export beside the checkpoint, see neon-export)
+    "heads": "torch",
+    "allow_unverified": False,  # load a checkpoint without manifest.json (one Neon did not write)  # torch | onnx (in-process: the export beside the checkpoint, see neon-export)
     "server_url": "",  # ws://host:port/ws of a neon-serve: run as its client instead of in-process
     "token": "",
+    "token_file": "",  # a file holding the server's token (`NEON_TOKEN=...` lines, as neon-serve's, work too)
     "rate_hz": 5.0,  # inference rate; 0 = only when the current chunk runs low
     "request_ahead_steps": 4,  # start the next inference when this few steps of the chunk remain
     "dry_run": True,  # publish trajectories on the preview topic only
@@ -66,6 +69,7 @@ PARAMETERS: dict[str, object] = {
 }
 
 
+
 class _Latest:
     """The newest value of a topic and when it arrived (monotonic seconds)."""
 
@@ -82,20 +86,20 @@ class _Latest:
 def make_policy(p: dict, logger):
     """-> (policy, a description): a RemotePolicy on `server_url`, else a LocalPolicy on the model parameters."""
     if p["server_url"]:
-        from neon_runtime.client import RemotePolicy
+        from neon_runtime.client import RemotePolicy, read_token
 
-        return RemotePolicy(p["server_url"], p["token"] or None), f"remote {p['server_url']}"
+        token = p["token"] or (read_token(p["token_file"]) if p["token_file"] else None)
+        return RemotePolicy(p["server_url"], token), f"remote {p['server_url']}"
     from neon.model import NeonVLA
     from neon.policy import NeonPolicy
     from neon_runtime.policy import LocalPolicy
-    from neon_runtime.safety import SafetyConfig
 
     if p["heads"] not in ("torch", "onnx"):
         raise ValueError(f"heads must be 'torch' or 'onnx', got {p['heads']!r}")
     if p["heads"] == "onnx" and not p["model"]:
         raise ValueError("heads=onnx needs a model checkpoint with an ONNX export (neon-export)")
     if p["model"]:
-        model, source = NeonVLA.from_pretrained(p["model"]), p["model"]
+        model, source = NeonVLA.from_pretrained(p["model"], allow_unverified=p["allow_unverified"]), p["model"]
     elif p["backbone"]:
         from neon.presets import model_config
 
@@ -104,13 +108,13 @@ def make_policy(p: dict, logger):
     else:
         from neon_runtime.default_model import default_checkpoint
 
-        folder, source = default_checkpoint(progress=False)
+        folder, source = default_checkpoint()
         model = NeonVLA.from_pretrained(folder)
     policy = NeonPolicy(model.load_backbone(p["device"] or None))
     if p["heads"] == "onnx":
         from neon_runtime.onnx_heads import OnnxHeads
 
-        policy.heads, source = OnnxHeads.beside(p["model"]), source + " (ONNX heads)"
+        policy.heads, source = OnnxHeads.beside(p["model"], p["allow_unverified"]), source + " (ONNX heads)"
     safety = SafetyConfig(max_joint_velocity=p["max_joint_velocity"], dry_run=p["dry_run"])
     return LocalPolicy(policy, safety, source), f"in-process {source}"
 
@@ -127,13 +131,17 @@ class NeonNode(Node):
         if p["mode"] and p["mode"] != space.control_mode:
             raise ValueError(f"mode parameter is {p['mode']!r} but the policy is {space.control_mode!r}")
         self.fps, self.steps, self.uses = space.fps, meta["num_action_steps"], meta["modalities"]
+        # The policy's own safety settings, to re-anchor each chunk on the freshest joint state when it is published.
+        self.safety = SafetyLayer(space, SafetyConfig(**meta["safety"]))
+        self.loco = space.group_slice("locomotion") if "locomotion" in space.groups else None
+        self.command = np.zeros(3, np.float32)  # the locomotion command in force: part of the state, as in training
         self.latest = {k: _Latest() for k in ("image", "joints", "instruction", "audio", "lidar", "eef_l", "eef_r")}
         self._audio = np.zeros(0, np.float32)
         self._subscribe()
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_traj = self.create_publisher(JointTrajectory, p["trajectory_topic"], reliable)
         self.pub_preview = self.create_publisher(JointTrajectory, p["preview_topic"], reliable)
-        self.pub_twist = self.create_publisher(Twist, p["cmd_vel_topic"], reliable)
+        self.pub_twist = self.create_publisher(Twist, p["cmd_vel_topic"], reliable) if self.loco else None
         self.pub_speech = self.create_publisher(String, p["speech_topic"], reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], 10)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neon-infer")
@@ -141,9 +149,16 @@ class NeonNode(Node):
         self._last_request = 0.0
         self._chunk_started = None
         self.published = 0
+        self.policy.warm_up()  # the first forward is the slow one: never on a chunk meant for the robot
         self.create_timer(0.05, self._tick)
-        self.get_logger().info(f"neon-ros ready: {space.describe()}, {self.source}, dry_run={p['dry_run']} "
-                               f"(policy: safety {meta['safety']}, dry_run={meta['dry_run']})")
+        optional = ("audio", "lidar", "eef")
+        self.get_logger().info(
+            f"neon-ros ready: {space.describe()}, {self.source}, dry_run={p['dry_run']} (policy: dry_run="
+            f"{meta['dry_run']}, safety {meta['safety']}); inputs used: camera, joint_states, instruction"
+            + "".join(f", {m}" for m in optional if self.uses[m])
+            + "".join(f"; {m} topic unused (the model has no {m} input)" for m in optional if not self.uses[m]))
+        if meta["dry_run"]:
+            self.get_logger().warning("the policy is dry-run only (see its log or /metadata): previews only")
 
     def _subscribe(self) -> None:
         p, sensor = self.p, qos_profile_sensor_data
@@ -213,13 +228,16 @@ class NeonNode(Node):
             raise MessageError(f"joint_states lacks {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
         state = np.zeros(self.space.dim, np.float32)
         state[mapping.target_index] = np.array(list(joints.values()), np.float32)[mapping.source_index]
+        if self.loco is not None:
+            state[self.loco] = self.command
         return state
 
     def _request(self) -> dict:
         """The newest inputs as a policy request; audio, LiDAR and EEF older than max_sensor_age_s count as absent."""
         fresh = lambda k: self.latest[k].age() is not None and self.latest[k].age() <= self.p["max_sensor_age_s"]
+        sensed = time.time() - max(self.latest["image"].age(), self.latest["joints"].age())  # the older of the two
         request = {"image": self.latest["image"].value, "instruction": self.latest["instruction"].value,
-                   "state": self._state(), "timestamp": time.time()}
+                   "state": self._state(), "timestamp": sensed}
         if self.uses["audio"] and fresh("audio"):
             request["audio"] = self.latest["audio"].value
         if self.uses["lidar"] and fresh("lidar"):
@@ -248,51 +266,71 @@ class NeonNode(Node):
         self._last_request = now
         if problems:
             self._chunk_started = None  # nothing to execute: the robot holds its own last command
+            self._stop_walking()
             self._diagnose(2, "; ".join(problems), {})
             return
         self._busy.acquire()
-        self._worker.submit(self._infer, request, now)
+        self._worker.submit(self._infer, request)
 
     # ---------------------------------------------------------- inference thread
-    def _infer(self, request: dict, sensed: float):
+    def _infer(self, request: dict):
         try:
-            reply = self.policy.infer(request)
-            if not self._problems():  # inputs still fine when the answer came back
-                preview = self.p["dry_run"] or bool(reply.get("dry_run"))
-                self._publish(np.asarray(reply["actions"], np.float32), reply.get("speech", ""), preview)
-                latency = (time.monotonic() - sensed) * 1e3
-                self._diagnose(0, "ok" + (" (dry run: preview only)" if preview else ""),
-                               {"latency_ms": f"{latency:.1f}", "rate_limited": str(reply["safety"]["rate_limited"]),
-                                **{f"{k}_age_s": f"{self.latest[k].age():.3f}" for k in ("image", "joints")}})
+            self._publish(self.policy.infer(request), request["timestamp"])
         except Exception as e:
             self._diagnose(2, f"inference failed: {type(e).__name__}: {e}", {})
         finally:
             self._busy.release()
 
-    def _publish(self, actions: np.ndarray, speech: str, preview: bool):
-        joint_idx = [i for i, j in enumerate(self.space.joints) if j.group != "locomotion"]
+    def _publish(self, reply: dict, sensed: float):
+        """Publish a chunk against the world as it is now: re-anchored on the freshest joint state, the steps
+        already past dropped, nothing from an observation older than the policy's max_observation_age_s."""
+        age, limit = time.time() - sensed, self.safety.config.max_observation_age_s
+        problems = self._problems() + ([f"the chunk's observation is {age:.3f} s old at publish time (limit {limit} s)"]
+                                       if age > limit else [])
+        times = (np.arange(len(reply["actions"])) + 1) / self.fps - age  # seconds from now to each step
+        if not problems and not (times > 0).any():
+            problems.append("every step of the chunk lies in the past")
+        if not problems:
+            try:
+                state = self._state()
+            except MessageError as e:
+                problems.append(str(e))
+        if problems:
+            self._stop_walking()
+            self._diagnose(2, "not published: " + "; ".join(problems), {})
+            return
+        keep = times > 0
+        actions, _ = self.safety.apply(np.asarray(reply["actions"], np.float32)[keep], state, self.fps,
+                                       first_dt=float(times[keep][0]))
+        preview = self.p["dry_run"] or bool(reply["dry_run"])
         msg = JointTrajectory()
         msg.header.stamp = self.get_clock().now().to_msg()
+        joint_idx = [i for i, j in enumerate(self.space.joints) if j.group != "locomotion"]
         msg.joint_names = [self.space.names[i] for i in joint_idx]
-        for t, row in enumerate(actions):
-            pt = JointTrajectoryPoint()
-            pt.positions = [float(row[i]) for i in joint_idx]
-            secs = (t + 1) / self.fps
-            pt.time_from_start.sec = int(secs)
-            pt.time_from_start.nanosec = int(round((secs - int(secs)) * 1e9))
+        for row, secs in zip(actions, times[keep], strict=True):
+            pt = JointTrajectoryPoint(positions=[float(row[i]) for i in joint_idx])
+            pt.time_from_start.sec, pt.time_from_start.nanosec = int(secs), int(round((secs - int(secs)) * 1e9))
             msg.points.append(pt)
-        if preview:
-            self.pub_preview.publish(msg)
-        else:
-            self.pub_traj.publish(msg)
-            if "locomotion" in self.space.groups:
-                tw = Twist()
-                tw.linear.x, tw.linear.y, tw.angular.z = (float(v) for v in actions[0, self.space.group_slice("locomotion")])
-                self.pub_twist.publish(tw)
-        if speech:
-            self.pub_speech.publish(String(data=speech))
+        (self.pub_preview if preview else self.pub_traj).publish(msg)
+        if self.pub_twist is not None and not preview:
+            self.command = actions[0, self.loco].astype(np.float32)
+            self.pub_twist.publish(Twist(linear=Vector3(x=float(self.command[0]), y=float(self.command[1])),
+                                         angular=Vector3(z=float(self.command[2]))))
+        if reply.get("speech"):
+            self.pub_speech.publish(String(data=reply["speech"]))
         self._chunk_started = time.monotonic()
         self.published += 1
+        why = "; ".join(n for n in reply["safety"]["notes"] if n.startswith("not executable")) or "dry_run parameter"
+        self._diagnose(0, "ok" + (f" (dry run, preview only: {why})" if preview else ""),
+                       {"observation_age_ms": f"{age * 1e3:.1f}", "steps_dropped": str(int((~keep).sum())),
+                        "rate_limited": str(reply["safety"]["rate_limited"]),
+                        **{f"{k}_age_s": f"{self.latest[k].age():.3f}" for k in ("image", "joints")}})
+
+    def _stop_walking(self) -> None:
+        """A zero Twist (whole body): on every watchdog trip, refused chunk and shutdown."""
+        self.command[:] = 0.0
+        if self.pub_twist is not None:
+            self.pub_twist.publish(Twist())
 
     def _diagnose(self, level: int, message: str, values: dict):
         arr = DiagnosticArray()
@@ -303,8 +341,11 @@ class NeonNode(Node):
         self.pub_diag.publish(arr)
 
     def destroy_node(self):
-        self._worker.shutdown(wait=True)
-        if hasattr(self.policy, "close"):
+        if hasattr(self, "_worker"):  # it started: stop walking and say so before the graph goes away
+            self._worker.shutdown(wait=True)
+            self._stop_walking()
+            self._diagnose(1, "stopped: neon-ros is shutting down", {})
+        if hasattr(getattr(self, "policy", None), "close"):
             self.policy.close()
         super().destroy_node()
 
@@ -313,19 +354,36 @@ make_node = NeonNode  # make_node(name, **parameters), rclpy initialised: parame
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script `neon-ros`: parameters come from ROS arguments (--ros-args -p name:=value)."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    """Console script `neon-ros`: parameters come from ROS arguments (--ros-args -p name:=value).
 
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = make_node()
+    SIGINT and SIGTERM (how launch and systemd stop it) end it cleanly: a zero Twist, a last diagnostics
+    message, exit 0. A node that cannot start (bad parameters, a missing model) exits 2 with the reason.
+    """
+    import signal
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        node = make_node()
+    except Exception as e:
+        print(f"neon-ros: cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     # Callbacks only store messages; inference has its own thread. A single-threaded executor keeps
     # rclpy's Python scheduling off the GIL (the multi-threaded one cost ~1 s of latency in bench/bench_ros.py).
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         node.destroy_node()
