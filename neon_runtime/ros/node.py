@@ -40,8 +40,8 @@ PARAMETERS: dict[str, object] = {
     "backbone": "",  # with model "": fresh (untrained) heads on this backbone id
     "mode": "",  # "" = the model's; else must match it (arms_only | whole_body)
     "device": "",
-    "heads": "torch",
-    "allow_unverified": False,  # load a checkpoint without manifest.json (one Neon did not write)  # torch | onnx (in-process: the export beside the checkpoint, see neon-export)
+    "heads": "torch",  # torch | onnx (in-process: the export beside the checkpoint, see neon-export)
+    "allow_unverified": False,  # load a checkpoint without manifest.json (one Neon did not write)
     "server_url": "",  # ws://host:port/ws of a neon-serve: run as its client instead of in-process
     "token": "",
     "token_file": "",  # a file holding the server's token (`NEON_TOKEN=...` lines, as neon-serve's, work too)
