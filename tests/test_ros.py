@@ -181,6 +181,19 @@ def test_dry_run_publishes_preview_only(graph, checkpoint):
     sim.node.create_subscription(JointTrajectory, "/neon/joint_trajectory_preview", previews.append, 10)
     assert wait_for(lambda: len(previews) >= 1)
     assert sim.trajs == []
+    assert neon.pub_twist is None  # arms_only: no /neon/cmd_vel at all
+    assert "/neon/cmd_vel" not in dict(neon.get_publisher_names_and_types_by_node("neon_dry", "/"))
+
+
+def test_untrained_heads_never_move_the_robot(graph):
+    """Fresh heads on a backbone (no checkpoint): dry run whatever the dry_run parameter, and diagnostics say why."""
+    neon = graph(make_node("neon_fresh", backbone="neon-tiny/qwen2.5-vl", dry_run=False, rate_hz=5.0))
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_fresh")), neon.space.names)
+    previews = []
+    sim.node.create_subscription(JointTrajectory, "/neon/joint_trajectory_preview", previews.append, 10)
+    assert wait_for(lambda: len(previews) >= 2)
+    assert sim.trajs == [] and neon.policy.metadata()["dry_run"] is True
+    assert any("untrained" in d.status[0].message for d in sim.diags)
 
 
 def test_remote_mode_against_live_server(graph, checkpoint, backbones):
@@ -337,7 +350,7 @@ def test_token_file_connects_node_and_server_processes(graph, checkpoint, tmp_pa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "neon_runtime.cli", "--model", str(checkpoint), "--port", str(port),
-                               "--token-file", str(token), "--log-level", "warning"],
+                               "--token-file", str(token), "--dry-run", "--log-level", "warning"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     node = None
     try:
@@ -348,12 +361,14 @@ def test_token_file_connects_node_and_server_processes(graph, checkpoint, tmp_pa
         refused = neon_ros(server_url=f"ws://127.0.0.1:{port}/ws", token_file=wrong)
         out, _ = refused.communicate(timeout=120)
         assert refused.returncode == 2 and "needs a token" in out, out
-        node = neon_ros(server_url=f"ws://127.0.0.1:{port}/ws", token_file=token, rate_hz=5.0)  # dry run: preview
+        # The node asks to execute; the server is in --dry-run: previews only, across processes.
+        node = neon_ros(server_url=f"ws://127.0.0.1:{port}/ws", token_file=token, rate_hz=5.0, dry_run="false")
         sim = G1Sim(graph(rclpy.create_node("g1_sim_token")), [j.name for j in NeonVLA.from_pretrained(checkpoint)
                                                                 .action_space.joints])
         previews = []
         sim.node.create_subscription(JointTrajectory, "/neon/joint_trajectory_preview", previews.append, 10)
-        assert wait_for(lambda: len(previews) >= 1, 120), [d.status[0].message for d in sim.diags[-3:]]
+        assert wait_for(lambda: len(previews) >= 2, 120), [d.status[0].message for d in sim.diags[-3:]]
+        assert sim.trajs == [] and any("dry-run mode" in d.status[0].message for d in sim.diags)
     finally:
         for p in (node, server):
             if p is not None:
