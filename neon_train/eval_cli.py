@@ -17,7 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval", help="folder for eval_report.json/.md and plots (default: eval/)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--stride", type=int, default=1, help="evaluate every N-th frame")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out rule and the random baseline")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (and of the held-out rule when "
+                   "the checkpoint records none)")
+    p.add_argument("--allow-train-episodes", action="store_true",
+                   help="score a dataset the checkpoint's split.json does not know (its episodes may have been trained on)")
     p.add_argument("--cache-dir", default=None,
                    help="backbone feature cache folder (default: the trainer's, ~/.cache/neon/features)")
     p.add_argument("--no-cache", action="store_true", help="compute every backbone feature afresh")
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate(args.model, args.dataset, trajs=args.trajs, baselines=args.baselines, plot=args.plot,
                           out=args.out, batch_size=args.batch_size, stride=args.stride, seed=args.seed,
-                          cache_dir=cache_dir, device=args.device, plot_joints=args.joints)
+                          cache_dir=cache_dir, device=args.device, plot_joints=args.joints,
+                          allow_train_episodes=args.allow_train_episodes)
     except (CheckpointError, DatasetError, HubUnavailableError, ActionSpaceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

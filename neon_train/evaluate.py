@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neon.checkpoint import resolve_checkpoint
+from neon.checkpoint import read_json, resolve_checkpoint
 from neon.data.lerobot import DatasetError
 from neon.data.soup import collate
 from neon.data.sources import LeRobotSource
@@ -88,19 +88,32 @@ class _Acc:
         return out
 
 
-def _held_out(model_dir: Path, source: LeRobotSource, seed: int) -> tuple[list[int], str]:
-    """Positions (in source.episodes) of held-out episodes, and how they were chosen."""
-    split_path = model_dir / SPLIT_FILE
-    if split_path.is_file():
-        split = json.loads(split_path.read_text())
-        root = str(Path(source.root).resolve())
-        for name, entry in split.get("sources", {}).items():
-            if str(Path(entry.get("path", "")).resolve()) == root or entry.get("root") == root:
-                wanted = set(entry["val_episodes"])
-                pos = [k for k, e in enumerate(source.episodes) if e.index in wanted]
-                if pos:
-                    return pos, f"recorded in the checkpoint's {SPLIT_FILE} (source {name!r})"
-    return seeded_split(len(source.episodes), seed), split_rule_text(seed)
+def _held_out(model_dir: Path, source: LeRobotSource, seed: int, allow_train_episodes: bool = False
+              ) -> tuple[list[int], str]:
+    """Positions (in source.episodes) of held-out episodes, and how they were chosen.
+
+    The checkpoint's split.json names them. When it does not know this dataset (or there is none), nothing
+    says which episodes were trained on: refused unless `allow_train_episodes`, and then the split's
+    recorded seed (never a different default) picks them.
+    """
+    split = read_json(model_dir / SPLIT_FILE, DatasetError) if (model_dir / SPLIT_FILE).is_file() else None
+    root = str(Path(source.root).resolve())
+    for name, entry in (split or {}).get("sources", {}).items():
+        if str(Path(entry.get("path", "")).resolve()) == root or entry.get("root") == root:
+            wanted = set(entry["val_episodes"])
+            pos = [k for k, e in enumerate(source.episodes) if e.index in wanted]
+            if pos:
+                return pos, f"recorded in the checkpoint's {SPLIT_FILE} (source {name!r})"
+    why = f"its {SPLIT_FILE} does not list {root}" if split else f"it has no {SPLIT_FILE}"
+    if not allow_train_episodes:
+        raise DatasetError(f"cannot tell which episodes of {root} the checkpoint was trained on ({why}), so held-out "
+                           "scores could be training scores; pass --allow-train-episodes to evaluate anyway")
+    if split and "seed" in split:
+        seed, fraction = int(split["seed"]), float(split.get("val_fraction", DEFAULT_VAL_FRACTION))
+    else:
+        fraction = DEFAULT_VAL_FRACTION
+    return seeded_split(len(source.episodes), seed, fraction), f"{split_rule_text(seed, fraction)} ({why}; may " \
+        "include training episodes: --allow-train-episodes)"
 
 
 def evaluate(
@@ -117,6 +130,7 @@ def evaluate(
     device: str | None = None,
     plot_joints: list[str] | None = None,
     progress: bool | None = None,
+    allow_train_episodes: bool = False,
 ) -> dict:
     """Evaluate a checkpoint on held-out episodes of a dataset; returns the report (also written to `out`)."""
     if trajs < 1 or stride < 1 or batch_size < 1:
@@ -127,7 +141,7 @@ def evaluate(
     full = LeRobotSource(dataset, space, steps, chunk_fps=fps)
     if full.dim_available.sum() < 1:
         raise DatasetError(f"{dataset}: no action dimension matches the model's action space")
-    held, rule = _held_out(model_dir, full, seed)
+    held, rule = _held_out(model_dir, full, seed, allow_train_episodes)
     if len(held) < trajs:
         log.warning("only %d held-out episode(s) available, evaluating all of them (asked for %d)", len(held), trajs)
     source = LeRobotSource(dataset, space, steps, episodes=held[:trajs], chunk_fps=fps)

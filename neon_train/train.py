@@ -180,8 +180,8 @@ class NeonTrainer:
             if s.name in val_eps:
                 sources[s.name] = {"path": s.path, "root": str(Path(src.root).resolve()),
                                    "val_episodes": [src.episodes[k].index for k in val_eps[s.name]]}
-        return json.dumps({"rule": split_rule_text(self.config.seed, self.config.val_fraction),
-                           "seed": self.config.seed, "sources": sources}, indent=2) + "\n"
+        return json.dumps({"rule": split_rule_text(self.config.seed, self.config.val_fraction), "seed": self.config.seed,
+                           "val_fraction": self.config.val_fraction, "sources": sources}, indent=2) + "\n"
 
     def _optimizer(self, params):
         cfg = self.config

@@ -13,6 +13,7 @@ from neon.data.lerobot import DatasetError, EpisodeData, LeRobotDataset, write_d
 from neon.data.soup import DataSoup, DataSoupConfig, DataSourceConfig, collate
 from neon.data.sources import LeRobotSource, VoiceCommandSource, write_wav
 from neon.data.stats import norm_stats_for
+from neon.data.synthetic import CAMERA_KEY as CAMERA
 from neon.data.synthetic import SynthConfig, generate
 from neon.data.video import VideoReader
 from neon.normalization import ActionTransform, NormStats
@@ -127,8 +128,49 @@ def test_groot_modality_json_names_slices(tmp_path):
     root = ramp_dataset(tmp_path / "ds", 30, [5], version="v2.1", names=flat, modality=modality)
     src = LeRobotSource(str(root), ARMS, 16)
     assert src.ds.modality is not None
-    assert [ARMS.names[i] for i in src.action_map.target_index] == ARMS.names[:7] + ARMS.names[14:21]
+    left_hand_unitree_order = [f"left_hand_{j}" for j in ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1",
+                                                          "index_0", "index_1")]
+    assert [ARMS.names[i] for i in src.action_map.target_index] == ARMS.names[:7] + left_hand_unitree_order
     assert src.action_map.unmapped_source == ["neck.0", "neck.1", "neck.2"]  # GR1's 3-DOF neck is not the G1's
+
+
+UNITREE_NAMES = (  # as Unitree's converters write them: SDK enum names, Dex3 left hand middle before index
+    [f"k{s.title()}{j}" for s in ("left", "right") for j in ("ShoulderPitch", "ShoulderRoll", "ShoulderYaw", "Elbow",
+                                                             "WristRoll", "WristPitch", "WristYaw")]
+    + [f"kLeftHand{j}" for j in ("Thumb0", "Thumb1", "Thumb2", "Middle0", "Middle1", "Index0", "Index1")]
+    + [f"kRightHand{j}" for j in ("Thumb0", "Thumb1", "Thumb2", "Index0", "Index1", "Middle0", "Middle1")])
+
+
+@pytest.mark.parametrize("layout", ["flat", "list_of_one_list", "dict_motors", "dict_per_part", "null"])
+def test_every_names_layout_maps_by_name(tmp_path, layout):
+    names = {"flat": UNITREE_NAMES, "list_of_one_list": [UNITREE_NAMES], "dict_motors": {"motors": UNITREE_NAMES},
+             "dict_per_part": {"arms": UNITREE_NAMES[:14], "hands": UNITREE_NAMES[14:]}, "null": None}[layout]
+    root = ramp_dataset(tmp_path / "ds", 30, [4], names=UNITREE_NAMES)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    for key in ("observation.state", "action"):
+        info["features"][key]["names"] = names
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    if layout == "null":
+        with pytest.raises(DatasetError, match="none of the dataset's action names match"):
+            LeRobotSource(str(root), ARMS, 16)
+        return
+    src = LeRobotSource(str(root), ARMS, 16)
+    assert src.action_map.complete and not src.action_map.unmapped_source
+    # Column k of the dataset lands on the joint it names, whatever the hand's order.
+    mapped = {ARMS.names[t]: UNITREE_NAMES[s] for s, t in zip(src.action_map.source_index, src.action_map.target_index,
+                                                               strict=True)}
+    assert mapped["left_hand_middle_0"] == "kLeftHandMiddle0" and mapped["right_hand_middle_0"] == "kRightHandMiddle0"
+    assert mapped["left_hand_index_1"] == "kLeftHandIndex1" and mapped["right_shoulder_yaw"] == "kRightShoulderYaw"
+
+
+def test_groot_modality_json_is_only_a_fallback_to_names(tmp_path):
+    """With real per-dimension names, a modality.json whose slices would misplace joints does not matter."""
+    shuffled = UNITREE_NAMES[14:] + UNITREE_NAMES[:14]  # hands first
+    modality = {k: {"left_arm": {"start": 0, "end": 7}, "right_arm": {"start": 7, "end": 14}} for k in ("state", "action")}
+    root = ramp_dataset(tmp_path / "ds", 30, [4], names=shuffled, modality=modality)
+    src = LeRobotSource(str(root), ARMS, 16)
+    assert src.action_map.complete
+    assert ARMS.names[src.action_map.target_index[0]] == "left_hand_thumb_0"  # by name, not by the slices
 
 
 def test_relative_absolute_transform_round_trip():
@@ -394,15 +436,16 @@ def test_av1_refuses_frames_below_64_pixels(tmp_path):
     encode_video(tmp_path / "y.mp4", np.zeros((3, 32, 32, 3), np.uint8), 30, "h264")  # fine for H.264
 
 
-def test_writes_are_atomic(tmp_path, monkeypatch):
-    import neon.data.lerobot as lr
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_writes_are_atomic(tmp_path, monkeypatch, version):
+    from neon.data.video import VideoWriter
 
     def boom(*a, **k):
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(lr, "encode_video", boom)
+    monkeypatch.setattr(VideoWriter, "close", boom)  # the last step of every video file
     with pytest.raises(RuntimeError, match="encoder crashed"):
-        ramp_dataset(tmp_path / "ds", 30, [5])
+        ramp_dataset(tmp_path / "ds", 30, [5], version=version)
     assert list(tmp_path.iterdir()) == []  # nothing half-written, no temp folder left
 
 
@@ -424,3 +467,38 @@ def test_neon_data_cli(tmp_path, capsys):
     assert "synth" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "neither a dataset folder" in capsys.readouterr().err
+
+
+def test_v30_with_rolled_over_files_reads_like_a_single_file(tmp_path):
+    """Data and video files that roll over by size (as LeRobot writes them): the same samples as one file."""
+    cfg = SynthConfig(episodes=8, length=30, image_size=64)
+    one = generate(tmp_path / "one", cfg, progress=False)
+    many = generate(tmp_path / "many", cfg, progress=False, data_file_mb=0.3, video_file_mb=0.003)
+    assert len(list(one.rglob("data/*/*.parquet"))) == 1
+    assert len(list(many.rglob("data/*/*.parquet"))) >= 3
+    assert len(list((many / "videos" / CAMERA).rglob("*.mp4"))) >= 2
+    ds = LeRobotDataset(many)
+    assert any(e.from_index > ds._file_start[e.data_file] for e in ds.episodes)  # an episode mid data file
+    assert any(e.videos[CAMERA][1] > 0 and not e.videos[CAMERA][0].endswith("file-000.mp4") for e in ds.episodes)
+    a, b = LeRobotSource(str(one), ARMS, 16), LeRobotSource(str(many), ARMS, 16)
+    assert len(a) == len(b) == 240
+    for i in range(len(a)):
+        sa, sb = a.sample(i), b.sample(i)
+        assert np.array_equal(sa["actions"], sb["actions"]) and np.array_equal(sa["obs"].state, sb["obs"].state), i
+        for field in ("eef", "lidar", "audio"):
+            assert np.array_equal(getattr(sa["obs"], field), getattr(sb["obs"], field)), (i, field)
+        assert sa["obs"].instruction == sb["obs"].instruction
+        diff = np.abs(sa["obs"].image.astype(int) - sb["obs"].image.astype(int)).mean()
+        assert diff < 4, (i, diff)  # the same frame (each file is its own lossy AV1 stream)
+
+
+def test_regenerated_dataset_never_reuses_stale_statistics(tmp_path):
+    from neon.data.stats import norm_stats_for
+
+    root = tmp_path / "ds"
+    generate(root, SynthConfig(episodes=3, length=20, image_size=64, seed=1), progress=False)
+    first, _ = norm_stats_for([LeRobotSource(str(root), ARMS, 16)], ARMS, cache_dir=tmp_path / "stats")
+    generate(root, SynthConfig(episodes=3, length=20, image_size=64, seed=2), progress=False, overwrite=True)
+    again, _ = norm_stats_for([LeRobotSource(str(root), ARMS, 16)], ARMS, cache_dir=tmp_path / "stats")
+    fresh, _ = norm_stats_for([LeRobotSource(str(root), ARMS, 16)], ARMS, cache_dir=tmp_path / "fresh")
+    assert not np.allclose(first.action_mean, again.action_mean) and np.allclose(again.action_mean, fresh.action_mean)

@@ -95,7 +95,8 @@ def recompute(model: NeonVLA, dataset, episodes: list[int], stride: int = 1) -> 
 
 
 def test_report_matches_independent_recomputation(trained, synth, backbones, tmp_path):
-    report = evaluate(trained, str(synth), trajs=5, baselines=True, out=tmp_path / "eval", progress=False)
+    report = evaluate(trained, str(synth), trajs=5, baselines=True, out=tmp_path / "eval", progress=False,
+                      allow_train_episodes=True)
     held = seeded_split(10, seed=0)
     assert report["split"]["evaluated_episodes"] == held and "seeded rule" in report["split"]["rule"]
     model = NeonVLA.from_pretrained(trained)
@@ -120,7 +121,8 @@ def test_untrained_model_scores_like_the_mean_baseline(synth, tmp_path):
     space = G1ActionSpace("arms_only")
     stats, _ = norm_stats_for([LeRobotSource(str(synth), space, 16)], space, cache_dir=tmp_path / "stats")
     NeonVLA(tiny_config("neon-tiny/qwen2.5-omni"), stats).save_pretrained(tmp_path / "fresh")
-    report = evaluate(tmp_path / "fresh", str(synth), trajs=2, baselines=True, stride=3, progress=False)
+    report = evaluate(tmp_path / "fresh", str(synth), trajs=2, baselines=True, stride=3, progress=False,
+                      allow_train_episodes=True)
     model, mean = report["results"]["model"], report["results"]["mean"]
     assert model["mse"] == pytest.approx(mean["mse"], rel=1e-9, abs=1e-12)
     assert model["per_step"] == pytest.approx(mean["per_step"], rel=1e-9, abs=1e-12)
@@ -129,7 +131,7 @@ def test_untrained_model_scores_like_the_mean_baseline(synth, tmp_path):
 
 def test_plots_are_pngs_of_the_expected_size(trained, synth, tmp_path):
     report = evaluate(trained, str(synth), trajs=1, baselines=True, plot=True, out=tmp_path, stride=2,
-                      plot_joints=["left_shoulder_pitch", "right_elbow"], progress=False)
+                      plot_joints=["left_shoulder_pitch", "right_elbow"], progress=False, allow_train_episodes=True)
     assert set(report["plots"]) == {"trajectories", "group_mse", "step_error"}
     for path in report["plots"].values():
         raw = open(path, "rb").read()
@@ -150,8 +152,8 @@ def test_split_recorded_in_checkpoint_wins(trained, synth, tmp_path):
 
 
 def test_feature_cache_hits_on_second_run(trained, synth, tmp_path):
-    first = evaluate(trained, str(synth), trajs=1, stride=2, cache_dir=tmp_path / "cache", progress=False)
-    second = evaluate(trained, str(synth), trajs=1, stride=2, cache_dir=tmp_path / "cache", progress=False)
+    kw = dict(trajs=1, stride=2, cache_dir=tmp_path / "cache", progress=False, allow_train_episodes=True)
+    first, second = evaluate(trained, str(synth), **kw), evaluate(trained, str(synth), **kw)
     assert first["feature_cache"] == {"hits": 0, "misses": first["chunks"]}
     assert second["feature_cache"] == {"hits": second["chunks"], "misses": 0}
     assert second["results"]["model"]["mse"] == pytest.approx(first["results"]["model"]["mse"], rel=1e-3)
@@ -159,7 +161,10 @@ def test_feature_cache_hits_on_second_run(trained, synth, tmp_path):
 
 def test_cli_and_bad_arguments(trained, synth, tmp_path, capsys):
     assert eval_main(["--model", str(trained), "--dataset", str(synth), "--trajs", "1", "--stride", "5",
-                      "--baselines", "--out", str(tmp_path / "out")]) == 0
+                      "--baselines", "--out", str(tmp_path / "out")]) == 2  # no split.json: it may score training data
+    assert "--allow-train-episodes" in capsys.readouterr().err
+    assert eval_main(["--model", str(trained), "--dataset", str(synth), "--trajs", "1", "--stride", "5",
+                      "--baselines", "--out", str(tmp_path / "out"), "--allow-train-episodes"]) == 0
     assert "## MSE (physical units" in capsys.readouterr().out
     assert eval_main(["--model", str(tmp_path / "no_such_model"), "--dataset", str(synth)]) == 2
     assert "neither a checkpoint folder nor a Hub repo id" in capsys.readouterr().err
@@ -204,3 +209,18 @@ def test_pep723_script(tmp_path, script):
     r = subprocess.run([sys.executable, "-S", str(tmp_path / script)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "set NEON_SOURCE" in r.stderr
+
+
+def test_a_dataset_the_split_does_not_know_is_refused_or_scored_with_its_recorded_seed(trained, synth, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained, ckpt)
+    split = {"seed": 42, "val_fraction": 0.3, "sources": {"other": {"path": str(tmp_path / "elsewhere"), "val_episodes": [1]}}}
+    (ckpt / "split.json").write_text(json.dumps(split))
+    with pytest.raises(DatasetError, match="does not list .*--allow-train-episodes"):
+        evaluate(ckpt, str(synth), trajs=5, baselines=False, stride=5, progress=False)
+    report = evaluate(ckpt, str(synth), trajs=5, baselines=False, stride=5, progress=False, seed=0,
+                      allow_train_episodes=True)
+    assert report["split"]["held_out_episodes"] == seeded_split(10, 42, 0.3)  # the split's seed, not --seed 0
+    assert "default_rng(42)" in report["split"]["rule"] and "may include training episodes" in report["split"]["rule"]

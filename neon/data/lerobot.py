@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from neon.checkpoint import atomic_directory, read_json
-from neon.data.video import VideoError, encode_video
+from neon.data.video import VideoError, VideoWriter, encode_video
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class LeRobotDataset:
         self.fps = float(self.info["fps"])
         self.features: dict = self.info["features"]
         self.video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        self._file_start: dict[str, int] = {}  # v3.0 data file -> global index of its first row
+        self._file_start: dict[str, int] = {}  # v3.0 data file -> global index of its first row
         self.episodes = self._read_episodes_v30() if self.version == V30 else self._read_episodes_v21()
         if not self.episodes:
             raise DatasetError(f"{self.root}: the dataset has no episodes")
@@ -126,30 +128,41 @@ class LeRobotDataset:
                 except KeyError as e:
                     raise DatasetError(f"{f}: episode row lacks field {e.args[0]!r}") from None
         out.sort(key=lambda e: e.index)
+        for e in out:  # where each data file starts among all frames, when its own `index` column cannot tell
+            self._file_start[e.data_file] = min(e.from_index, self._file_start.get(e.data_file, e.from_index))
         return out
 
     @property
     def num_frames(self) -> int:
         return sum(e.length for e in self.episodes)
 
-    def feature_names(self, key: str) -> list[str]:
-        """Per-dimension names of a vector feature (LeRobot stores a list, or {"motors": [...]})."""
+    def feature_names(self, key: str) -> list[str] | None:
+        """Per-dimension names of a vector feature, or None when it declares none (or not one per dimension).
+
+        Every layout LeRobot and its users write: a flat list, a list holding one list (Unitree's
+        converters: `[["kLeftShoulderPitch", ...]]`), a dict of lists under any keys (`{"motors": [...]}`,
+        or one list per body part, in order), or null.
+        """
         feat = self.features.get(key)
         if feat is None:
             raise DatasetError(f"{self.root / 'meta' / 'info.json'}: no feature {key!r}")
         names = feat.get("names")
-        if isinstance(names, dict):
-            names = [n for v in names.values() for n in (v if isinstance(v, list) else [v])]
+        parts = list(names.values()) if isinstance(names, dict) else [names]
+        flat = [n for p in parts for n in (p if isinstance(p, list) else [p])]
+        flat = [n for p in flat for n in (p if isinstance(p, list) else [p])]  # a list holding lists
         size = int(np.prod(feat.get("shape", [1])))
-        if not names or len(names) != size:
-            names = [f"{key}.{i}" for i in range(size)]
-        return list(names)
+        return [str(n) for n in flat] if len(flat) == size and all(isinstance(n, str) for n in flat) else None
 
     # -- numeric columns
     def columns(self, episode: EpisodeMeta) -> dict[str, np.ndarray]:
-        """All numeric features of one episode: name -> array of shape (length, *feature shape)."""
+        """All numeric features of one episode: name -> array of shape (length, *feature shape).
+
+        v3.0 episodes are located by their global frame index (`dataset_from_index`) minus the first
+        global index of their data file, which may hold many episodes (and roll over by size).
+        """
         table = self._data_file(episode.data_file)
-        lo, hi = episode.from_index, episode.from_index + episode.length
+        lo = episode.from_index - (self._file_start.get(episode.data_file, 0) if self.version == V30 else 0)
+        hi = lo + episode.length
         n = len(next(iter(table.values())))
         if hi > n:
             raise DatasetError(f"{self.root / episode.data_file}: episode {episode.index} needs rows {lo}..{hi - 1}, "
@@ -170,6 +183,8 @@ class LeRobotDataset:
                     continue
                 raise DatasetError(f"{path}: column {key!r} declared in info.json is missing")
             out[key] = _column_to_numpy(table.column(key), feat, path, key)
+        if self.version == V30 and "index" in table.column_names and len(table):
+            self._file_start[rel] = int(table.column("index")[0].as_py())
         # Keep a few files resident: packed v3.0 files are large, v2.1 files are one episode each.
         while len(self._columns) >= (4 if self.version == V30 else 64):
             self._columns.pop(next(iter(self._columns)))
@@ -284,22 +299,30 @@ def write_dataset(
     robot_type: str = "unitree_g1",
     extra_meta: dict[str, dict] | None = None,
     overwrite: bool = False,
+    data_file_mb: float = 100.0,
+    video_file_mb: float = 500.0,
 ) -> Path:
     """Write a LeRobot dataset atomically and return its root.
 
     `features` declares the per-frame numeric features (dtype, shape, names) and the
-    cameras (dtype "video", shape [H, W, 3]); index columns are added here.
+    cameras (dtype "video", shape [H, W, 3]); index columns are added here. v3.0 packs
+    episodes into data and video files that roll over to the next file once they reach
+    `data_file_mb` / `video_file_mb` (LeRobot's defaults), so an episode may start in the
+    middle of any file.
     """
     if version not in (V21, V30):
         raise DatasetError(f"can write LeRobot {V21} or {V30}, not {version!r}")
     root = Path(root).absolute()
     if root.exists() and not overwrite:
         raise DatasetError(f"{root} already exists (pass overwrite=True to replace it)")
+    import pyarrow as pa
+
     cams = [k for k, f in features.items() if f.get("dtype") == "video"]
     numeric = [k for k in features if k not in cams]
     with atomic_directory(root) as tmp:
         tasks: dict[str, int] = {}
-        rows, tables, frames, stats, total = [], [], {c: [] for c in cams}, _StatsAccumulator(), 0
+        rows, stats, total = [], _StatsAccumulator(), 0
+        packed = _V30Files(tmp, cams, fps, codec, data_file_mb, video_file_mb) if version == V30 else None
         for i, ep in enumerate(episodes):
             n = ep.length
             table = _episode_table(ep, numeric, features, fps, i, total, tasks.setdefault(ep.task, len(tasks)))
@@ -312,21 +335,18 @@ def write_dataset(
                 _write_parquet(table, tmp / V21_DATA.format(**fmt))
                 video_info = {c: encode_video(tmp / V21_VIDEO.format(video_key=c, **fmt), ep.videos[c], fps, codec)
                               for c in cams}
-            else:  # packed: rows index into one data file and one video per camera
-                tables.append(table)
-                row.update({"data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": total,
-                            "dataset_to_index": total + n, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
-                for cam in cams:
-                    row.update({f"videos/{cam}/chunk_index": 0, f"videos/{cam}/file_index": 0,
-                                f"videos/{cam}/from_timestamp": total / fps, f"videos/{cam}/to_timestamp": (total + n) / fps})
-                    frames[cam].append(ep.videos[cam])
+            else:  # packed: the episode's rows and frames go into the current files, which roll over by size
+                row.update({"dataset_from_index": total, "dataset_to_index": total + n, "meta/episodes/chunk_index": 0,
+                            "meta/episodes/file_index": 0, **packed.add(table, ep.videos)})
             rows.append(row)
             total += n
         if not rows:
             raise DatasetError("no episodes to write")
         meta = tmp / "meta"
         if version == V30:
-            video_info = _write_v30_files(tmp, tables, frames, rows, tasks, fps, codec)
+            video_info = packed.close()
+            _write_parquet(pa.Table.from_pylist(rows), tmp / V30_EPISODES.format(chunk_index=0, file_index=0))
+            _write_tasks_parquet(meta / "tasks.parquet", tasks)
         else:
             meta.mkdir(parents=True, exist_ok=True)
             (meta / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -362,17 +382,61 @@ def _write_parquet(table, path: Path) -> None:
     pq.write_table(table, path)
 
 
-def _write_v30_files(tmp: Path, tables: list, frames: dict[str, list], rows: list[dict], tasks: dict[str, int],
-                     fps: float, codec: str) -> dict[str, dict]:
-    """v3.0's packed data file, one video per camera, the episodes index and tasks.parquet; -> video info."""
-    import pyarrow as pa
+class _V30Files:
+    """v3.0's rolling files: rows go into data/chunk-C/file-F.parquet and each camera's frames into
+    videos/<camera>/chunk-C/file-F.mp4 until that file reaches its size, then into the next one."""
 
-    _write_parquet(pa.concat_tables(tables), tmp / V30_DATA.format(chunk_index=0, file_index=0))
-    video_info = {cam: encode_video(tmp / V30_VIDEO.format(video_key=cam, chunk_index=0, file_index=0),
-                                    np.concatenate(f), fps, codec) for cam, f in frames.items()}
-    _write_parquet(pa.Table.from_pylist(rows), tmp / V30_EPISODES.format(chunk_index=0, file_index=0))
-    _write_tasks_parquet(tmp / "meta" / "tasks.parquet", tasks)
-    return video_info
+    def __init__(self, root: Path, cams: list[str], fps: float, codec: str, data_mb: float, video_mb: float):
+        if not (data_mb > 0 and video_mb > 0):
+            raise DatasetError(f"data_file_mb and video_file_mb must be positive, got {data_mb}, {video_mb}")
+        self.root, self.fps, self.codec = root, fps, codec
+        self.data_limit, self.video_limit = data_mb * 2**20, video_mb * 2**20
+        self.tables, self.data_file = [], 0
+        self.videos: dict[str, VideoWriter] = {}
+        self.video_file = dict.fromkeys(cams, 0)
+        self.info: dict[str, dict] = {}
+
+    @staticmethod
+    def _where(prefix: str, file: int) -> dict:
+        return {f"{prefix}/chunk_index": file // CHUNK_SIZE, f"{prefix}/file_index": file % CHUNK_SIZE}
+
+    def add(self, table, videos: dict[str, np.ndarray]) -> dict:
+        """Append one episode; -> its row's file columns (and each camera's from/to timestamps)."""
+        row = self._where("data", self.data_file)
+        self.tables.append(table)
+        if sum(t.nbytes for t in self.tables) >= self.data_limit:
+            self._flush_data()
+        for cam, frames in videos.items():
+            if cam not in self.videos:
+                fmt = self._where("", self.video_file[cam])
+                path = self.root / V30_VIDEO.format(video_key=cam, chunk_index=fmt["/chunk_index"],
+                                                    file_index=fmt["/file_index"])
+                self.videos[cam] = VideoWriter(path, self.fps, self.codec)
+            writer = self.videos[cam]
+            start = writer.frames / self.fps
+            row.update({**self._where(f"videos/{cam}", self.video_file[cam]), f"videos/{cam}/from_timestamp": start,
+                        f"videos/{cam}/to_timestamp": start + len(frames) / self.fps})
+            writer.write(frames)
+            if writer.bytes >= self.video_limit:
+                self.info[cam] = self.videos.pop(cam).close()
+                self.video_file[cam] += 1
+        return row
+
+    def _flush_data(self) -> None:
+        import pyarrow as pa
+
+        fmt = self._where("", self.data_file)
+        path = self.root / V30_DATA.format(chunk_index=fmt["/chunk_index"], file_index=fmt["/file_index"])
+        _write_parquet(pa.concat_tables(self.tables), path)
+        self.tables, self.data_file = [], self.data_file + 1
+
+    def close(self) -> dict[str, dict]:
+        """Write what is still open; -> each camera's video info."""
+        if self.tables:
+            self._flush_data()
+        for cam in list(self.videos):
+            self.info[cam] = self.videos.pop(cam).close()
+        return self.info
 
 
 def _info(version: str, robot_type: str, fps: float, features: dict, video_info: dict, episodes: int, frames: int,

@@ -2,11 +2,13 @@
 
     {"state": {"left_arm": {"start": 0, "end": 7}, ...}, "action": {...}, "video": {...}}
 
-Neon names every element of a slice so the action space can map it: a slice
-whose group name and width match a G1 group gets the G1 joint names in SDK
-order (e.g. `left_arm` with 7 dims -> left_shoulder_pitch ... left_wrist_yaw);
-any other slice gets `<group>.<i>` names, which map onto nothing and are
-reported as unmapped.
+Used only when the dataset's features carry no per-dimension names (with names,
+joints map by name). Then Neon names every element of a slice by position: a
+slice whose group name and width match a G1 group gets the G1 joint names in SDK
+order (e.g. `left_arm` with 7 dims -> left_shoulder_pitch ... left_wrist_yaw;
+Dex3 hands in Unitree's order, which differs between the hands); any other
+slice gets `<group>.<i>` names, which map onto nothing and are reported as
+unmapped.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ def _names(group: str, side: str = "", hand: str = "dex3") -> list[str]:
     return [j.name for j in joints if j.group == group and j.name.startswith(side)]
 
 
+# Unitree's own Dex3 order differs between the hands (shared/g1_reference.md); used only by position.
+_DEX3_ORDER = {"left": ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1", "index_0", "index_1"),
+               "right": ("thumb_0", "thumb_1", "thumb_2", "index_0", "index_1", "middle_0", "middle_1")}
+
 _G1_SLICES: dict[str, list[str]] = {
-    **{f"{s}_{part}": _names(group, s + "_") for s in ("left", "right")
-       for part, group in (("arm", "arms"), ("leg", "legs"), ("hand", "hands"))},
+    **{f"{s}_{part}": _names(group, s + "_") for s in ("left", "right") for part, group in (("arm", "arms"), ("leg", "legs"))},
+    **{f"{s}_hand": [f"{s}_hand_{j}" for j in _DEX3_ORDER[s]] for s in ("left", "right")},
     **{f"{s}_gripper": _names("hands", s + "_", "dex1") for s in ("left", "right")},
     "waist": _names("torso"), "base_velocity": _names("locomotion"), "neck": _names("head"),
 }

@@ -97,11 +97,14 @@ class LeRobotSource:
         return {**self.__dict__, "_video": None, "_video_pid": None}
 
     def _mapping(self, key: str, what: str) -> JointMapping:
-        if self.ds.modality is not None and what in self.ds.modality:
-            names = modality_names(self.ds.modality[what], int(np.prod(self.ds.features[key]["shape"])))
-        else:
-            names = self.ds.feature_names(key)
-        return self.space.map_names(names)
+        """Map a vector feature onto the action space by joint name: the feature's own names when they name G1
+        joints; else GR00T's modality.json slices, by position (a documented fallback); else nothing maps."""
+        names = self.ds.feature_names(key)
+        width = int(np.prod(self.ds.features[key].get("shape", [1])))
+        mapping = self.space.map_names(names or [f"{key}.{i}" for i in range(width)])
+        if len(mapping.target_index) == 0 and self.ds.modality is not None and what in self.ds.modality:
+            mapping = self.space.map_names(modality_names(self.ds.modality[what], width))
+        return mapping
 
     def _lidar_channels(self) -> int:
         """3 (x, y, z) or 4 (with intensity), from the feature's declared shape or names."""

@@ -23,7 +23,7 @@ from neon.data.sources import LeRobotSource
 from neon.normalization import ActionTransform, NormStats
 from neon.paths import norm_stats_dir
 
-STATS_VERSION = 2  # 2: chunks resampled to the source's chunk_fps
+STATS_VERSION = 3  # 2: chunks resampled to the source's chunk_fps; 3: keyed by the data files' sizes and mtimes
 
 
 @dataclass
@@ -69,6 +69,8 @@ def _cache_key(source: LeRobotSource, space: G1ActionSpace, action_scaler: float
         "episodes": [(e.index, e.length, e.data_file, e.from_index) for e in source.episodes],
         "names": space.names, "relative": space.relative_mask().tolist(), "scaler": action_scaler,
         "steps": source.num_steps, "chunk_fps": source.chunk_fps,
+        "files": {f: [(st := (source.root / f).stat()).st_size, st.st_mtime_ns]
+                  for f in sorted({e.data_file for e in source.episodes})},  # a regenerated dataset is a new key
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 

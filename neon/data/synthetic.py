@@ -192,8 +192,9 @@ def _audio_chunks(rng, verb: str, color: str, n: int, fps: float) -> list[np.nda
     return [audio[bounds[k]:bounds[k + 1]].astype(np.float32) for k in range(n)]
 
 
-def generate(root, cfg: SynthConfig | None = None, overwrite: bool = False, progress: bool | None = None):
-    """Write a synthetic G1 dataset to `root` (atomically) and return its path."""
+def generate(root, cfg: SynthConfig | None = None, overwrite: bool = False, progress: bool | None = None,
+             data_file_mb: float = 100.0, video_file_mb: float = 500.0):
+    """Write a synthetic G1 dataset to `root` (atomically) and return its path (v3.0 files roll over at the sizes)."""
     from tqdm import tqdm
 
     cfg = cfg or SynthConfig()
@@ -218,4 +219,4 @@ def generate(root, cfg: SynthConfig | None = None, overwrite: bool = False, prog
                                                       unit="ep", disable=disable))
     meta = {"neon_synthetic.json": {"generator": "neon.data.synthetic", **cfg.__dict__}}
     return write_dataset(root, episodes, fps=cfg.fps, features=features, version=cfg.version, codec=cfg.codec,
-                         extra_meta=meta, overwrite=overwrite)
+                         extra_meta=meta, overwrite=overwrite, data_file_mb=data_file_mb, video_file_mb=video_file_mb)

@@ -37,36 +37,60 @@ def pick_encoder(codec: str) -> str:
     raise VideoError(f"no encoder for {codec!r} in this PyAV build (tried {', '.join(ENCODERS.get(codec, [codec]))})")
 
 
+class VideoWriter:
+    """An mp4 written frame batch by frame batch (LeRobot v3.0 appends episodes to one file until it rolls over)."""
+
+    def __init__(self, path: str | Path, fps: float, codec: str = "av1", gop: int = 15):
+        self.path, self.fps, self.codec, self.gop = Path(path), fps, codec, gop
+        self.encoder = pick_encoder(codec)
+        self.container = self.stream = None
+        self.frames = self.bytes = 0  # frames written; encoded bytes muxed so far (the encoder may hold a few frames)
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append UInt8[(T, H, W, 3)] frames."""
+        import av
+
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise VideoError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+        h, w = frames.shape[1:3]
+        if h % 2 or w % 2:
+            raise VideoError(f"frame size must be even for yuv420p, got {h}x{w}")
+        if self.encoder == "libsvtav1" and min(h, w) < 64:
+            # SVT-AV1 fails intermittently on smaller frames ("no frame in undisplayed queue").
+            raise VideoError(f"AV1 (SVT) needs frames of at least 64x64, got {h}x{w}; use codec h264 or mpeg4")
+        if self.container is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(self.path), "w")
+            self.stream = self.container.add_stream(self.encoder, rate=_rate(self.fps))
+            self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+            self.stream.options = {**_ENCODER_OPTIONS.get(self.encoder, {}), "g": str(self.gop)}
+            if self.encoder == "mpeg4":  # rate-controlled only: ~1 bit per pixel keeps it near AV1/H.264 quality
+                self.stream.bit_rate = int(w * h * self.fps)
+        elif (h, w) != (self.stream.height, self.stream.width):
+            raise VideoError(f"{self.path}: frames are {h}x{w}, the file's are {self.stream.height}x{self.stream.width}")
+        for frame in frames:
+            for packet in self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self.bytes += packet.size
+                self.container.mux(packet)
+        self.frames += len(frames)
+
+    def close(self) -> dict:
+        """Flush and close; return LeRobot's `info` block for the feature."""
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        return {"video.fps": self.fps, "video.height": self.stream.height, "video.width": self.stream.width,
+                "video.channels": 3,
+                "video.codec": {"libsvtav1": "av1", "libaom-av1": "av1", "libx264": "h264"}.get(self.encoder, self.encoder),
+                "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "has_audio": False}
+
+
 def encode_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = "av1", gop: int = 15) -> dict:
     """Write UInt8[(T, H, W, 3)] frames to `path`; return LeRobot's `info` block for the feature."""
-    import av
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise VideoError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise VideoError(f"frame size must be even for yuv420p, got {h}x{w}")
-    encoder = pick_encoder(codec)
-    if encoder == "libsvtav1" and min(h, w) < 64:
-        # SVT-AV1 fails intermittently on smaller frames ("no frame in undisplayed queue").
-        raise VideoError(f"AV1 (SVT) needs frames of at least 64x64, got {h}x{w}; use codec h264 or mpeg4")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=_rate(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {**_ENCODER_OPTIONS.get(encoder, {}), "g": str(gop)}
-        if encoder == "mpeg4":  # rate-controlled only: ~1 bit per pixel keeps it near AV1/H.264 quality
-            stream.bit_rate = int(w * h * fps)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return {"video.fps": fps, "video.height": h, "video.width": w, "video.channels": 3,
-            "video.codec": {"libsvtav1": "av1", "libaom-av1": "av1", "libx264": "h264"}.get(encoder, encoder),
-            "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "has_audio": False}
+    writer = VideoWriter(path, fps, codec, gop)
+    writer.write(frames)
+    return writer.close()
 
 
 def _rate(fps: float):
