@@ -97,6 +97,9 @@ class NeonConfig:
     control_mode: str = "arms_only"
     hand_type: str = "dex3"
     neck: bool = False
+    # Joint groups predict offsets from the current state by default: untrained heads hold still, and training
+    # starts from "hold". `representation` overrides per group; locomotion (a command) is always absolute.
+    default_representation: str = "relative"
     representation: dict[str, str] = field(default_factory=dict)  # group -> absolute | relative
     action_scaler: float = 1.0  # relative deltas are multiplied by this before normalisation (GR00T DreamGen)
     num_action_steps: int = 16  # chunk length, the one place it is stated
@@ -116,7 +119,9 @@ class NeonConfig:
     max_instruction_chars: int = 512
 
     def action_space(self) -> G1ActionSpace:
-        return G1ActionSpace(self.control_mode, self.hand_type, self.neck, dict(self.representation), self.fps)
+        groups = G1ActionSpace(self.control_mode, self.hand_type, self.neck, fps=self.fps).groups
+        rep = {g: self.default_representation for g in groups if g != "locomotion"} | self.representation
+        return G1ActionSpace(self.control_mode, self.hand_type, self.neck, rep, self.fps)
 
     def validate(self) -> NeonConfig:
         if isinstance(self.backbone, dict):
@@ -127,6 +132,8 @@ class NeonConfig:
         _check(1 <= self.num_action_steps <= 256, "num_action_steps", f"must be in 1..256, got {self.num_action_steps}")
         _check(self.fps > 0, "fps", f"must be positive, got {self.fps}")
         _check(self.action_scaler > 0, "action_scaler", f"must be positive, got {self.action_scaler}")
+        _check(self.default_representation in ("absolute", "relative"), "default_representation",
+               f"must be 'absolute' or 'relative', got {self.default_representation!r}")
         for name in ("fusion_dim", "mlp_hidden", "proprioception_hidden", "eef_hidden", "lidar_hidden"):
             _check(getattr(self, name) >= 8, name, f"must be at least 8, got {getattr(self, name)}")
         _check(self.fusion_heads >= 1 and self.fusion_dim % self.fusion_heads == 0, "fusion_heads",
@@ -153,6 +160,7 @@ class NeonConfig:
     def from_dict(cls, data: dict) -> NeonConfig:
         data = dict(data)
         data.pop("model_type", None)
+        data.setdefault("default_representation", "absolute")  # checkpoints from before the field were absolute
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -55,7 +55,7 @@ def _describe(x) -> str:
 class Observation:
     """One validated observation in the spec's units; absent optional fields are None."""
 
-    image: np.ndarray  # UInt8[(H, W, 3)]
+    image: np.ndarray | None  # UInt8[(H, W, 3)]; None only for a dataset frame whose features are cached
     instruction: str
     state: np.ndarray | None = None  # Float32[(D,)]
     audio: np.ndarray | None = None  # Float32[(S,)], S <= AUDIO_WINDOW_S * AUDIO_SAMPLE_RATE
@@ -183,7 +183,10 @@ def check_eef(eef) -> np.ndarray | None:
 
 def make_observation(space: G1ActionSpace, max_instruction_chars: int | None, *, image, instruction, state=None,
                      audio=None, lidar=None, eef=None) -> Observation:
-    return Observation(check_image(image), check_instruction(instruction, max_instruction_chars),
+    """A validated Observation. `max_instruction_chars=None` marks a dataset's sample, which may also carry
+    `image=None`: its backbone features come from the feature cache, so the frame was never decoded."""
+    image = None if image is None and max_instruction_chars is None else check_image(image)
+    return Observation(image, check_instruction(instruction, max_instruction_chars),
                        check_state(state, space), check_audio(audio), check_lidar(lidar), check_eef(eef))
 
 

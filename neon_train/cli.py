@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", action="store_true", help="train the audio path (Omni's audio tower or Whisper)")
     p.add_argument("--lidar", action="store_true", help="train the LiDAR encoder")
     p.add_argument("--eef", action="store_true", help="train the end-effector encoder")
+    p.add_argument("--representation", choices=["relative", "absolute"],
+                   help="joint groups predict offsets from the current state (relative, the default) or absolute targets")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
@@ -78,6 +80,8 @@ def resolve_config(args: argparse.Namespace):
     for flag in ("audio", "lidar", "eef"):
         if getattr(args, flag):
             setattr(cfg.model, f"use_{flag}", True)
+    if args.representation:
+        cfg.model.default_representation = args.representation
     for arg, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("grad_accum", "gradient_accumulation"),
                       ("lr", "learning_rate"), ("max_steps", "max_steps"), ("seed", "seed"), ("workers", "num_workers"),
                       ("eval_steps", "eval_steps"), ("save_steps", "save_steps"), ("optim", "optim"),

@@ -92,6 +92,10 @@ class SourceFeatureCache:
         self.stats.misses += int((~hit).sum())
         return hit
 
+    def hit(self, row: int, text: str) -> bool:
+        """Whether one row holds valid features for this instruction (no statistics; for the data loader)."""
+        return bool(self.filled[row]) and int(self.text[row]) == text_hash(text)
+
     def read(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return (torch.from_numpy(np.asarray(self.vl[rows], np.float32)),
                 torch.from_numpy(np.asarray(self.audio[rows], np.float32)),
@@ -161,6 +165,9 @@ class CachedFeatures:
                 vl[pos[hit]], audio[pos[hit]], has_audio[pos[hit]] = sc.read(rows[pos][hit])
             miss[pos[hit]] = False
         idx = np.flatnonzero(miss)
+        if any(batch.images[i] is None for i in idx):
+            raise RuntimeError("a frame was not decoded because its features were cached, but they are not: was "
+                               "the cache cleared while training?")
         if len(idx):
             v, a, h = self.live.encode([batch.images[i] for i in idx], [batch.instructions[i] for i in idx],
                                        [batch.audio[i] for i in idx])

@@ -294,6 +294,9 @@ class NeonTrainer:
             run.cache = FeatureCache(cfg.feature_cache_dir or features_dir(), cfg.model.backbone, model.audio is not None)
             run.features = CachedFeatures(run.cache, run.train_soup.sources, live)
             run.val_features = CachedFeatures(run.cache, run.val_soup.sources, live)
+            for src in run.train_soup.sources + run.val_soup.sources:  # a cached frame is never decoded again
+                if isinstance(src, LeRobotSource):
+                    src.features_cached = run.cache.source(src).hit
         stream = MicroBatchStream(run.train_soup, cfg.batch_size, cfg.seed, dist, skip=run.state.micro_batches)
         run.batches = iter(DataLoader(run.train_soup, batch_sampler=stream, num_workers=cfg.num_workers,
                                       collate_fn=collate, persistent_workers=cfg.num_workers > 0))

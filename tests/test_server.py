@@ -2,6 +2,7 @@
 
 import base64
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -420,6 +421,9 @@ def test_main_job_serves_the_embedded_default():
             time.sleep(1)
         meta = httpx.get(f"http://127.0.0.1:{port}/metadata").json()
         assert "embedded default" in meta["model"]["note"] and "trained" in meta["model"]["note"]
+        beats = re.search(r"held-out chunk MSE (-?\d+)% below holding still", meta["model"]["note"])
+        assert beats and int(beats.group(1)) > 0, meta["model"]["note"]  # it beats holding still, and says by how much
+        assert meta["dry_run"] is False and meta["model"]["trained_steps"] > 0
         r = subprocess.run([sys.executable, "-m", "neon_runtime.query", "--url", f"http://127.0.0.1:{port}"],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr

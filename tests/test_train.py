@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from neon.data.synthetic import SynthConfig, generate
 from neon.model import NeonVLA
 from neon_train.cli import main as train_main
 from neon_train.config import PRESETS, TrainConfig, get_preset, large_arms_config
-from neon_train.evaluate import evaluate
 from neon_train.train import NeonTrainer
 
 
@@ -41,22 +39,26 @@ def small_config(synth, out, feature_dir, **kw) -> TrainConfig:
     return TrainConfig(**defaults)
 
 
-def test_short_run_learns_and_beats_baselines(synth, feature_dir, tmp_path, backbones):
-    cfg = small_config(synth, tmp_path / "run", feature_dir, max_steps=250)
-    stats = NeonTrainer(cfg, backbone=backbones("neon-tiny/qwen2.5-vl")).train()
-    vals = [v for _, v in stats["val_history"]]
-    assert vals[-1] < 0.6 * vals[0], stats["val_history"]  # held-out loss goes down
-    assert stats["best_loss"] == min(vals) and stats["steps"] == 250
-    best = Path(stats["best_checkpoint"])
+def test_the_defaults_learn(tmp_path):
+    """The first-user sequence with nothing but --max-steps 300 (README): the default synthetic dataset, the
+    CLI's defaults, scored by neon-eval on the held-out episodes the trainer recorded. bench/bench_defaults.py
+    measured the defaults +62% over hold, +55% over the mean and +97% over zero; the target is +30%."""
+    from neon.data.cli import main as data_main
+    from neon_train.eval_cli import main as eval_main
+
+    data, ck = tmp_path / "d", tmp_path / "ck"
+    assert data_main(["synth", "--out", str(data)]) == 0
+    assert train_main(["--backbone", "neon-tiny/qwen2.5-vl", "--mode", "arms_only", "--dataset", str(data),
+                       "--max-steps", "300", "--no-push", "--output", str(ck), "--cache-dir", str(tmp_path / "f")]) == 0
+    best = ck / "best"
     for name in ("split.json", "training_config.json", "README.md", "norm_stats.json", "neon_weights.safetensors"):
         assert (best / name).is_file(), name
-    split = json.loads((best / "split.json").read_text())
-    held = split["sources"]["synth"]["val_episodes"]
-    report = evaluate(best, str(synth), trajs=len(held), baselines=True, progress=False)
+    assert eval_main(["--model", str(best), "--dataset", str(data), "--baselines", "--out", str(tmp_path / "e")]) == 0
+    report = json.loads((tmp_path / "e" / "eval_report.json").read_text())
+    held = json.loads((best / "split.json").read_text())["sources"]["d"]["val_episodes"]
     assert report["split"]["evaluated_episodes"] == sorted(held)  # held-out episodes, recorded by the trainer
-    mse = {k: v["mse"] for k, v in report["results"].items()}
-    assert mse["model"] < mse["zero"] and mse["model"] < mse["hold"], mse
-    assert report["improvement_pct"]["hold"]["total"] > 20
+    imp = {b: report["improvement_pct"][b]["total"] for b in ("hold", "zero", "mean")}
+    assert min(imp.values()) >= 30, imp
 
 
 def test_resume_continues_the_same_curve(synth, feature_dir, tmp_path, backbones):

@@ -92,6 +92,9 @@ class LeRobotSource:
         self.first_row = np.array([starts[position[e.index]] for e in chosen], dtype=np.int64)
         self.num_rows = int(starts[-1])
         self._video, self._video_pid = None, None
+        # Set by a trainer with a feature cache: (row, instruction) -> True when that frame's backbone features
+        # are cached, so the frame and its audio need not be decoded at all.
+        self.features_cached = None
 
     def __getstate__(self) -> dict:  # open video files stay behind when a worker process is spawned
         return {**self.__dict__, "_video": None, "_video_pid": None}
@@ -155,15 +158,17 @@ class LeRobotSource:
         ep = self.episodes[k]
         actions, states, cols = self.episode_arrays(k)
         chunk, step_valid = self.chunk(actions, t)
+        row, instruction = int(self.first_row[k] + t), self.ds.task_of(ep, cols, t)
+        cached = self.features_cached is not None and self.features_cached(row, instruction)
         path, start = self.ds.video_path(ep, self.camera)
         obs = make_observation(
-            self.space, None, image=self._video.frame(path, start + t / self.fps, self.fps),
-            instruction=self.ds.task_of(ep, cols, t), state=states[t] if states is not None else None,
+            self.space, None, image=None if cached else self._video.frame(path, start + t / self.fps, self.fps),
+            instruction=instruction, state=states[t] if states is not None else None,
             eef=cols[self.eef_key][t] if self.eef_key else None,
             lidar=cols[self.lidar_key][t].reshape(-1, self.lidar_channels) if self.lidar_key else None,
-            audio=self._audio(cols[self.audio_key], t) if self.audio_key else None)
+            audio=self._audio(cols[self.audio_key], t) if self.audio_key and not cached else None)
         return {"obs": obs, "actions": chunk, "action_mask": step_valid[:, None] & self.dim_available[None, :],
-                "speech_target": -1, "fps": self.chunk_fps, "row": int(self.first_row[k] + t),
+                "speech_target": -1, "fps": self.chunk_fps, "row": row,
                 "episode": int(ep.index), "frame": t}
 
     @staticmethod
