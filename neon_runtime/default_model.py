@@ -24,7 +24,7 @@ from neon.paths import default_model_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = 2  # 2: the manifest records the training steps (untrained heads are never executed)
+DEFAULT_VERSION = 3  # 2: the manifest records the training steps; 3: relative actions, held-out score in the note
 DEFAULT_BACKBONE = "neon-tiny/qwen2.5-omni"
 DEFAULT_TRAIN_STEPS = 150
 

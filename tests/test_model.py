@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import attach, scene, tiny_config
 
+from neon.action_space import G1ActionSpace
 from neon.checkpoint import WEIGHTS_FILE, CheckpointError
 from neon.model import NeonVLA, count_parameters
 from neon.observation import InputError, collate
@@ -59,7 +60,7 @@ def test_predict_returns_chunk_inside_limits(backbones, backbone, mode, sensors)
     assert ("audio" in out.timings_ms) == sensors
     assert isinstance(out.speech, str) and 0 <= out.speech_confidence <= 1
     # Sensors that a model uses can also be missing: the learned "absent" embeddings stand in.
-    partial = model.predict(image=obs["image"], instruction=obs["instruction"])
+    partial = model.predict(image=obs["image"], instruction=obs["instruction"], state=obs["state"])
     assert partial.actions.shape == out.actions.shape
 
 
@@ -75,12 +76,17 @@ def test_sensor_inputs_change_the_prediction(backbones, backbone):
     assert not np.allclose(model.predict(**dict(obs, image=scene(9))).actions, base)
 
 
-def test_untrained_model_predicts_the_mean_action(backbones):
-    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones)
-    out = model.predict(image=scene(), instruction="wave")
-    mean = np.broadcast_to(model.norm_stats.action_mean, out.actions.shape)
-    assert np.allclose(out.actions, model.action_space.clip(mean), atol=1e-6)
+def test_untrained_model_holds_still_or_predicts_the_mean_action(backbones):
+    space = G1ActionSpace("arms_only")
+    state = ((space.lower + space.upper) / 2 + 0.1).astype(np.float32)
+    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones)  # the default: relative to the state
+    out = model.predict(image=scene(), instruction="wave", state=state)
+    assert np.allclose(out.actions, np.broadcast_to(space.clip(state), out.actions.shape), atol=1e-5)  # holds still
     assert out.speech == ""  # zero-initialised speech head: uniform, so it says nothing
+    absolute = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", default_representation="absolute")), backbones)
+    out = absolute.predict(image=scene(), instruction="wave")
+    mean = np.broadcast_to(absolute.norm_stats.action_mean, out.actions.shape)
+    assert np.allclose(out.actions, absolute.action_space.clip(mean), atol=1e-6)
 
 
 def test_relative_representation_needs_state_and_is_anchored_on_it(backbones):
@@ -95,7 +101,8 @@ def test_relative_representation_needs_state_and_is_anchored_on_it(backbones):
 
 
 def test_batched_forward_trains_heads_only(backbones):
-    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-omni", "whole_body", use_lidar=True)), backbones)
+    cfg = tiny_config("neon-tiny/qwen2.5-omni", "whole_body", use_lidar=True, default_representation="absolute")
+    model = attach(NeonVLA(cfg), backbones)  # absolute targets: a sample may lack its state
     model.train()
     policy = NeonPolicy(model)
     obs = [policy.observation(image=scene(i), instruction=t, state=s, lidar=np.random.default_rng(i).normal(size=(50, 3)))
@@ -247,7 +254,7 @@ def test_state_as_joint_name_map(backbones):
 def test_predict_without_backbone_says_so():
     model = NeonVLA(tiny_config("neon-tiny/qwen2.5-vl"))
     with pytest.raises(RuntimeError, match="load_backbone"):
-        model.predict(image=scene(), instruction="wave")
+        model.predict(image=scene(), instruction="wave", state=np.zeros(28))
 
 
 @pytest.mark.parametrize("name", sorted(TARGET_PARAMS))

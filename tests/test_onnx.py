@@ -41,7 +41,8 @@ def full_obs(model, seed=0):
 @pytest.mark.parametrize("backbone", ["neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni"])
 @pytest.mark.parametrize("mode", ["arms_only", "whole_body"])
 def test_onnx_matches_pytorch(backbones, tmp_path, backbone, mode):
-    cfg = tiny_config(backbone, mode, use_audio=True, use_lidar=True, use_eef=True)
+    # Absolute targets, so that the absent-state path (seed 2) is exported and compared too.
+    cfg = tiny_config(backbone, mode, use_audio=True, use_lidar=True, use_eef=True, default_representation="absolute")
     cfg.backbone.load_in_4bit = False
     model = attach(randomized(cfg), backbones)
     ckpt = model.save_pretrained(tmp_path / "ckpt")

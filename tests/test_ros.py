@@ -117,7 +117,7 @@ def test_trajectory_from_synthetic_g1_topics_and_watchdog(graph, checkpoint):
     assert wait_for(lambda: len(sim.trajs) >= 2), [d.status[0].message for d in sim.diags[-3:]]
     msg = sim.trajs[-1]
     space = neon.space
-    assert list(msg.joint_names) == space.names and len(msg.points) == 16
+    assert list(msg.joint_names) == space.names and 1 <= len(msg.points) <= 16  # steps already past are dropped
     pos = np.array([p.positions for p in msg.points])
     assert (pos >= space.lower - 1e-5).all() and (pos <= space.upper + 1e-5).all()
     t = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])

@@ -318,7 +318,9 @@ def test_what_is_not_executable_and_what_is_refused(backbones, monkeypatch, capl
     from neon_runtime.policy import LocalPolicy
     from neon_runtime.safety import SafetyError
 
-    local = LocalPolicy(NeonPolicy(make_model(backbones)), SafetyConfig(max_observation_age_s=0.5))
+    absolute = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", default_representation="absolute")),
+                                 backbones))  # absolute targets: a request may lack the state
+    local = LocalPolicy(NeonPolicy(absolute), SafetyConfig(max_observation_age_s=0.5))
     fresh = {"image": image(1), "instruction": "wave", "state": np.zeros(28), "timestamp": time.time()}
     assert local.infer(fresh)["dry_run"] is False
     for missing, why in (("state", "no joint state"), ("timestamp", "no timestamp")):
@@ -389,9 +391,9 @@ def test_client_id_in_the_body_drives_newest_wins(server, monkeypatch):
     assert httpx.post(f"http://{addr}/predict", json=obs_json(2, client_id="robot-7"), timeout=60).status_code == 200
     with ws_client.connect(f"ws://{addr}/ws") as c:
         c.recv()
-        c.send(wire.packb({"image": image(2), "instruction": "wave", "client_id": "arm-left"}))
+        c.send(wire.packb({"image": image(2), "instruction": "wave", "state": np.zeros(28), "client_id": "arm-left"}))
         c.recv()
-        c.send(wire.packb({"image": image(2), "instruction": "wave"}))
+        c.send(wire.packb({"image": image(2), "instruction": "wave", "state": np.zeros(28)}))
         c.recv()
     assert seen[:2] == ["robot-7", "arm-left"] and seen[2].startswith("ws-")
     r = httpx.post(f"http://{addr}/predict", json=obs_json(2, client_id=7), timeout=60)

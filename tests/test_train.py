@@ -179,7 +179,8 @@ def test_checkpoint_carries_the_datas_frame_rate(synth, feature_dir, tmp_path, b
     model = NeonVLA.from_pretrained(stats["best_checkpoint"])
     assert stats["fps"] == model.config.fps == model.action_space.fps == 15.0
     model.backbone = bb
-    assert model.predict(image=torch.zeros(64, 64, 3, dtype=torch.uint8).numpy(), instruction="wave").fps == 15.0
+    image, state = torch.zeros(64, 64, 3, dtype=torch.uint8).numpy(), model.action_space.lower * 0
+    assert model.predict(image=image, instruction="wave", state=state).fps == 15.0
     mixed = [DataSourceConfig("fast", str(synth)), DataSourceConfig("slow", str(slow))]
     cfg = small_config(synth, tmp_path / "mixed", feature_dir, data=DataSoupConfig(mixed), **kw)
     with pytest.raises(Exception, match="differ in frame rate .*fast at 30 fps, slow at 15 fps"):
