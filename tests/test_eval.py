@@ -1,6 +1,7 @@
 """neon-eval: metrics against an independent recomputation, baselines, plots, the feature cache, bad arguments."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -224,3 +225,35 @@ def test_a_dataset_the_split_does_not_know_is_refused_or_scored_with_its_recorde
                       allow_train_episodes=True)
     assert report["split"]["held_out_episodes"] == seeded_split(10, 42, 0.3)  # the split's seed, not --seed 0
     assert "default_rng(42)" in report["split"]["rule"] and "may include training episodes" in report["split"]["rule"]
+
+
+def test_uv_runs_the_scripts_from_their_pep723_headers(tmp_path):
+    """The seed's launch command: uv (from PyPI) resolves and installs each script's PEP 723 dependencies from the
+    machine's configured package indexes (pip's configuration, handed to uv) and runs `--help`."""
+    import json as _json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    assert Path(uv).exists(), "uv is installed by scripts/setup.sh (dev extra)"
+    if shutil.disk_usage(Path.home()).free < 12 * 2**30:
+        pytest.skip("uv's environment for the scripts (torch and its CUDA libraries from PyPI) needs ~6 GB of disk")
+    pip = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    config = dict(line.split("=", 1) for line in pip.splitlines() if "=" in line)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
+    indexes = [u for k, v in config.items() if k.endswith(("index-url", "extra-index-url")) for u in _json.loads(
+        "[" + ",".join(f'"{x}"' for x in v.strip("'").split()) + "]")]
+    links = [v.strip("'") for k, v in config.items() if k.endswith("find-links")]
+    if indexes:
+        env["UV_EXTRA_INDEX_URL"] = " ".join(dict.fromkeys(indexes))
+        env["UV_INDEX_STRATEGY"] = "unsafe-best-match"
+    if links:
+        env["UV_FIND_LINKS"] = links[0]
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    for script in ("eval_neon.py", "train_neon.py"):
+        r = subprocess.run([uv, "run", "--script", "--python", sys.executable, str(scripts / script), "--help"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "--dataset" in r.stdout, r.stdout
