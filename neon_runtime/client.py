@@ -39,14 +39,14 @@ class RemotePolicy:
 
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            with warnings.catch_warnings():  # held open for the client's life, closed in close()
+            with warnings.catch_warnings():  # held open for the client's life (not a `with` block), closed in close()
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.ws = ws_client.connect(url, compression=None, max_size=None, additional_headers=headers,
                                             open_timeout=open_timeout_s)
+                self._metadata = wire.unpackb(self.ws.recv())
         except (OSError, TimeoutError) as e:
             raise RemoteError(f"cannot connect to neon-serve at {url}: {e}") from None
         self.url = url
-        self._metadata = wire.unpackb(self.ws.recv())
         if self._metadata.get("needs_token"):
             self.ws.close()
             raise RemoteError(f"{url} needs a token (pass token=, or the ROS parameter token)")
