@@ -208,7 +208,7 @@ def test_remote_mode_against_live_server(graph, checkpoint, backbones):
         neon = graph(make_node("neon_remote", server_url=f"ws://{addr}/ws", dry_run=False, rate_hz=5.0))
         sim = G1Sim(graph(rclpy.create_node("g1_sim_remote")), neon.space.names)
         assert wait_for(lambda: len(sim.trajs) >= 2), [d.status[0].message for d in sim.diags[-3:]]
-        assert len(sim.trajs[-1].points) == 16 and neon.source.startswith("remote")
+        assert 1 <= len(sim.trajs[-1].points) <= 16 and neon.source.startswith("remote")  # past steps dropped
     runner.close()
 
 
