@@ -290,7 +290,7 @@ def test_chunks_are_anchored_on_the_freshest_state_at_publish_time(graph, checkp
     assert wait_for(lambda: len(sim.trajs) > before)
     msg = sim.trajs[-1]
     t = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])
-    assert len(msg.points) == 10 and 0 < t[0] <= 1 / 30 + 1e-3  # steps 1..6 (up to 0.2 s) are already past
+    assert len(msg.points) in (9, 10) and 0 < t[0] <= 1 / 30 + 1e-3  # steps 1..6 (0.2 s, a 7th if slow) are past
     first = msg.points[0].positions[list(msg.joint_names).index("left_elbow")]
     assert 0 < first <= 2.0 * t[0] + 1e-4  # 2 rad/s from the current joint state (0), over the first step's time
     diags = len(sim.diags)
