@@ -55,8 +55,8 @@ def run(params: dict, seconds: float, names: list[str]) -> dict:
 
     def on_diag(msg):
         v = {kv.key: kv.value for kv in msg.status[0].values}
-        if "latency_ms" in v:
-            latency.append(float(v["latency_ms"]))
+        if "observation_age_ms" in v:  # sensed (the older of camera and joints) -> published
+            latency.append(float(v["observation_age_ms"]))
             ages.append(float(v["image_age_s"]) * 1e3)
 
     sim.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
@@ -87,7 +87,9 @@ def main() -> None:
     cfg = model_config("neon-tiny/qwen2.5-vl", "arms_only")
     cfg.backbone.load_in_4bit = False
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = NeonVLA(cfg).save_pretrained(Path(tmp) / "ckpt")
+        model = NeonVLA(cfg)
+        model.trained_steps = 1  # random heads standing in for trained ones (untrained heads are preview-only)
+        ckpt = model.save_pretrained(Path(tmp) / "ckpt")
         names = NeonVLA(cfg).action_space.names
         rows = {"in-process": run({"model": str(ckpt), "dry_run": False, "rate_hz": 10.0}, args.seconds, names)}
         from serving import runner_for, serve
