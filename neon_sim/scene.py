@@ -1,0 +1,199 @@
+"""The G1 tabletop scene in MuJoCo: Unitree's G1 with its pelvis fixed, a table, three coloured blocks.
+
+    sim = G1Tabletop(task=sample_task(np.random.default_rng(0)))
+    sim.run(targets, seconds=0.1)        # joint targets (action-space order, rad), PD-tracked at the model's timestep
+    sim.success()                        # the task's geometric check
+    sim.render("head")                   # UInt8[(64, 64, 3)] from the head camera
+
+Robot: Unitree's MJCF (BSD-3; `../shared/robots/unitree_g1/` offline, or `--mjcf` / `$NEON_G1_MJCF`),
+joints matched to Neon's action space by name. Its actuators are torque motors; position control is a
+PD loop with gravity compensation run at every physics step (2 ms), torques clipped to the motors'
+ranges. Head camera: on the torso link, 0.43 m above it and 6 cm forward (about where the G1's head
+RealSense D435 sits), pitched 45 degrees down, 60 degree vertical field of view. A third-person camera
+looks at the table from the front-left. Rendering runs offscreen (`MUJOCO_GL=egl`) with shadows,
+reflections and skybox off: about 70 ms a 64x64 frame on 2 CPU cores.
+
+Task ("touch"): the instruction names a block by colour (and sometimes the hand). Success: the named
+hand's palm (10 cm beyond the wrist) within SUCCESS_RADIUS_M of the top centre of the named block within
+EPISODE_S of sim time, with no joint outside its limits and no robot contact with the table (a palm below
+the table top, over the table, counts: the model's hands have no collision geometry).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from neon.action_space import G1ActionSpace
+
+COLORS = {"red": (0.85, 0.15, 0.15, 1.0), "green": (0.15, 0.7, 0.25, 1.0), "blue": (0.15, 0.3, 0.85, 1.0)}
+TABLE_POS, TABLE_HALF = (0.36, 0.0, 0.76), (0.20, 0.35, 0.02)  # m; the top is at z = 0.78
+BLOCK_HALF = 0.02  # m
+BLOCK_AREA = ((0.22, 0.34), (0.06, 0.20))  # x and |y| ranges of block centres (m, pelvis frame), each side of the middle
+SUCCESS_RADIUS_M = 0.03
+EPISODE_S = 6.0
+KP, KD = 120.0, 6.0  # N m / rad, N m s / rad: every joint's PD loop
+ARM_JOINTS = ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw")
+
+
+class SimError(RuntimeError):
+    """The simulation cannot start or run; the message says why."""
+
+
+def default_mjcf() -> Path:
+    """The G1 scene: `$NEON_G1_MJCF`, else the copy in ../shared/robots/unitree_g1/ beside the checkout."""
+    env = os.environ.get("NEON_G1_MJCF")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "robots" / "unitree_g1" / "scene_29dof.xml"
+    if not path.is_file():
+        raise SimError(f"G1 MJCF {path} not found: pass --mjcf PATH or set NEON_G1_MJCF to Unitree's scene_29dof.xml")
+    return path
+
+
+@dataclass
+class Task:
+    """Three blocks on the table and which one to touch, with which hand."""
+
+    colors: tuple[str, ...]  # block i's colour
+    positions: np.ndarray  # Float[(3, 2)] block centres x, y (m)
+    target: int  # index of the named block
+    arm: str  # "left" | "right": the hand that must touch it
+    instruction: str
+
+
+def sample_task(rng: np.random.Generator) -> Task:
+    """Blocks at least 10 cm apart in BLOCK_AREA; the hand named in half of the instructions, else the block's side."""
+    (x0, x1), (y0, y1) = BLOCK_AREA
+    while True:
+        pos = np.c_[rng.uniform(x0, x1, 3), rng.choice([-1.0, 1.0], 3) * rng.uniform(y0, y1, 3)]
+        if min(np.linalg.norm(pos[i] - pos[j]) for i in range(3) for j in range(i)) >= 0.10:
+            break
+    colors = tuple(rng.permutation(list(COLORS)))
+    target = int(rng.integers(3))
+    arm = "left" if pos[target, 1] >= 0 else "right"
+    if rng.random() < 0.5:
+        instruction = f"touch the {colors[target]} block"
+    else:
+        instruction = f"reach for the {colors[target]} block with your {arm} hand"
+    return Task(colors, pos, target, arm, instruction)
+
+
+class G1Tabletop:
+    def __init__(self, task: Task, mjcf: str | Path | None = None, image_size: int = 64):
+        import mujoco
+
+        self.mj, self.task = mujoco, task
+        spec = mujoco.MjSpec.from_file(str(mjcf or default_mjcf()))
+        try:
+            pelvis = spec.body("pelvis")
+        except Exception:
+            pelvis = None
+        if pelvis is None:
+            raise SimError("the MJCF has no 'pelvis' body: is it Unitree's G1?")
+        for joint in list(pelvis.joints):  # the pelvis is fixed: an arms task
+            spec.delete(joint)
+        world = spec.worldbody
+        table = world.add_body(name="table", pos=list(TABLE_POS))
+        table.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_BOX, size=list(TABLE_HALF), rgba=[0.45, 0.33, 0.22, 1])
+        top = TABLE_POS[2] + TABLE_HALF[2]
+        for i, (color, (x, y)) in enumerate(zip(task.colors, task.positions, strict=True)):
+            block = world.add_body(name=f"block{i}", pos=[x, y, top + BLOCK_HALF])
+            block.add_geom(name=f"block{i}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[BLOCK_HALF] * 3, rgba=list(COLORS[color]))
+        for side in ("left", "right"):
+            spec.body(f"{side}_wrist_yaw_link").add_site(name=f"{side}_palm", pos=[0.10, 0, 0], size=[0.01] * 3)
+        spec.body("torso_link").add_camera(name="head", pos=[0.06, 0, 0.43], xyaxes=[0, -1, 0, 0.7071, 0, 0.7071],
+                                           fovy=60)
+        world.add_camera(name="third_person", pos=[1.3, 0.9, 1.4], xyaxes=[-0.57, 0.82, 0, -0.35, -0.24, 0.9], fovy=45)
+        self.model = spec.compile()
+        self.data = mujoco.MjData(self.model)
+        m = self.model
+        self.space = G1ActionSpace("arms_only", "dex3")
+        # Neon's action dimensions -> MuJoCo joints, by name (the model has no hands: those dims stay 0).
+        names = [m.joint(i).name for i in range(m.njnt)]
+        mapping = self.space.map_names(names)
+        self.dims, self.joints = mapping.target_index, mapping.source_index
+        self.qadr, self.dadr = m.jnt_qposadr[self.joints], m.jnt_dofadr[self.joints]
+        self.actuated = np.array([m.actuator_trnid[a, 0] for a in range(m.nu)])
+        self.act_q, self.act_d = m.jnt_qposadr[self.actuated], m.jnt_dofadr[self.actuated]
+        self.hold = self.data.qpos[self.act_q].copy()  # everything not commanded holds its start
+        self.table_geom = m.geom("table").id
+        self.robot_geoms = {g for g in range(m.ngeom) if m.geom_bodyid[g] not in
+                            {m.body("world").id, m.body("table").id} | {m.body(f"block{i}").id for i in range(3)}}
+        self.limit_violation = 0.0
+        self.table_contact = False
+        self.image_size = image_size
+        self._renderer = None
+        mujoco.mj_forward(m, self.data)
+
+    # ------------------------------------------------------------------ state and targets
+    def state(self) -> np.ndarray:
+        """Float32[(D,)] joint positions in action-space order (hand dims 0: the model has no hands)."""
+        out = np.zeros(self.space.dim, np.float32)
+        out[self.dims] = self.data.qpos[self.qadr]
+        return out
+
+    def run(self, targets: np.ndarray, seconds: float) -> None:
+        """Track Float[(D,)] joint targets for `seconds` of sim time: PD + gravity compensation each physics step."""
+        m, d = self.model, self.data
+        goal = self.hold.copy()
+        for k, j in enumerate(self.actuated):
+            hit = np.flatnonzero(self.joints == j)
+            if len(hit):
+                goal[k] = float(np.clip(targets[self.dims[hit[0]]], *m.jnt_range[j]))
+        for _ in range(max(1, round(seconds / m.opt.timestep))):
+            tau = KP * (goal - d.qpos[self.act_q]) - KD * d.qvel[self.act_d] + d.qfrc_bias[self.act_d]
+            d.ctrl[:] = np.clip(tau, m.actuator_ctrlrange[:, 0], m.actuator_ctrlrange[:, 1])
+            self.mj.mj_step(m, d)
+            self._check()
+
+    def _check(self) -> None:
+        m, d = self.model, self.data
+        q = d.qpos[self.act_q]
+        lo, hi = m.jnt_range[self.actuated, 0], m.jnt_range[self.actuated, 1]
+        self.limit_violation = max(self.limit_violation, float(np.max(np.maximum(lo - q, q - hi))))
+        for c in d.contact[: d.ncon]:
+            if self.table_geom in (c.geom1, c.geom2) and ({c.geom1, c.geom2} & self.robot_geoms):
+                self.table_contact = True
+        # The G1 model's hands have no collision geometry: a palm below the table top, over it, is penetration too.
+        top = TABLE_POS[2] + TABLE_HALF[2]
+        for side in ("left", "right"):
+            x, y, z = d.site(f"{side}_palm").xpos
+            if z < top and abs(x - TABLE_POS[0]) <= TABLE_HALF[0] and abs(y - TABLE_POS[1]) <= TABLE_HALF[1]:
+                self.table_contact = True
+
+    # ------------------------------------------------------------------ task
+    def palm(self, side: str) -> np.ndarray:
+        return self.data.site(f"{side}_palm").xpos.copy()
+
+    def block_top(self, i: int | None = None) -> np.ndarray:
+        i = self.task.target if i is None else i
+        return self.data.body(f"block{i}").xpos + np.array([0.0, 0.0, BLOCK_HALF])
+
+    def distance(self) -> float:
+        """Metres from the named hand's palm to the named block's top centre."""
+        return float(np.linalg.norm(self.palm(self.task.arm) - self.block_top()))
+
+    def success(self) -> bool:
+        return self.distance() <= SUCCESS_RADIUS_M and self.limit_violation <= 1e-3 and not self.table_contact
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    # ------------------------------------------------------------------ cameras
+    def render(self, camera: str = "head") -> np.ndarray:
+        """UInt8[(S, S, 3)] offscreen frame (shadows, reflections and skybox off)."""
+        mj = self.mj
+        if self._renderer is None:
+            self._renderer = mj.Renderer(self.model, self.image_size, self.image_size)
+        self._renderer.update_scene(self.data, camera=camera)
+        for flag in (mj.mjtRndFlag.mjRND_SHADOW, mj.mjtRndFlag.mjRND_REFLECTION, mj.mjtRndFlag.mjRND_SKYBOX):
+            self._renderer.scene.flags[flag] = 0
+        return self._renderer.render().copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
