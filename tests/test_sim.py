@@ -64,3 +64,26 @@ def test_a_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NEON_G1_MJCF", str(tmp_path / "nowhere.xml"))
     with pytest.raises(SimError, match="NEON_G1_MJCF"):
         G1Tabletop(sample_task(np.random.default_rng(0)))
+
+
+def test_collect_writes_a_dataset_that_neon_reads(tmp_path):
+    """Expert episodes as LeRobot v3.0: G1 joint names, the real fps, video, palm poses; read back for training."""
+    from neon.action_space import G1ActionSpace
+    from neon.data.sources import LeRobotSource
+    from neon_sim.cli import main as sim_main
+    from neon_sim.collect import FPS
+
+    assert sim_main(["collect", "--out", str(tmp_path / "sim"), "--episodes", "2", "--seed", "101"]) == 0
+    space = G1ActionSpace("arms_only")
+    src = LeRobotSource(str(tmp_path / "sim"), space, 16)
+    assert src.fps == FPS and len(src.episodes) == 2 and src.action_map.unmapped_source == []
+    assert set(src.action_map.missing_target) == {n for n in space.names if "_hand_" in n}  # the model has no Dex3
+    sample = src.sample(0)
+    task = sample_task(np.random.default_rng(101))
+    assert sample["obs"].instruction == task.instruction and sample["obs"].image.shape == (64, 64, 3)
+    assert sample["obs"].eef.shape == (14,) and sample["action_mask"][:, :14].all()
+    last = src.sample(src.episodes[0].length - 1)  # the episode ends with the palm on the block
+    sim = G1Tabletop(task)
+    side = slice(0, 3) if task.arm == "left" else slice(7, 10)
+    assert np.linalg.norm(last["obs"].eef[side] - sim.block_top()) <= 0.035
+    assert sim_main(["collect", "--out", str(tmp_path / "bad"), "--episodes", "0"]) == 2

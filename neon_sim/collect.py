@@ -1,0 +1,93 @@
+"""Expert episodes in the simulated G1 tabletop, written as a LeRobot v3.0 dataset by Neon's own writer.
+
+Each episode: a new seeded task, the expert's reach, recorded at FPS frames per second (head camera
+frame, arm joint state, the joint targets commanded for the next frame, both palm poses, the
+instruction) until the block has been touched for SETTLE_S, or EPISODE_S. Between frames the joint
+targets are interpolated at CONTROL_HZ and tracked at the physics timestep. The layout is the real G1
+data path's: G1 joint names, the real fps, so `neon-train --dataset DIR` needs nothing special.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neon.data.lerobot import EpisodeData, write_dataset
+from neon.observation import EEF_FIELDS, EEF_SIDES
+from neon_sim.expert import Expert
+from neon_sim.scene import EPISODE_S, G1Tabletop, sample_task
+
+FPS = 10.0  # frames (and policy steps) per second
+CONTROL_HZ = 50.0  # joint targets between two frames are interpolated at this rate
+SETTLE_S = 0.5  # keep recording this long after success: the data shows staying on the block
+CAMERA = "observation.images.head_camera"
+
+
+def step(sim: G1Tabletop, start: np.ndarray, goal: np.ndarray) -> None:
+    """One frame's worth of motion: targets interpolated from `start` to `goal` at CONTROL_HZ."""
+    n = int(round(CONTROL_HZ / FPS))
+    for k in range(1, n + 1):
+        sim.run(start + (goal - start) * k / n, 1.0 / CONTROL_HZ)
+
+
+def palm_poses(sim: G1Tabletop) -> np.ndarray:
+    """Float32[(14,)] both palms: x, y, z (m, pelvis frame) and the wrist's orientation (qw, qx, qy, qz)."""
+    out = []
+    for side in EEF_SIDES:
+        body = sim.data.body(f"{side}_wrist_yaw_link")
+        out += [*sim.palm(side), *body.xquat]
+    return np.asarray(out, np.float32)
+
+
+def expert_episode(seed: int, image_size: int = 64, mjcf=None) -> tuple[EpisodeData, bool]:
+    """(the recorded episode, whether the expert succeeded)."""
+    sim = G1Tabletop(sample_task(np.random.default_rng(seed)), mjcf, image_size)
+    expert = Expert(sim)
+    arm = [i for i, j in enumerate(sim.space.joints) if j.group == "arms"]
+    frames: dict[str, list] = {"observation.state": [], "action": [], "observation.eef": []}
+    images, done_at = [], None
+    while sim.time < EPISODE_S - 1e-9 and (done_at is None or sim.time < done_at + SETTLE_S - 1e-9):
+        state = sim.state()
+        goal = expert.targets(sim.time + 1.0 / FPS)
+        images.append(sim.render("head"))
+        frames["observation.state"].append(state[arm])
+        frames["action"].append(goal[arm].astype(np.float32))
+        frames["observation.eef"].append(palm_poses(sim))
+        step(sim, state, goal)
+        if done_at is None and sim.success():
+            done_at = sim.time
+    sim.close()
+    arrays = {k: np.stack(v).astype(np.float32) for k, v in frames.items()}
+    return EpisodeData(sim.task.instruction, arrays, {CAMERA: np.stack(images)}), done_at is not None
+
+
+def collect(out: str | Path, episodes: int, seed: int = 0, image_size: int = 64, mjcf=None,
+            progress: bool | None = None, overwrite: bool = False) -> dict:
+    """Write `episodes` expert episodes (seeds seed, seed+1, ...) to `out`; -> a summary."""
+    from tqdm import tqdm
+
+    from neon.action_space import G1ActionSpace
+
+    names = [j.name for j in G1ActionSpace("arms_only", "dex3").joints if j.group == "arms"]
+    eef_names = [f"{s}_{f}" for s in EEF_SIDES for f in EEF_FIELDS]
+    features = {
+        CAMERA: {"dtype": "video", "shape": [image_size, image_size, 3]},
+        "observation.state": {"dtype": "float32", "shape": [len(names)], "names": names},
+        "action": {"dtype": "float32", "shape": [len(names)], "names": names},
+        "observation.eef": {"dtype": "float32", "shape": [len(eef_names)], "names": eef_names},
+    }
+    successes = []
+
+    def episodes_iter():
+        for s in tqdm(range(seed, seed + episodes), desc="collecting expert episodes", unit="ep",
+                      disable=None if progress is None else not progress):
+            episode, ok = expert_episode(s, image_size, mjcf)
+            successes.append(ok)
+            yield episode
+
+    meta = {"neon_sim.json": {"generator": "neon_sim.collect", "seed": seed, "episodes": episodes, "fps": FPS,
+                              "image_size": image_size}}
+    root = write_dataset(out, episodes_iter(), fps=FPS, features=features, robot_type="unitree_g1",
+                         extra_meta=meta, overwrite=overwrite)
+    return {"root": str(root), "episodes": episodes, "expert_success_rate": float(np.mean(successes))}
