@@ -9,6 +9,7 @@ data path's: G1 joint names, the real fps, so `neon-train --dataset DIR` needs n
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,11 @@ SETTLE_S = 0.5  # keep recording this long after success: the data shows staying
 CAMERA = "observation.images.head_camera"
 
 
-def step(sim: G1Tabletop, start: np.ndarray, goal: np.ndarray) -> None:
-    """One frame's worth of motion: targets interpolated from `start` to `goal` at CONTROL_HZ."""
-    n = int(round(CONTROL_HZ / FPS))
+def step(sim: G1Tabletop, start: np.ndarray, goal: np.ndarray, fps: float = FPS) -> None:
+    """One step's worth of motion (1 / fps): targets interpolated from `start` to `goal` at CONTROL_HZ or faster."""
+    n = max(1, int(math.ceil(CONTROL_HZ / fps)))
     for k in range(1, n + 1):
-        sim.run(start + (goal - start) * k / n, 1.0 / CONTROL_HZ)
+        sim.run(start + (goal - start) * k / n, 1.0 / (fps * n))
 
 
 def palm_poses(sim: G1Tabletop) -> np.ndarray:

@@ -118,9 +118,11 @@ class G1Tabletop:
         self.actuated = np.array([m.actuator_trnid[a, 0] for a in range(m.nu)])
         self.act_q, self.act_d = m.jnt_qposadr[self.actuated], m.jnt_dofadr[self.actuated]
         self.hold = self.data.qpos[self.act_q].copy()  # everything not commanded holds its start
+        self.q_lo, self.q_hi = m.jnt_range[self.actuated, 0], m.jnt_range[self.actuated, 1]
         self.table_geom = m.geom("table").id
-        self.robot_geoms = {g for g in range(m.ngeom) if m.geom_bodyid[g] not in
-                            {m.body("world").id, m.body("table").id} | {m.body(f"block{i}").id for i in range(3)}}
+        scenery = {m.body("world").id, m.body("table").id} | {m.body(f"block{i}").id for i in range(3)}
+        self.robot_geoms = np.array([g for g in range(m.ngeom) if m.geom_bodyid[g] not in scenery])
+        self.palm_sites = [m.site(f"{side}_palm").id for side in ("left", "right")]
         self.limit_violation = 0.0
         self.table_contact = False
         self.image_size = image_size
@@ -142,26 +144,26 @@ class G1Tabletop:
             hit = np.flatnonzero(self.joints == j)
             if len(hit):
                 goal[k] = float(np.clip(targets[self.dims[hit[0]]], *m.jnt_range[j]))
-        for _ in range(max(1, round(seconds / m.opt.timestep))):
-            tau = KP * (goal - d.qpos[self.act_q]) - KD * d.qvel[self.act_d] + d.qfrc_bias[self.act_d]
-            d.ctrl[:] = np.clip(tau, m.actuator_ctrlrange[:, 0], m.actuator_ctrlrange[:, 1])
+        lo, hi = m.actuator_ctrlrange[:, 0], m.actuator_ctrlrange[:, 1]
+        for k in range(max(1, round(seconds / m.opt.timestep))):
+            d.ctrl[:] = np.clip(KP * (goal - d.qpos[self.act_q]) - KD * d.qvel[self.act_d] + d.qfrc_bias[self.act_d], lo, hi)
             self.mj.mj_step(m, d)
-            self._check()
+            if k % 5 == 4:  # every 10 ms
+                self._check()
+        self._check()
 
     def _check(self) -> None:
-        m, d = self.model, self.data
+        d = self.data
         q = d.qpos[self.act_q]
-        lo, hi = m.jnt_range[self.actuated, 0], m.jnt_range[self.actuated, 1]
-        self.limit_violation = max(self.limit_violation, float(np.max(np.maximum(lo - q, q - hi))))
-        for c in d.contact[: d.ncon]:
-            if self.table_geom in (c.geom1, c.geom2) and ({c.geom1, c.geom2} & self.robot_geoms):
-                self.table_contact = True
+        self.limit_violation = max(self.limit_violation, float(np.max(np.maximum(self.q_lo - q, q - self.q_hi))))
+        pairs = np.stack([d.contact.geom1[: d.ncon], d.contact.geom2[: d.ncon]], axis=1)
+        if len(pairs) and np.any((pairs == self.table_geom).any(1) & np.isin(pairs, self.robot_geoms).any(1)):
+            self.table_contact = True
         # The G1 model's hands have no collision geometry: a palm below the table top, over it, is penetration too.
-        top = TABLE_POS[2] + TABLE_HALF[2]
-        for side in ("left", "right"):
-            x, y, z = d.site(f"{side}_palm").xpos
-            if z < top and abs(x - TABLE_POS[0]) <= TABLE_HALF[0] and abs(y - TABLE_POS[1]) <= TABLE_HALF[1]:
-                self.table_contact = True
+        x, y, z = d.site_xpos[self.palm_sites].T
+        over = (np.abs(x - TABLE_POS[0]) <= TABLE_HALF[0]) & (np.abs(y - TABLE_POS[1]) <= TABLE_HALF[1])
+        if np.any(over & (z < TABLE_POS[2] + TABLE_HALF[2])):
+            self.table_contact = True
 
     # ------------------------------------------------------------------ task
     def palm(self, side: str) -> np.ndarray:

@@ -87,3 +87,43 @@ def test_collect_writes_a_dataset_that_neon_reads(tmp_path):
     side = slice(0, 3) if task.arm == "left" else slice(7, 10)
     assert np.linalg.norm(last["obs"].eef[side] - sim.block_top()) <= 0.035
     assert sim_main(["collect", "--out", str(tmp_path / "bad"), "--episodes", "0"]) == 2
+
+
+def test_eval_oracle_and_hold_report(tmp_path):
+    from neon_sim.evaluate import evaluate
+
+    report = evaluate("oracle", episodes=3, seed=101, out=tmp_path / "oracle", progress=False)
+    assert report["success_rate"] == 1.0 and report["joint_limit_violations"] == 0 and report["table_contacts"] == 0
+    lo, hi = report["success_ci95"]
+    assert 0.4 < lo < 1.0 and hi == 1.0  # Wilson interval for 3 / 3
+    assert (tmp_path / "oracle" / "sim_report.json").is_file() and (tmp_path / "oracle" / "sim_report.md").is_file()
+    assert (tmp_path / "oracle" / "episodes.mp4").stat().st_size > 1000  # head | third-person video of episode 1
+    hold = evaluate("hold", episodes=2, seed=101, progress=False)
+    assert hold["success_rate"] == 0.0 and all(not r["success"] for r in hold["results"])
+
+
+def test_eval_closes_the_loop_through_neon_serve_and_refuses_what_cannot_run(backbones):
+    from conftest import as_trained, attach, tiny_config
+    from serving import runner_for, serve
+
+    from neon.model import NeonVLA
+    from neon_runtime.safety import SafetyConfig
+    from neon_runtime.server import ServerSettings, create_app
+    from neon_sim.evaluate import evaluate
+
+    model = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", fps=10.0)), backbones))  # as sim data is
+    runner = runner_for(model, max_batch=1, max_wait_ms=0)
+    with serve(create_app(runner, ServerSettings())) as addr:
+        report = evaluate(f"ws://{addr}/ws", episodes=2, seed=101, execute_steps=8, progress=False)
+    runner.close()
+    assert len(report["results"]) == 2 and report["round_trip_ms"]["p50"] > 0
+    assert report["joint_limit_violations"] == 0 and report["table_contacts"] == 0  # the safety layer held it back
+    dry = runner_for(model, SafetyConfig(dry_run=True), max_batch=1, max_wait_ms=0)
+    with serve(create_app(dry, ServerSettings())) as addr:
+        with pytest.raises(SimError, match="dry-run"):
+            evaluate(f"ws://{addr}/ws", episodes=1, progress=False)
+    dry.close()
+    with pytest.raises(SimError, match="cannot connect"):
+        evaluate("ws://127.0.0.1:9/ws", episodes=1, progress=False)
+    with pytest.raises(SimError, match="--policy must be"):
+        evaluate("expert", episodes=1, progress=False)
