@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--execute-steps", type=int, default=8, help="chunk steps executed before the next request")
     p.add_argument("--token", default=os.environ.get("NEON_TOKEN"))
     p.add_argument("--out", help="folder for sim_report.json/.md and episodes.mp4 (head | third-person view)")
+    p.add_argument("--ablation", default="none", choices=["none", "blank-image", "other-block"],
+                   help="send a grey frame, or an instruction naming another block (served policies only)")
     p.set_defaults(func=_eval)
     args = ap.parse_args(argv)
     from neon.data.lerobot import DatasetError
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 def _eval(args) -> int:
     from neon_sim.evaluate import evaluate
 
-    report = evaluate(args.policy, args.episodes, args.seed, args.out, args.execute_steps, args.token, progress=True)
+    report = evaluate(args.policy, args.episodes, args.seed, args.out, args.execute_steps, args.token, progress=True,
+                      ablation=args.ablation)
     lo, hi = report["success_ci95"]
     print(f"{args.policy}: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {args.episodes} "
           f"episodes; {report['seconds_per_episode']} s per episode")

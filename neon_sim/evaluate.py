@@ -38,7 +38,7 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 class _Remote:
     """A neon-serve as a sim policy: chunks in physical units for the current observation."""
 
-    def __init__(self, url: str, token: str | None = None):
+    def __init__(self, url: str, token: str | None = None, ablation: str = "none"):
         from neon.action_space import G1ActionSpace
         from neon_runtime.client import RemotePolicy
 
@@ -52,12 +52,18 @@ class _Remote:
         if meta["dry_run"]:
             self.policy.close()
             raise SimError(f"{url} is dry-run only (a --dry-run server or untrained heads): nothing would be executed")
-        self.names, self.round_trips, self.interventions = space.names, [], 0
+        self.names, self.round_trips, self.interventions, self.ablation = space.names, [], 0, ablation
 
     def chunk(self, sim: G1Tabletop) -> tuple[np.ndarray, float]:
         """(Float[(T, D)] joint targets in the sim's action-space order, the chunk's fps)."""
+        image, instruction = sim.render("head"), sim.task.instruction
+        if self.ablation == "blank-image":  # does vision matter? the same grey frame every step
+            image = np.full_like(image, 128)
+        elif self.ablation == "other-block":  # does language matter? the instruction names another block
+            task = sim.task
+            instruction = instruction.replace(task.colors[task.target], task.colors[(task.target + 1) % len(task.colors)])
         t0 = time.perf_counter()
-        reply = self.policy.infer({"image": sim.render("head"), "instruction": sim.task.instruction,
+        reply = self.policy.infer({"image": image, "instruction": instruction,
                                    "state": self._to_server(sim.state(), sim), "timestamp": time.time()})
         self.round_trips.append((time.perf_counter() - t0) * 1e3)
         if reply["dry_run"]:
@@ -111,10 +117,19 @@ def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_s
     return result
 
 
+ABLATIONS = ("none", "blank-image", "other-block")
+
+
 def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Path | None = None,
              execute_steps: int = 8, token: str | None = None, video_episodes: int = 1,
-             progress: bool | None = None) -> dict:
-    """Success rate of `policy` (oracle | hold | ws://... URL) over seeds seed .. seed + episodes - 1."""
+             progress: bool | None = None, ablation: str = "none") -> dict:
+    """Success rate of `policy` (oracle | hold | ws://... URL) over seeds seed .. seed + episodes - 1.
+
+    `ablation` (a served policy only): "blank-image" sends a grey frame, "other-block" an instruction naming
+    another block, while success is still judged on the named block: vision and language must both matter.
+    """
+    if ablation not in ABLATIONS:
+        raise SimError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
     from tqdm import tqdm
 
     if execute_steps < 1 or episodes < 1:
@@ -126,7 +141,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         from neon_runtime.client import RemoteError
 
         try:
-            remote = _Remote(policy, token)
+            remote = _Remote(policy, token, ablation)
         except RemoteError as e:
             raise SimError(str(e)) from None
     t0, results, frames = time.perf_counter(), [], []
@@ -140,7 +155,8 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     wins = sum(r["success"] for r in results)
     times = [r["time_to_success_s"] for r in results if r["success"]]
     report = {
-        "policy": policy, "episodes": episodes, "seeds": [seed, seed + episodes - 1], "execute_steps": execute_steps,
+        "policy": policy, "ablation": ablation, "episodes": episodes, "seeds": [seed, seed + episodes - 1],
+        "execute_steps": execute_steps,
         "fps": FPS, "control_hz": CONTROL_HZ, "success_rate": wins / episodes, "success_ci95": wilson(wins, episodes),
         "time_to_success_s": float(np.median(times)) if times else None,
         "joint_limit_violations": sum(r["joint_limit_violation"] for r in results),

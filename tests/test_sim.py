@@ -127,3 +127,5 @@ def test_eval_closes_the_loop_through_neon_serve_and_refuses_what_cannot_run(bac
         evaluate("ws://127.0.0.1:9/ws", episodes=1, progress=False)
     with pytest.raises(SimError, match="--policy must be"):
         evaluate("expert", episodes=1, progress=False)
+    with pytest.raises(SimError, match="ablation must be one of"):
+        evaluate("oracle", episodes=1, progress=False, ablation="no-arms")
