@@ -30,9 +30,15 @@ def serve(app):
 
 
 def runner_for(model, safety=None, heads=None, source: str = "", **kwargs):
-    """A warmed-up PolicyRunner serving `model` (a NeonVLA with its backbone) as neon-serve would."""
+    """A warmed-up PolicyRunner serving `model` (a NeonVLA with its backbone) as neon-serve would.
+
+    Without `safety`, observations may be 2 s old (not 0.5): a loaded CI machine must not turn plumbing tests into
+    stale refusals; the age checks are tested with their own limits."""
     from neon.policy import NeonPolicy
     from neon_runtime.policy import LocalPolicy, PolicyRunner
+    from neon_runtime.safety import SafetyConfig
+
+    safety = safety or SafetyConfig(max_observation_age_s=2.0)
 
     runner = PolicyRunner(LocalPolicy(NeonPolicy(model, heads), safety, source), **kwargs)
     runner.warm_up()

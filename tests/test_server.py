@@ -59,7 +59,10 @@ def server(backbones, request, tmp_path_factory):
         ckpt = model.save_pretrained(tmp_path_factory.mktemp("onnx") / "ckpt")
         export_heads(model, ckpt / ONNX_DIR)
         heads = OnnxHeads.beside(ckpt)
-    runner = runner_for(model, SafetyConfig(max_joint_velocity=100.0), heads, "test-model", max_batch=8,
+    # 2 s age limit: a loaded CI machine must not turn these round trips into stale refusals (the age checks
+    # themselves are tested with their own limits).
+    runner = runner_for(model, SafetyConfig(max_joint_velocity=100.0, max_observation_age_s=2.0), heads, "test-model",
+                        max_batch=8,
                         max_wait_ms=20, metrics=Metrics())
     with serve(create_app(runner, ServerSettings(token=None))) as addr:
         yield addr, runner
@@ -207,7 +210,7 @@ def test_bad_input_gets_4xx_and_server_keeps_serving(server, case, status):
     elif case == "missing_image":
         r = httpx.post(url, json={"instruction": "wave", "state": [0.0] * 28})
     elif case == "stale":
-        r = httpx.post(url, json=obs_json(4, timestamp=time.time() - 5))
+        r = httpx.post(url, json=obs_json(4, timestamp=time.time() - 10))
     else:
         r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
