@@ -81,7 +81,6 @@ class LeRobotDataset:
         self.features: dict = self.info["features"]
         self.video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
         self._file_start: dict[str, int] = {}  # v3.0 data file -> global index of its first row
-        self._file_start: dict[str, int] = {}  # v3.0 data file -> global index of its first row
         self.episodes = self._read_episodes_v30() if self.version == V30 else self._read_episodes_v21()
         if not self.episodes:
             raise DatasetError(f"{self.root}: the dataset has no episodes")
