@@ -390,7 +390,7 @@ class _V30Files:
             raise DatasetError(f"data_file_mb and video_file_mb must be positive, got {data_mb}, {video_mb}")
         self.root, self.fps, self.codec = root, fps, codec
         self.data_limit, self.video_limit = data_mb * 2**20, video_mb * 2**20
-        self.tables, self.data_file = [], 0
+        self.tables, self.data_bytes, self.data_file = [], 0, 0
         self.videos: dict[str, VideoWriter] = {}
         self.video_file = dict.fromkeys(cams, 0)
         self.info: dict[str, dict] = {}
@@ -403,7 +403,8 @@ class _V30Files:
         """Append one episode; -> its row's file columns (and each camera's from/to timestamps)."""
         row = self._where("data", self.data_file)
         self.tables.append(table)
-        if sum(t.nbytes for t in self.tables) >= self.data_limit:
+        self.data_bytes += table.nbytes
+        if self.data_bytes >= self.data_limit:
             self._flush_data()
         for cam, frames in videos.items():
             if cam not in self.videos:
@@ -427,7 +428,7 @@ class _V30Files:
         fmt = self._where("", self.data_file)
         path = self.root / V30_DATA.format(chunk_index=fmt["/chunk_index"], file_index=fmt["/file_index"])
         _write_parquet(pa.concat_tables(self.tables), path)
-        self.tables, self.data_file = [], self.data_file + 1
+        self.tables, self.data_bytes, self.data_file = [], 0, self.data_file + 1
 
     def close(self) -> dict[str, dict]:
         """Write what is still open; -> each camera's video info."""
