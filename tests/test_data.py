@@ -478,6 +478,8 @@ def test_v30_with_rolled_over_files_reads_like_a_single_file(tmp_path):
     assert len(list(many.rglob("data/*/*.parquet"))) >= 3
     assert len(list((many / "videos" / CAMERA).rglob("*.mp4"))) >= 2
     ds = LeRobotDataset(many)
+    assert (ds.info["data_files_size_in_mb"], ds.info["video_files_size_in_mb"]) == (0.3, 0.003)
+    assert LeRobotDataset(one).info["data_files_size_in_mb"] == 100.0
     assert any(e.from_index > ds._file_start[e.data_file] for e in ds.episodes)  # an episode mid data file
     assert any(e.videos[CAMERA][1] > 0 and not e.videos[CAMERA][0].endswith("file-000.mp4") for e in ds.episodes)
     a, b = LeRobotSource(str(one), ARMS, 16), LeRobotSource(str(many), ARMS, 16)

@@ -353,6 +353,8 @@ def write_dataset(
                                                       for k, v in tasks.items()))
         (meta / "stats.json").write_text(json.dumps(stats.result(), indent=2) + "\n")
         info = _info(version, robot_type, fps, features, video_info, len(rows), total, len(tasks))
+        if version == V30:
+            info.update(data_files_size_in_mb=data_file_mb, video_files_size_in_mb=video_file_mb)
         (meta / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         for name, content in (extra_meta or {}).items():
             (meta / name).write_text(json.dumps(content, indent=2) + "\n")
@@ -459,8 +461,6 @@ def _info(version: str, robot_type: str, fps: float, features: dict, video_info:
             "features": all_features}
     if version == V21:
         info.update(total_videos=episodes * len(video_info), total_chunks=(episodes - 1) // CHUNK_SIZE + 1)
-    else:
-        info.update(data_files_size_in_mb=100, video_files_size_in_mb=500)
     return info
 
 
