@@ -56,7 +56,7 @@ class _Remote:
 
     def chunk(self, sim: G1Tabletop) -> tuple[np.ndarray, float]:
         """(Float[(T, D)] joint targets in the sim's action-space order, the chunk's fps)."""
-        image, instruction = sim.render("head"), sim.task.instruction
+        image, instruction, state = sim.render("head"), sim.task.instruction, sim.state()
         if self.ablation == "blank-image":  # does vision matter? the same grey frame every step
             image = np.full_like(image, 128)
         elif self.ablation == "other-block":  # does language matter? the instruction names another block
@@ -64,13 +64,13 @@ class _Remote:
             instruction = instruction.replace(task.colors[task.target], task.colors[(task.target + 1) % len(task.colors)])
         t0 = time.perf_counter()
         reply = self.policy.infer({"image": image, "instruction": instruction,
-                                   "state": self._to_server(sim.state(), sim), "timestamp": time.time()})
+                                   "state": self._to_server(state, sim), "timestamp": time.time()})
         self.round_trips.append((time.perf_counter() - t0) * 1e3)
         if reply["dry_run"]:
             raise SimError(f"the server marked a chunk not executable: {reply['safety']['notes']}")
         self.interventions += int(reply["safety"]["rate_limited"]) + int(reply["safety"]["clamped_to_limits"])
         actions = np.asarray(reply["actions"], np.float32)
-        out = np.tile(sim.state(), (len(actions), 1))
+        out = np.tile(state, (len(actions), 1))
         for k, name in enumerate(self.names):
             if name in sim.space.names:
                 out[:, sim.space.index(name)] = actions[:, k]
