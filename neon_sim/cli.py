@@ -2,18 +2,25 @@
 
     neon-sim collect --out data/sim --episodes 200 --seed 0      # expert episodes as a LeRobot v3.0 dataset
     neon-sim eval --policy oracle|hold|ws://127.0.0.1:8000/ws --episodes 50 --seed 10000 --out eval_sim/
+    neon-sim eval --policy oracle --episodes 20 --latency-ms 0,100,200,300 --out eval_lat/   # success vs latency
 
-The G1 model is Unitree's MJCF: ../shared/robots/unitree_g1/scene_29dof.xml beside the checkout,
-or --mjcf PATH / $NEON_G1_MJCF. Rendering is offscreen: MUJOCO_GL=egl (set here when unset).
+The G1 model: --mjcf PATH or $NEON_G1_MJCF, else Unitree's scene_29dof.xml in ../shared/robots/unitree_g1/
+beside the checkout, else MuJoCo Menagerie's unitree_g1 through the mujoco-menagerie package (downloaded and
+cached on first use). Rendering is offscreen: MUJOCO_GL=egl (set here when unset).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+
+
+MJCF_HELP = ("the G1 scene MJCF (default: $NEON_G1_MJCF, else ../shared/robots/unitree_g1/scene_29dof.xml, "
+             "else Menagerie's unitree_g1 through the mujoco-menagerie package)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="episode k uses seed + k")
     p.add_argument("--image-size", type=int, default=64, help="head camera frames, pixels (AV1 needs >= 64)")
-    p.add_argument("--mjcf", help="Unitree's G1 scene MJCF (default: $NEON_G1_MJCF or ../shared's copy)")
+    p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_collect)
     p = sub.add_parser("eval", help="closed-loop success rate of a policy over fixed seeds")
@@ -33,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=10_000, help="episode k uses seed + k (collect's seeds start at 0)")
     p.add_argument("--execute-steps", type=int, default=8, help="chunk steps executed before the next request")
+    p.add_argument("--latency-ms", type=latencies, default=[0.0], metavar="L[,L...]",
+                   help="sim time from observation to usable reply, during which the previous chunk goes on; "
+                        "a list (0,100,200) runs each over the same seeds and plots success against it (needs --out)")
+    p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--token", default=os.environ.get("NEON_TOKEN"))
     p.add_argument("--out", help="folder for sim_report.json/.md and episodes.mp4 (head | third-person view)")
+    p.add_argument("--video-episodes", type=int, default=1, help="episodes recorded in episodes.mp4 (0: no video)")
     p.add_argument("--ablation", default="none", choices=["none", "blank-image", "other-block"],
                    help="send a grey frame, or an instruction naming another block (served policies only)")
     p.set_defaults(func=_eval)
@@ -49,14 +61,42 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _eval(args) -> int:
-    from neon_sim.evaluate import evaluate
+def latencies(text: str) -> list[float]:
+    """--latency-ms: one value or a comma list of milliseconds, each finite and >= 0, none twice."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds like 200 or 0,100,200, got {text!r}") from None
+    bad = [x for x in values if not math.isfinite(x) or x < 0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"latencies must be finite and >= 0 ms, got {', '.join(map(str, bad))}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a latency is listed twice in {text!r}")
+    return values
 
-    report = evaluate(args.policy, args.episodes, args.seed, args.out, args.execute_steps, args.token, progress=True,
-                      ablation=args.ablation)
+
+def _eval(args) -> int:
+    from neon_sim.evaluate import evaluate, evaluate_latencies
+
+    kwargs = {"episodes": args.episodes, "seed": args.seed, "execute_steps": args.execute_steps, "token": args.token,
+              "progress": True, "ablation": args.ablation, "mjcf": args.mjcf, "video_episodes": args.video_episodes}
+    if len(args.latency_ms) > 1:
+        if not args.out:
+            print("error: a --latency-ms list writes a report per latency and a plot: give --out", file=sys.stderr)
+            return 2
+        report = evaluate_latencies(args.policy, args.latency_ms, args.out, **kwargs)
+        print(f"{args.policy} over {args.episodes} episodes, {args.execute_steps} steps a chunk:")
+        print(f"{'latency ms':>10}  {'success':>7}  {'95% CI':>9}  {'median s to success':>19}")
+        for row in report["rows"]:
+            lo, hi = row["success_ci95"]
+            t = "-" if row["time_to_success_s"] is None else f"{row['time_to_success_s']:.2f}"
+            print(f"{row['latency_ms']:>10g}  {row['success_rate']:>7.2f}  {lo:.2f}-{hi:.2f}  {t:>19}")
+        print(f"plot: {report['plot']}")
+        return 0
+    report = evaluate(args.policy, out=args.out, latency_ms=args.latency_ms[0], **kwargs)
     lo, hi = report["success_ci95"]
     print(f"{args.policy}: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {args.episodes} "
-          f"episodes; {report['seconds_per_episode']} s per episode")
+          f"episodes at {args.latency_ms[0]:g} ms latency; {report['seconds_per_episode']} s per episode")
     return 0
 
 

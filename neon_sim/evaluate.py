@@ -10,12 +10,20 @@ Chunks are executed as a robot would: send the current observation, execute the 
 `execute_steps` steps (each one frame, 1 / fps, its joint targets interpolated at CONTROL_HZ), then ask
 again. A server whose replies are not executable (dry run, untrained heads), or whose action space lacks
 the arm joints, is refused before anything moves.
+
+Latency (`latency_ms`, sim time; the sim stands still during a real round trip): the observation is taken
+at t, the reply is usable at t + latency. Meanwhile the robot goes on with the previous chunk's steps
+beyond those executed, and holds the last target once they run out (before the first reply: holds its
+start). A latency that is not a whole number of steps ends part-way through a step: the targets of that
+step's first control ticks are tracked, to the physics timestep (2 ms). The new chunk then runs from its
+first step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from pathlib import Path
 
@@ -24,6 +32,14 @@ import numpy as np
 from neon_sim.collect import CONTROL_HZ, FPS, step
 from neon_sim.expert import Expert
 from neon_sim.scene import EPISODE_S, G1Tabletop, SimError, sample_task
+
+
+def _oracle_chunk_steps() -> int:
+    """Oracle and hold chunks are as long as Neon's (the config states it once), or execute_steps if
+    longer: the steps beyond execute_steps are what the robot goes on with while a reply is under way."""
+    from neon.config import NeonConfig
+
+    return NeonConfig().num_action_steps
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -83,31 +99,78 @@ class _Remote:
         self.policy.close()
 
 
+def partial_step(sim: G1Tabletop, start: np.ndarray, goal: np.ndarray, fps: float, seconds: float) -> np.ndarray:
+    """The first `seconds` (< 1 / fps) of `collect.step(sim, start, goal, fps)`: the same control ticks, the
+    last one cut short, to the physics timestep; -> the target being tracked when it ends."""
+    n = max(1, int(math.ceil(CONTROL_HZ / fps)))
+    tick, target = 1.0 / (fps * n), start
+    for k in range(1, n + 1):
+        left = seconds - (k - 1) * tick
+        if left < sim.model.opt.timestep / 2:
+            break
+        target = start + (goal - start) * k / n
+        sim.run(target, min(tick, left))
+    return target
+
+
 def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_steps: int = 8,
-                frames: list | None = None) -> dict:
-    """One episode; `frames` collects head | third-person views for a video when given."""
-    sim = G1Tabletop(sample_task(np.random.default_rng(seed)))
+                frames: list | None = None, latency_ms: float = 0.0, mjcf=None) -> dict:
+    """One episode; `frames` collects head | third-person views for a video when given.
+
+    Plain synchronous chunking: each request waits out `latency_ms` on the previous chunk's leftover steps,
+    then its reply runs from its first step, with neither skipping the steps that are already stale nor
+    blending into the old chunk (a later issue adds both).
+    """
+    sim = G1Tabletop(sample_task(np.random.default_rng(seed)), mjcf)
     expert = Expert(sim) if policy == "oracle" else None
-    hold = sim.state()
-    executed, boundaries = [sim.state()], []
-    while sim.time < EPISODE_S - 1e-9 and not sim.success():
+    start = sim.state()
+    target = start  # the joint targets being tracked now
+    executed, boundaries = [target], []  # targets at each step's end; where each chunk's first step is
+    leftover, leftover_fps = np.zeros((0, len(start)), np.float32), FPS  # the previous chunk's steps not run yet
+    latency_s, half_tick = latency_ms / 1e3, sim.model.opt.timestep / 2
+    horizon = max(execute_steps, _oracle_chunk_steps())  # oracle and hold chunks
+
+    def over() -> bool:
+        return sim.success() or sim.time >= EPISODE_S - 1e-9
+
+    def run_step(goal: np.ndarray, fps: float) -> None:
+        nonlocal target
+        step(sim, target, goal, fps)
+        target = goal
+        executed.append(goal)
+        if frames is not None:
+            frames.append(np.concatenate([sim.render("head"), sim.render("third_person")], axis=1))
+
+    while not over():
+        t_request = sim.time  # the observation is this instant's
         if remote is not None:
             chunk, fps = remote.chunk(sim)
-            chunk = chunk[:execute_steps]
-        else:
+        elif expert is not None:  # planned from the request time, as a served policy's chunk is
             fps = FPS
-            chunk = np.stack([expert.targets(sim.time + (k + 1) / FPS) if expert else hold for k in range(execute_steps)])
+            chunk = np.stack([expert.targets(t_request + (k + 1) / fps) for k in range(horizon)])
+        else:
+            fps, chunk = FPS, np.tile(start, (horizon, 1))
+        while not over() and sim.time < t_request + latency_s - half_tick:  # the reply is on its way
+            goal = leftover[0] if len(leftover) else target
+            if sim.time + 1.0 / leftover_fps <= t_request + latency_s + half_tick:
+                run_step(goal, leftover_fps)
+                leftover = leftover[1:]
+            else:  # it arrives part-way through this step (not logged: `executed` is the whole steps)
+                target = partial_step(sim, target, goal, leftover_fps, t_request + latency_s - sim.time)
         boundaries.append(len(executed))
-        for goal in chunk:
-            step(sim, executed[-1], goal, fps)
-            executed.append(goal)
-            if frames is not None:
-                frames.append(np.concatenate([sim.render("head"), sim.render("third_person")], axis=1))
-            if sim.success() or sim.time >= EPISODE_S - 1e-9:
+        ran = 0
+        for goal in chunk[:execute_steps]:
+            if over():
                 break
+            run_step(goal, fps)
+            ran += 1
+        leftover, leftover_fps = chunk[ran:], fps
     q = np.asarray(executed)
     jerk = np.abs(np.diff(q, n=3, axis=0)) * FPS**3 if len(q) > 3 else np.zeros((0, q.shape[1]))
-    at_boundary = np.isin(np.arange(len(jerk)) + 2, boundaries[1:])  # the jerk around a chunk hand-over
+    # Jerk around a chunk hand-over: every window q[i..i+3] that spans the step into a new chunk (and so, with a
+    # latency that is not whole steps, the cut-short step before it, which the step grid does not log).
+    window = np.arange(len(jerk))[:, None]
+    at_boundary = ((window < np.asarray(boundaries)) & (np.asarray(boundaries) <= window + 3)).any(1)
     result = {"seed": seed, "instruction": sim.task.instruction, "success": sim.success(),
               "time_to_success_s": round(sim.time, 3) if sim.success() else None,
               "joint_limit_violation": sim.limit_violation > 1e-3, "table_contact": sim.table_contact,
@@ -122,11 +185,12 @@ ABLATIONS = ("none", "blank-image", "other-block")
 
 def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Path | None = None,
              execute_steps: int = 8, token: str | None = None, video_episodes: int = 1,
-             progress: bool | None = None, ablation: str = "none") -> dict:
+             progress: bool | None = None, ablation: str = "none", latency_ms: float = 0.0, mjcf=None) -> dict:
     """Success rate of `policy` (oracle | hold | ws://... URL) over seeds seed .. seed + episodes - 1.
 
     `ablation` (a served policy only): "blank-image" sends a grey frame, "other-block" an instruction naming
     another block, while success is still judged on the named block: vision and language must both matter.
+    `latency_ms`: sim time between an observation and its reply being usable (see the module docstring).
     """
     if ablation not in ABLATIONS:
         raise SimError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
@@ -134,6 +198,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
 
     if execute_steps < 1 or episodes < 1:
         raise SimError(f"episodes and execute_steps must be >= 1, got {episodes}, {execute_steps}")
+    _check_latency(latency_ms)
     remote = None
     if policy not in ("oracle", "hold"):
         if not policy.startswith(("ws://", "wss://")):
@@ -148,7 +213,8 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     try:
         for k in tqdm(range(episodes), desc=f"evaluating {policy}", unit="ep",
                       disable=None if progress is None else not progress):
-            results.append(run_episode(seed + k, policy, remote, execute_steps, frames if k < video_episodes else None))
+            results.append(run_episode(seed + k, policy, remote, execute_steps, frames if k < video_episodes else None,
+                                       latency_ms, mjcf))
     finally:
         if remote is not None:
             remote.close()
@@ -156,7 +222,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     times = [r["time_to_success_s"] for r in results if r["success"]]
     report = {
         "policy": policy, "ablation": ablation, "episodes": episodes, "seeds": [seed, seed + episodes - 1],
-        "execute_steps": execute_steps,
+        "execute_steps": execute_steps, "latency_ms": latency_ms,
         "fps": FPS, "control_hz": CONTROL_HZ, "success_rate": wins / episodes, "success_ci95": wilson(wins, episodes),
         "time_to_success_s": float(np.median(times)) if times else None,
         "joint_limit_violations": sum(r["joint_limit_violation"] for r in results),
@@ -180,7 +246,57 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         lo, hi = report["success_ci95"]
         (out / "sim_report.md").write_text(
             f"# neon-sim eval: {policy}\n\n- success rate {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over "
-            f"{episodes} seeds from {seed}\n- median time to success {report['time_to_success_s']} s\n"
+            f"{episodes} seeds from {seed}, {execute_steps} steps a chunk, {latency_ms:g} ms latency\n"
+            f"- median time to success {report['time_to_success_s']} s\n"
             f"- joint-limit violations {report['joint_limit_violations']}, table contacts {report['table_contacts']}, "
             f"safety interventions {report['safety_interventions']}\n- round trip {report['round_trip_ms']}\n")
     return report
+
+
+def _check_latency(latency_ms: float) -> None:
+    if not (isinstance(latency_ms, numbers.Real) and math.isfinite(latency_ms) and latency_ms >= 0):
+        raise SimError(f"latency must be a finite number of milliseconds >= 0, got {latency_ms!r}")
+
+
+def evaluate_latencies(policy: str, latencies_ms: list[float], out: str | Path, **kwargs) -> dict:
+    """`evaluate` once per latency over the same seeds, each report in out/latency_<L>ms/; -> the combined
+    report, also written as out/latency_report.json beside out/success_vs_latency.png."""
+    if not latencies_ms:
+        raise SimError("give at least one latency")
+    for latency in latencies_ms:
+        _check_latency(latency)
+    if len(set(latencies_ms)) != len(latencies_ms):
+        raise SimError(f"latencies must differ, got {', '.join(f'{x:g}' for x in latencies_ms)}")
+    try:  # before any episode runs, not after all of them
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SimError("the success-vs-latency plot needs matplotlib: pip install matplotlib") from None
+    out = Path(out)
+    rows = []
+    for latency in sorted(latencies_ms):
+        folder = out / f"latency_{latency:g}ms"
+        r = evaluate(policy, out=folder, latency_ms=latency, **kwargs)
+        rows.append({"latency_ms": latency, "success_rate": r["success_rate"], "success_ci95": r["success_ci95"],
+                     "time_to_success_s": r["time_to_success_s"], "report": str(folder / "sim_report.json")})
+    report = {"policy": policy, "episodes": r["episodes"], "seeds": r["seeds"], "execute_steps": r["execute_steps"],
+              "ablation": r["ablation"], "fps": FPS, "rows": rows, "plot": str(out / "success_vs_latency.png")}
+    plot_success_vs_latency(report, out / "success_vs_latency.png")
+    (out / "latency_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def plot_success_vs_latency(report: dict, path: str | Path) -> None:
+    """Success rate with Wilson 95% error bars against injected latency (PNG, no display needed)."""
+    from matplotlib.figure import Figure  # the object API renders through Agg without touching pyplot's state
+
+    rows = report["rows"]
+    x = [r["latency_ms"] for r in rows]
+    y = np.array([r["success_rate"] for r in rows])
+    lo, hi = np.array([r["success_ci95"] for r in rows]).T
+    fig = Figure(figsize=(5, 3.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=4)
+    ax.set(xlabel="injected latency (ms)", ylabel="success rate (Wilson 95% CI)", ylim=(-0.02, 1.02),
+           title=f"{report['policy']}: {report['episodes']} episodes, {report['execute_steps']} steps a chunk")
+    ax.grid(alpha=0.3)
+    fig.savefig(path)

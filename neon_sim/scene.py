@@ -5,13 +5,15 @@
     sim.success()                        # the task's geometric check
     sim.render("head")                   # UInt8[(64, 64, 3)] from the head camera
 
-Robot: Unitree's MJCF (BSD-3; `../shared/robots/unitree_g1/` offline, or `--mjcf` / `$NEON_G1_MJCF`),
-joints matched to Neon's action space by name. Its actuators are torque motors; position control is a
-PD loop with gravity compensation run at every physics step (2 ms), torques clipped to the motors'
-ranges. Head camera: on the torso link, 0.43 m above it and 6 cm forward (about where the G1's head
-RealSense D435 sits), pitched 45 degrees down, 60 degree vertical field of view. A third-person camera
-looks at the table from the front-left. Rendering runs offscreen (`MUJOCO_GL=egl`) with shadows,
-reflections and skybox off: about 70 ms a 64x64 frame on 2 CPU cores.
+Robot: Unitree's G1 MJCF (BSD-3), from `--mjcf` / `$NEON_G1_MJCF`, else `../shared/robots/unitree_g1/`
+(offline: tests, CI), else MuJoCo Menagerie's `unitree_g1` (derived from the same Unitree model, through
+the `mujoco-menagerie` package); joints matched to Neon's action space by name. Position control is a PD
+loop with gravity compensation run at every physics step (2 ms), torques clipped to each joint's motor
+range (Menagerie's position servos are turned into such torque motors). Head camera: on the torso link,
+0.43 m above it and 6 cm forward (about where the G1's head RealSense D435 sits), pitched 45 degrees
+down, 60 degree vertical field of view. A third-person camera looks at the table from the front-left.
+Rendering runs offscreen (`MUJOCO_GL=egl`) with shadows, reflections and skybox off: about 70 ms a 64x64
+frame on 2 CPU cores.
 
 Task ("touch"): the instruction names a block by colour (and sometimes the hand). Success: the named
 hand's palm (10 cm beyond the wrist) within SUCCESS_RADIUS_M of the top centre of the named block within
@@ -43,13 +45,54 @@ class SimError(RuntimeError):
     """The simulation cannot start or run; the message says why."""
 
 
-def default_mjcf() -> Path:
-    """The G1 scene: `$NEON_G1_MJCF`, else the copy in ../shared/robots/unitree_g1/ beside the checkout."""
-    env = os.environ.get("NEON_G1_MJCF")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "robots" / "unitree_g1" / "scene_29dof.xml"
-    if not path.is_file():
-        raise SimError(f"G1 MJCF {path} not found: pass --mjcf PATH or set NEON_G1_MJCF to Unitree's scene_29dof.xml")
-    return path
+SHARED_MJCF = Path(__file__).resolve().parents[2] / "shared" / "robots" / "unitree_g1" / "scene_29dof.xml"
+MENAGERIE_ROBOT, MENAGERIE_SCENE = "unitree_g1", "scene"  # Menagerie's name and entry point for the G1 on a floor
+MJCF_WAYS = ("pass --mjcf PATH or set NEON_G1_MJCF (Unitree's scene_29dof.xml or Menagerie's unitree_g1/scene.xml), "
+             f"put Unitree's model in {SHARED_MJCF.parent}/, or `pip install mujoco-menagerie` on a machine with "
+             "internet (it downloads unitree_g1 once, then works offline)")
+
+
+def default_mjcf(mjcf: str | Path | None = None) -> Path:
+    """The G1 scene from the first source that has one: `mjcf` (--mjcf), `$NEON_G1_MJCF`, Unitree's copy
+    in ../shared/robots/unitree_g1/ beside the checkout, MuJoCo Menagerie's unitree_g1 through the
+    `mujoco-menagerie` package (downloaded and cached on first use, so not offline)."""
+    for given, name in ((mjcf, "--mjcf"), (os.environ.get("NEON_G1_MJCF"), "NEON_G1_MJCF")):
+        if given:
+            if not Path(given).is_file():
+                raise SimError(f"G1 MJCF {given} ({name}) not found: {MJCF_WAYS}")
+            return Path(given)
+    if SHARED_MJCF.is_file():
+        return SHARED_MJCF
+    try:
+        import mujoco_menagerie
+    except ImportError:
+        raise SimError(f"no G1 model: {SHARED_MJCF} is absent and mujoco-menagerie is not installed: {MJCF_WAYS}") from None
+    try:
+        return Path(mujoco_menagerie.get(MENAGERIE_ROBOT).xml(MENAGERIE_SCENE))
+    except mujoco_menagerie.MenagerieError as e:
+        raise SimError(f"no G1 model: {SHARED_MJCF} is absent and Menagerie's {MENAGERIE_ROBOT} is neither cached "
+                       f"nor downloadable ({e}): {MJCF_WAYS}") from None
+
+
+def _as_torque_motors(spec) -> None:
+    """Make every actuator a torque motor limited to its joint's torque range, as in Unitree's MJCF: the PD
+    loop in `G1Tabletop.run` writes torques. Menagerie's G1 has position servos on the same joints."""
+    import mujoco
+
+    for act in spec.actuators:
+        if (act.gaintype == mujoco.mjtGain.mjGAIN_FIXED and act.gainprm[0] == 1
+                and act.biastype == mujoco.mjtBias.mjBIAS_NONE and act.dyntype == mujoco.mjtDyn.mjDYN_NONE):
+            continue
+        joint = spec.joint(act.target)
+        if joint is None or not joint.actfrcrange[1] > joint.actfrcrange[0]:
+            raise SimError(f"actuator {act.name!r} is not a torque motor and joint {act.target!r} states no torque "
+                           "range (actuatorfrcrange) to make it one")
+        act.gaintype, act.biastype = mujoco.mjtGain.mjGAIN_FIXED, mujoco.mjtBias.mjBIAS_NONE
+        act.dyntype = mujoco.mjtDyn.mjDYN_NONE
+        act.gainprm = [1.0] + [0.0] * (len(act.gainprm) - 1)
+        act.biasprm = [0.0] * len(act.biasprm)
+        act.inheritrange = 0.0
+        act.ctrlrange, act.ctrllimited = joint.actfrcrange, mujoco.mjtLimited.mjLIMITED_TRUE
 
 
 @dataclass
@@ -85,7 +128,8 @@ class G1Tabletop:
         import mujoco
 
         self.mj, self.task = mujoco, task
-        spec = mujoco.MjSpec.from_file(str(mjcf or default_mjcf()))
+        spec = mujoco.MjSpec.from_file(str(default_mjcf(mjcf)))
+        _as_torque_motors(spec)
         try:
             pelvis = spec.body("pelvis")
         except Exception:

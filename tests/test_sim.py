@@ -129,3 +129,137 @@ def test_eval_closes_the_loop_through_neon_serve_and_refuses_what_cannot_run(bac
         evaluate("expert", episodes=1, progress=False)
     with pytest.raises(SimError, match="ablation must be one of"):
         evaluate("oracle", episodes=1, progress=False, ablation="no-arms")
+
+
+# ---------------------------------------------------------------------- latency
+
+
+def test_latency_delays_the_oracle_and_each_reply_runs_from_its_first_step():
+    """The oracle plans each chunk at request time; a reply usable L later and run from its first step, with
+    the previous chunk's leftovers bridging the wait, is that plan delayed by exactly L: success comes L later,
+    fractions of a step included. Without leftovers (all 16 steps executed) the arm stops while it waits."""
+    from neon_sim.evaluate import run_episode
+
+    on_time = run_episode(101, "oracle")
+    late = {ms: run_episode(101, "oracle", latency_ms=ms) for ms in (300, 150)}
+    assert on_time["success"] and all(r["success"] for r in late.values())
+    for ms, r in late.items():
+        assert abs(r["time_to_success_s"] - on_time["time_to_success_s"] - ms / 1e3) < 0.011, (ms, r, on_time)
+    stop_and_go = run_episode(101, "oracle", execute_steps=16, latency_ms=300)  # no leftovers: it holds, then jumps
+    assert stop_and_go["jerk_boundary"] > 5 * late[300]["jerk_boundary"]
+
+
+def test_a_latency_list_writes_a_report_each_a_combined_report_and_a_plot(tmp_path, capsys):
+    import json
+
+    from neon_sim.cli import main as sim_main
+
+    argv = ["eval", "--policy", "oracle", "--episodes", "2", "--seed", "101", "--latency-ms", "250,0",
+            "--video-episodes", "0", "--out", str(tmp_path)]
+    assert sim_main(argv) == 0
+    combined = json.loads((tmp_path / "latency_report.json").read_text())
+    assert [r["latency_ms"] for r in combined["rows"]] == [0.0, 250.0] and combined["episodes"] == 2
+    for row in combined["rows"]:
+        report = json.loads((tmp_path / f"latency_{row['latency_ms']:g}ms" / "sim_report.json").read_text())
+        assert report["latency_ms"] == row["latency_ms"] and report["seeds"] == [101, 102]
+        assert report["success_rate"] == row["success_rate"] == 1.0 and row["success_ci95"][1] == 1.0
+    assert combined["rows"][1]["time_to_success_s"] > combined["rows"][0]["time_to_success_s"]
+    plot = (tmp_path / "success_vs_latency.png").read_bytes()
+    assert plot.startswith(b"\x89PNG") and len(plot) > 5000
+    table = capsys.readouterr().out
+    assert "latency ms" in table and "250" in table and "success_vs_latency.png" in table
+
+
+@pytest.mark.parametrize("value", ["-5", "abc", "100,", "0,nan", "inf", "100,100"])
+def test_bad_latencies_are_refused_with_exit_code_2(value, capsys):
+    from neon_sim.cli import main as sim_main
+
+    with pytest.raises(SystemExit) as stop:
+        sim_main(["eval", "--policy", "oracle", "--episodes", "1", f"--latency-ms={value}"])
+    assert stop.value.code == 2 and "--latency-ms" in capsys.readouterr().err
+
+
+def test_latency_errors_outside_argparse(tmp_path, capsys):
+    from neon_sim.cli import main as sim_main
+    from neon_sim.evaluate import evaluate, evaluate_latencies
+
+    with pytest.raises(SimError, match="latency must be a finite number"):
+        evaluate("oracle", episodes=1, latency_ms=-1.0, progress=False)
+    with pytest.raises(SimError, match="latencies must differ"):
+        evaluate_latencies("oracle", [0.0, 0.0], tmp_path, episodes=1)
+    assert sim_main(["eval", "--policy", "oracle", "--episodes", "1", "--latency-ms", "0,100"]) == 2  # no --out
+    assert "give --out" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------- where the G1 model comes from
+
+
+def menagerie_like(root):
+    """A stand-in for a Menagerie checkout (its archives cannot be downloaded here), made from ../shared's copy:
+    unitree_g1/scene.xml with the same joint names, and Menagerie's kind of actuators: position servos (kp 500,
+    critically damped, joint ranges inherited) with the torque limits on the joints."""
+    import mujoco
+
+    from neon_sim.scene import SHARED_MJCF
+
+    spec = mujoco.MjSpec.from_file(str(SHARED_MJCF))
+    spec.meshdir = str(SHARED_MJCF.parent / "meshes")
+    for act in spec.actuators:
+        joint = spec.joint(act.target)
+        joint.actfrcrange, joint.actfrclimited = act.ctrlrange, mujoco.mjtLimited.mjLIMITED_TRUE
+        act.name = act.target  # Menagerie names its actuators after their joints
+        act.ctrlrange, act.ctrllimited = [0.0, 0.0], mujoco.mjtLimited.mjLIMITED_AUTO
+        act.set_to_position(kp=500, dampratio=1, inheritrange=True)
+    path = root / "unitree_g1" / "scene.xml"
+    path.parent.mkdir(parents=True)
+    path.write_text(spec.to_xml())
+    return path
+
+
+def test_mjcf_sources_in_order(tmp_path, monkeypatch):
+    """--mjcf, then $NEON_G1_MJCF, then ../shared's copy (what tests and CI use, offline)."""
+    from neon_sim import scene
+
+    mine, env = menagerie_like(tmp_path / "a"), menagerie_like(tmp_path / "b")
+    monkeypatch.delenv("NEON_G1_MJCF", raising=False)
+    assert scene.default_mjcf() == scene.SHARED_MJCF and scene.SHARED_MJCF.name == "scene_29dof.xml"
+    monkeypatch.setenv("NEON_G1_MJCF", str(env))
+    assert scene.default_mjcf() == env and scene.default_mjcf(mine) == mine
+    with pytest.raises(SimError, match="--mjcf.*not found.*pip install mujoco-menagerie"):
+        scene.default_mjcf(tmp_path / "nowhere.xml")
+
+
+def test_without_the_shared_copy_or_menagerie_the_error_names_the_three_ways(tmp_path, monkeypatch):
+    import sys
+
+    from neon_sim import scene
+
+    monkeypatch.delenv("NEON_G1_MJCF", raising=False)
+    monkeypatch.setattr(scene, "SHARED_MJCF", tmp_path / "shared" / "scene_29dof.xml")
+    monkeypatch.setitem(sys.modules, "mujoco_menagerie", None)  # the package is not installed
+    with pytest.raises(SimError, match="mujoco-menagerie is not installed") as err:
+        G1Tabletop(sample_task(np.random.default_rng(0)))
+    assert all(way in str(err.value) for way in ("--mjcf PATH", "NEON_G1_MJCF", "robots/unitree_g1", "pip install"))
+
+
+def test_menagerie_offline_is_a_clear_error_and_a_menagerie_checkout_runs_the_task(tmp_path, monkeypatch):
+    """Menagerie's archives come from GitHub: offline (here, a base URL with nothing behind it) the download fails
+    with the three ways named; a checkout (MENAGERIE_ROOT) is used as it is, its servos driven as torque motors."""
+    pytest.importorskip("mujoco_menagerie", reason="the Menagerie source needs the mujoco-menagerie package")
+    from neon_sim import scene
+
+    checkout = menagerie_like(tmp_path / "menagerie")
+    for var in ("NEON_G1_MJCF", "MENAGERIE_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(scene, "SHARED_MJCF", tmp_path / "shared" / "scene_29dof.xml")
+    monkeypatch.setenv("MENAGERIE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MENAGERIE_BASE_URL", (tmp_path / "no-release").as_uri())
+    with pytest.raises(SimError, match="neither cached nor downloadable.*--mjcf PATH.*NEON_G1_MJCF"):
+        scene.default_mjcf()
+    monkeypatch.setenv("MENAGERIE_ROOT", str(checkout.parents[1]))
+    assert scene.default_mjcf() == checkout
+    sim = G1Tabletop(sample_task(np.random.default_rng(101)))
+    assert (sim.model.actuator_biastype == 0).all() and (sim.model.actuator_gainprm[:, 0] == 1).all()
+    assert sim.model.actuator_ctrlrange[sim.model.actuator("left_elbow_joint").id].tolist() == [-25.0, 25.0]  # N m
+    assert run(sim, Expert(sim).targets) and not sim.table_contact
