@@ -17,6 +17,15 @@ PYTHON="${NEON_PYTHON:-python3}"
 # Debian packages the Python wheels cannot bring themselves.
 DEBIAN_PACKAGES=(libportaudio2)  # sounddevice's PortAudio (the local microphone path)
 
+# The g1 extra (in dev too) needs CycloneDDS 0.10.x, the G1's DDS. PyPI has its wheels only up to Python 3.10;
+# from 3.11 pip builds it against Debian's libddsc 0.10.2, the version Unitree's SDKs bundle.
+CYCLONEDDS_BUILD=0
+if [[ ",$EXTRAS," == *",g1,"* || ",$EXTRAS," == *",dev,"* ]] \
+    && "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    CYCLONEDDS_BUILD=1
+    DEBIAN_PACKAGES+=(cyclonedds-dev)
+fi
+
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -45,6 +54,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 else
     echo "[setup] installing neon[$EXTRAS] into .venv (torch pinned by constraints.txt)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
+    if [ "$CYCLONEDDS_BUILD" = 1 ]; then
+        # cyclonedds' build looks for CYCLONEDDS_HOME/{include,bin,lib/libddsc.so}; Debian keeps the library
+        # in its multiarch directory, so point a small tree of links at the system's files.
+        libddsc="$(dpkg -L cyclonedds-dev | grep '/libddsc\.so$' | head -n1)"
+        export CYCLONEDDS_HOME="$VENV/cyclonedds-home"
+        mkdir -p "$CYCLONEDDS_HOME"
+        ln -sfn /usr/include "$CYCLONEDDS_HOME/include"
+        ln -sfn /usr/bin "$CYCLONEDDS_HOME/bin"
+        ln -sfn "$(dirname "$libddsc")" "$CYCLONEDDS_HOME/lib"
+    fi
     "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[$EXTRAS]"
     echo "$want" > "$stamp"
 fi
