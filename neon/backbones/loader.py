@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,7 +84,9 @@ class Backbone:
     with Neon's checkpoints.
     """
 
-    def __init__(self, cfg: BackboneConfig, device: str | torch.device | None = None):
+    def __init__(self, cfg: BackboneConfig, device: str | torch.device | None = None, path: str | Path | None = None):
+        """`path`: a folder holding this backbone's files, instead of resolving `cfg.model_id` (bench/bench_gpu.py
+        loads random-weight builds of the published architectures this way)."""
         from neon.backbones.processors import PROCESSOR_CLASSES
 
         cfg.validate()
@@ -92,7 +95,7 @@ class Backbone:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(cfg.dtype)
         attn = resolve_attn_implementation(cfg.attn_implementation)
-        path = resolve(cfg.model_id, "backbone", cfg.revision, MODEL_FILES)
+        path = Path(path) if path is not None else resolve(cfg.model_id, "backbone", cfg.revision, MODEL_FILES)
         kwargs = dict(dtype=self.dtype, attn_implementation=attn)
         quant = _quantization_config(cfg, self.dtype)
         if quant is not None:

@@ -1,0 +1,88 @@
+"""bench/bench_gpu.py: the published architectures build at their published sizes, and the CPU smoke runs end to end."""
+
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from neon.backbones.registry import BACKBONES
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+REAL = [k for k, v in BACKBONES.items() if not v.tiny]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+@pytest.mark.parametrize("model_id", REAL)
+def test_published_configs_build_the_published_models(model_id):
+    """Each config dict, built by the real transformers class, has the width Neon's registry reads and, where a source
+    states it, exactly the published number of parameters."""
+    published, bench = _load("published_configs"), _load("bench_gpu")
+    spec = BACKBONES[model_id]
+    cls, config = bench.hf_model(spec.family, published.PUBLISHED[model_id])
+    with torch.device("meta"):
+        model = cls._from_config(config)
+    thinker = getattr(config, "thinker_config", config)
+    text = thinker.get_text_config()
+    assert text.hidden_size == spec.hidden_size
+    assert thinker.vision_config.out_hidden_size == spec.hidden_size  # image tokens land in the text stream
+    if spec.native_audio:
+        assert thinker.audio_config.output_dim == spec.hidden_size
+    if model_id in published.PUBLISHED_PARAMS:
+        assert sum(p.numel() for p in model.parameters()) == published.PUBLISHED_PARAMS[model_id]
+
+
+def test_smoke_prints_every_row_with_finite_numbers(tmp_path):
+    """--smoke runs the whole path (build, save, load through Backbone in nf4 and bf16, encode, heads, chunk, tick)
+    on CPU for all six scaled-down architectures and prints one table row per backbone x precision x batch."""
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two cores shared with the rest of the suite: no spinning threads
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--smoke", "--iters", "2", "--warmup", "0",
+                           "--workdir", str(tmp_path), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    number = r"\s+([-\w.]+)"
+    row = re.compile(r"^(\S+/\S+)\s+(nf4|bf16)\s+(\d+)\s+(\d+)" + number * 2 + r"((?:\s+[\d.]+/\s*[\d.]+){4})\s*$")
+    rows = {}
+    for line in proc.stdout.splitlines():
+        m = row.match(line)
+        if m:
+            pairs = [tuple(map(float, p.split("/"))) for p in re.findall(r"[\d.]+/\s*[\d.]+", m.group(7))]
+            rows[(m.group(1), m.group(2), int(m.group(3)))] = (int(m.group(4)), pairs)
+    expected = {(mid, prec, b) for mid in REAL for prec in ("nf4", "bf16") for b in (1, 8)}
+    assert set(rows) == expected, proc.stdout
+    for key, (tokens, pairs) in rows.items():
+        assert tokens > 64, key  # 64 image tokens for 224x224, plus the prompt
+        assert len(pairs) == 4, key
+        for p50, p99 in pairs:
+            assert math.isfinite(p50) and math.isfinite(p99) and 0 < p50 <= p99, (key, pairs)
+    assert "n/a (smoke)" in proc.stdout
+    data = json.loads(out.read_text())
+    assert {(r["model_id"], r["precision"], r["batch"]) for r in data["rows"]} == expected
+    for r in data["rows"]:  # nf4 really is 4-bit, bf16 really is not
+        assert (r["nf4_linears"] > 0) == (r["precision"] == "nf4"), r
+    assert not any(tmp_path.glob("neon-bench-gpu-*")), "the random-weight builds must be deleted"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_full_run_without_a_gpu_exits_2_and_says_why():
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--backbones", "vl3b"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "needs a CUDA GPU" in proc.stderr and "--smoke" in proc.stderr
