@@ -1,0 +1,434 @@
+"""The G1 side of neon-g1: which joints it writes, the per-tick safety logic, and the DDS link to the robot.
+
+- `Layout`: the joints written on rt/arm_sdk (arms, the waist) and rt/dex3/*/cmd (Dex3 hands), each with its
+  limits, speed limit, gains, DDS slot and the action dimension that drives it (or none: held where it was).
+- `Controller`: one `tick(now, measured, measured_at)` per control period, clock injected, no I/O:
+  waiting -> engaging (weight 0 -> 1 over ramp_in_s, commanding the pose measured at engage) -> running
+  (chunk targets interpolated in time, velocity-clamped, inside the limits) <-> holding (no fresh chunk for
+  watchdog_s: the last command held) -> releasing (weight -> 0 over ramp_out_s, the last command held) -> released.
+- `RobotLink`: rt/lowstate and the Dex3 states in; LowCmd_ / HandCmd_ out with the CRC filled, or nothing
+  at all in dry run (no writer is ever created).
+
+Gains and mode fields follow Unitree's own code: unitree_sdk2_python example/g1/high_level/g1_arm7_sdk_dds_example.py
+(rt/arm_sdk, kp 60, kd 1.5 on arms and waist, weight in motor_cmd[29].q, CRC on every message) and xr_teleoperate
+teleop/robot_control/robot_arm.py (mode_pr 0, mode_machine echoed from rt/lowstate, motor mode 1) and
+robot_hand_unitree.py (Dex3 motor order, kp 1.5, kd 0.2, RIS mode byte).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from neon.action_space import BODY_JOINTS, G1ActionSpace
+from neon_runtime.executor import ChunkExecutor
+from neon_runtime.safety import SafetyConfig
+
+SAFE = SafetyConfig()  # the speed limits every chunk already met on the server: neon-g1's defaults too
+WEIGHT_SLOT = 29  # LowCmd_.motor_cmd[29].q on rt/arm_sdk: 1 = the SDK has the arms, 0 = the robot's own controller
+ARM_JOINTS = tuple(j.name for j in BODY_JOINTS if j.group == "arms")
+WAIST_JOINTS = tuple(j.name for j in BODY_JOINTS if j.group == "torso")
+# Dex3-1 motor order on rt/dex3/{side}/cmd and /state (xr_teleoperate Dex3_1_{Left,Right}_JointIndex; Unitree's
+# LeRobot G1 datasets list the hands the same way): the left hand has middle before index, the right index first.
+DEX3_MOTORS = {
+    "left": ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1", "index_0", "index_1"),
+    "right": ("thumb_0", "thumb_1", "thumb_2", "index_0", "index_1", "middle_0", "middle_1"),
+}
+# RIS mode byte of a Dex3 motor: id in bits 0-3, status 1 (FOC) in bits 4-6, timeout bit 7 set: the hand's firmware
+# stops a motor that hears nothing for 1 s (Unitree's Dex3 example sets it; xr_teleoperate leaves it clear).
+DEX3_STATUS_FOC, DEX3_TIMEOUT = 0x01, 0x01
+
+
+def dex3_mode(motor: int) -> int:
+    return (motor & 0x0F) | (DEX3_STATUS_FOC & 0x07) << 4 | (DEX3_TIMEOUT & 0x01) << 7
+
+
+class BridgeError(ValueError):
+    """Input neon-g1 refuses to act on (exit code 2); the message says what is wrong."""
+
+
+def require_arms(names, what: str) -> None:
+    """Refuse a joint list (a server's action space, a trajectory) without every arm joint."""
+    have = set(names)
+    missing = [n for n in ARM_JOINTS if n not in have]
+    if missing:
+        raise BridgeError(f"{what} lacks arm joint(s) {', '.join(missing)}: neon-g1 drives the arms through "
+                          f"rt/arm_sdk and needs all {len(ARM_JOINTS)} ({', '.join(ARM_JOINTS[:2])}, ...)")
+
+
+# ----------------------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Gains:
+    """Position gains per group: Unitree's arm example uses kp 60 / kd 1.5 on every arm and waist joint."""
+
+    kp: float = 60.0
+    kd: float = 1.5
+    wrist_kp: float = 60.0
+    wrist_kd: float = 1.5
+    waist_kp: float = 60.0
+    waist_kd: float = 1.5
+    hand_kp: float = 1.5  # xr_teleoperate's Dex3 gains
+    hand_kd: float = 0.2
+
+    def validate(self) -> Gains:
+        for name, value in self.__dict__.items():
+            if not (np.isfinite(value) and value >= 0):
+                raise BridgeError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        return self
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The joints neon-g1 writes, in one order: arms and waist (rt/arm_sdk), then Dex3 hands (left, right)."""
+
+    names: tuple[str, ...]
+    lower: np.ndarray  # Float[(N,)] rad
+    upper: np.ndarray
+    max_vel_rad_s: np.ndarray
+    kp: np.ndarray
+    kd: np.ndarray
+    body_slot: np.ndarray  # Int[(N,)] LowCmd_ motor slot, -1 for hand joints
+    hand: tuple[tuple[str, int] | None, ...]  # (side, Dex3 motor) for hand joints
+    policy_index: np.ndarray  # Int[(N,)] action dimension that drives the joint, -1: held at the engage pose
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    @property
+    def has_hands(self) -> bool:
+        return any(h is not None for h in self.hand)
+
+
+def make_layout(space: G1ActionSpace, gains: Gains, *, hands: bool, max_vel_rad_s: float = SAFE.max_joint_velocity,
+                max_hand_vel_rad_s: float = SAFE.max_hand_velocity) -> Layout:
+    """What neon-g1 writes for `space`: its arms; the waist (driven when the space has it, else held where it was at
+    engage, so arm_sdk never leaves it without stiffness); Dex3 hands when `hands` and the space has them."""
+    require_arms(space.names, f"the action space ({space.describe()})")
+    index = {n: i for i, n in enumerate(space.names)}
+    by_name = {j.name: j for j in BODY_JOINTS}
+    rows = []  # name, lower, upper, vel, kp, kd, slot, hand, policy index
+    for name in ARM_JOINTS + WAIST_JOINTS:
+        j = by_name[name]
+        kp, kd = ((gains.waist_kp, gains.waist_kd) if j.group == "torso" else
+                  (gains.wrist_kp, gains.wrist_kd) if "wrist" in name else (gains.kp, gains.kd))
+        rows.append((name, j.lower, j.upper, max_vel_rad_s, kp, kd, j.sdk_index, None, index.get(name, -1)))
+    if hands and space.hand_type == "dex3":
+        for side, motors in DEX3_MOTORS.items():
+            for motor, finger in enumerate(motors):
+                j = space.joints[index[f"{side}_hand_{finger}"]]
+                rows.append((j.name, j.lower, j.upper, max_hand_vel_rad_s, gains.hand_kp, gains.hand_kd, -1,
+                             (side, motor), index[j.name]))
+    cols = list(zip(*rows, strict=True))
+    f32 = lambda c: np.array(c, np.float32)
+    return Layout(tuple(cols[0]), f32(cols[1]), f32(cols[2]), f32(cols[3]), f32(cols[4]), f32(cols[5]),
+                  np.array(cols[6], np.int64), tuple(cols[7]), np.array(cols[8], np.int64))
+
+
+# ------------------------------------------------------------------------------------------------------- controller
+@dataclass
+class ControlConfig:
+    rate_hz: float = 250.0  # rt/arm_sdk publishing rate (Unitree: 50 Hz example, 250 Hz teleoperation)
+    ramp_in_s: float = 3.0  # weight 0 -> 1 on engage (Unitree's example: 3 s)
+    ramp_out_s: float = 2.0  # weight 1 -> 0 on release (xr_teleoperate: 0.01 every 20 ms)
+    watchdog_s: float = 0.5  # no fresh executable chunk for this long: hold the last command
+    hold_s: float = 1.0  # ... and after holding this long, release
+    state_stale_s: float = 0.1  # no rt/lowstate for this long while engaged: release
+
+    def validate(self) -> ControlConfig:
+        checks = [("rate_hz", self.rate_hz >= 50, ">= 50 (the robot's arm_sdk expects 50-500 Hz)"),
+                  ("ramp_in_s", self.ramp_in_s >= 1.0, ">= 1 s"), ("ramp_out_s", self.ramp_out_s >= 2.0, ">= 2 s"),
+                  ("watchdog_s", self.watchdog_s > 0, "> 0"), ("hold_s", self.hold_s >= 0, ">= 0"),
+                  ("state_stale_s", self.state_stale_s > 0, "> 0")]
+        for name, ok, need in checks:
+            value = getattr(self, name)
+            if not (np.isfinite(value) and ok):
+                raise BridgeError(f"--{name.replace('_', '-')} must be {need}, got {value}")
+        return self
+
+
+@dataclass
+class Command:
+    q: np.ndarray  # Float[(N,)] in layout order, rad
+    weight: float  # rt/arm_sdk weight, 0..1
+    phase: str
+
+
+class Controller:
+    """The per-tick safety logic. Not thread-safe: one control thread calls tick() and release()."""
+
+    def __init__(self, layout: Layout, config: ControlConfig, executor: ChunkExecutor):
+        self.layout, self.cfg, self.executor = layout, config.validate(), executor
+        self.phase = "waiting"
+        self.q: np.ndarray | None = None  # the last command
+        self.weight = 0.0
+        self.reason = ""  # why it released
+        self.fault = False  # released because something went wrong (not a stop request)
+        self.engaged_once = False
+        self._pose: np.ndarray | None = None  # measured at engage: the ramp's pose and the held joints' target
+        self._since = 0.0  # when the phase began
+        self._from_weight = 0.0  # the weight the release started from
+        self._last_now: float | None = None
+        self._driven = layout.policy_index >= 0
+
+    def release(self, now: float, reason: str, fault: bool = False) -> None:
+        """Start the release ramp (from any weight), holding the last command; idempotent."""
+        if self.phase in ("releasing", "released"):
+            return
+        self.reason, self.fault = reason, fault
+        if self.phase == "waiting":  # nothing was ever sent
+            self.phase = "released"
+            return
+        self.phase, self._since, self._from_weight = "releasing", now, self.weight
+
+    def tick(self, now: float, measured: np.ndarray | None, measured_at: float | None) -> Command | None:
+        """The command for this control period, or None: nothing to send (not engaged yet, or released)."""
+        cfg, period = self.cfg, 1.0 / self.cfg.rate_hz
+        dt = period if self._last_now is None else min(max(now - self._last_now, 0.0), 2 * period)
+        self._last_now = now
+        state_ok = (measured is not None and measured_at is not None and now - measured_at <= cfg.state_stale_s
+                    and bool(np.isfinite(measured).all()))
+        age = self.executor.age(now)
+        fresh = age is not None and age <= cfg.watchdog_s
+        if self.phase in ("engaging", "running", "holding") and not state_ok:
+            stale = "never arrived" if measured_at is None else f"silent for {now - measured_at:.3f} s"
+            self.release(now, f"rt/lowstate {stale} (limit {cfg.state_stale_s} s)", fault=True)
+        if self.phase == "waiting":
+            if not (state_ok and fresh):
+                return None
+            self._pose = np.clip(measured, self.layout.lower, self.layout.upper).astype(np.float32)
+            self.q, self.phase, self._since, self.engaged_once = self._pose.copy(), "engaging", now, True
+        if self.phase == "engaging":
+            if age is None or age > cfg.watchdog_s + cfg.hold_s:
+                self.release(now, f"watchdog: no fresh executable chunk for {cfg.watchdog_s + cfg.hold_s:.2f} s "
+                             "while engaging", fault=True)
+            else:
+                self.weight = min(1.0, (now - self._since) / cfg.ramp_in_s)
+                if self.weight >= 1.0:
+                    self.phase, self._since = "running", now
+                return Command(self.q.copy(), self.weight, "engaging")
+        if self.phase == "running" and not fresh:
+            self.phase, self._since = "holding", now
+        if self.phase == "holding":
+            if fresh:
+                self.phase, self._since = "running", now
+            elif now - self._since >= cfg.hold_s:
+                self.release(now, f"watchdog: no fresh executable chunk for {cfg.watchdog_s + cfg.hold_s:.2f} s "
+                             f"(last {'never' if age is None else f'{age:.2f} s ago'})", fault=True)
+            else:
+                return Command(self.q.copy(), self.weight, "holding")
+        if self.phase == "running":
+            self.q = self._step_toward(self._goal(now), dt)
+            return Command(self.q.copy(), self.weight, "running")
+        if self.phase == "releasing":
+            left = 1.0 - (now - self._since) / cfg.ramp_out_s
+            self.weight = max(0.0, self._from_weight * left)
+            if self.weight <= 0.0:
+                self.phase = "released"
+            return Command(self.q.copy(), self.weight, "releasing")
+        return None
+
+    def _goal(self, now: float) -> np.ndarray:
+        """Where the chunk wants each joint now; held joints (and NaN targets) keep their pose / last command."""
+        goal = self._pose.copy()
+        target = self.executor.target(now)
+        if target is not None:
+            goal[self._driven] = target[self.layout.policy_index[self._driven]]
+        return np.where(np.isfinite(goal), goal, self.q)
+
+    def _step_toward(self, goal: np.ndarray, dt: float) -> np.ndarray:
+        """Inside the limits first, then at most max_vel_rad_s * dt from the last command."""
+        lay = self.layout
+        goal = np.clip(goal, lay.lower, lay.upper)
+        step = lay.max_vel_rad_s * dt
+        return np.clip(goal, self.q - step, self.q + step).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------- the wire
+class RobotLink:
+    """rt/lowstate (and rt/dex3/*/state) in; rt/arm_sdk (and rt/dex3/*/cmd) out, only with `prepare(writers=True)`."""
+
+    def __init__(self, interface: str, domain: int):
+        from neon_runtime.unitree import dds
+
+        if interface == "lo":  # a simulator or test on this machine: multicast off, discovery by unicast
+            self.participant = dds.loopback(domain)
+        else:  # the robot: domain 0 is its own, and only the real-robot path opens it
+            self.participant = dds.open_participant(domain, interface, robot=domain == dds.ROBOT_DOMAIN)
+        self.where = f"{interface}, domain {domain}"
+        self._dds = dds
+        self._lowstate = dds.reader(self.participant, "rt/lowstate")
+        self._hand_readers = {side: dds.reader(self.participant, f"rt/dex3/{side}/state") for side in DEX3_MOTORS}
+        self.state = None  # the newest LowState_
+        self.state_at: float | None = None  # when it arrived (monotonic s)
+        self.hand_q: dict[str, np.ndarray | None] = dict.fromkeys(DEX3_MOTORS)
+        self._arm_sdk = None
+        self._hand_writers = {}
+        self._cmd = None
+        self._hand_cmds = {}
+        self.sent = 0
+
+    def poll(self, now: float) -> None:
+        """Take whatever arrived since the last poll (readers keep the newest sample only)."""
+        from neon_runtime.unitree.idl import HandState_, LowState_
+
+        got = [s for s in self._lowstate.take(N=1) if isinstance(s, LowState_)]  # not a writer's disposal notice
+        if got:
+            self.state, self.state_at = got[-1], now
+        for side, reader in self._hand_readers.items():
+            hs = [s for s in reader.take(N=1) if isinstance(s, HandState_) and len(s.motor_state) >= 7]
+            if hs:
+                self.hand_q[side] = np.array([m.q for m in hs[-1].motor_state[:7]], np.float32)
+
+    def wait_for_state(self, timeout_s: float, want_hands: bool, cancelled=lambda: False) -> bool:
+        """Poll until rt/lowstate (and, with want_hands, both Dex3 states) arrive; False if lowstate never does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not cancelled():
+            self.poll(time.monotonic())
+            if self.state is not None and (not want_hands or all(q is not None for q in self.hand_q.values())):
+                return True
+            time.sleep(0.01)
+        return self.state is not None
+
+    def measured(self, layout: Layout) -> np.ndarray | None:
+        """Float[(N,)]: the robot's joint positions in layout order (None before the first rt/lowstate)."""
+        if self.state is None:
+            return None
+        motors = self.state.motor_state
+        out = np.empty(layout.n, np.float32)
+        for i, (slot, hand) in enumerate(zip(layout.body_slot, layout.hand, strict=True)):
+            if hand is None:
+                out[i] = motors[slot].q
+            else:
+                q = self.hand_q[hand[0]]
+                out[i] = np.nan if q is None else q[hand[1]]
+        return out
+
+    def prepare(self, layout: Layout, *, writers: bool) -> None:
+        """Fill the messages as Unitree's code does; create the command writers only with `writers` (never in dry
+        run: then nothing can reach rt/arm_sdk)."""
+        from neon_runtime.unitree.idl import HandCmd_, LowCmd_, MotorCmd_
+
+        self._cmd = LowCmd_(mode_pr=0)
+        for slot, hand, kp, kd in zip(layout.body_slot, layout.hand, layout.kp, layout.kd, strict=True):
+            if hand is None:
+                m = self._cmd.motor_cmd[slot]
+                m.mode, m.kp, m.kd, m.dq, m.tau = 1, float(kp), float(kd), 0.0, 0.0
+        self._hand_cmds = {s: HandCmd_(motor_cmd=[MotorCmd_(mode=dex3_mode(k)) for k in range(7)]) for s in DEX3_MOTORS}
+        for hand, kp, kd in zip(layout.hand, layout.kp, layout.kd, strict=True):
+            if hand is not None:
+                m = self._hand_cmds[hand[0]].motor_cmd[hand[1]]
+                m.kp, m.kd = float(kp), float(kd)
+        if writers:
+            self._arm_sdk = self._dds.writer(self.participant, "rt/arm_sdk")
+            if layout.has_hands:
+                self._hand_writers = {s: self._dds.writer(self.participant, f"rt/dex3/{s}/cmd") for s in DEX3_MOTORS}
+
+    def send(self, layout: Layout, command: Command, write: bool = True) -> None:
+        """Fill one LowCmd_ (CRC last) and the Dex3 commands; write them on rt/arm_sdk and rt/dex3/*/cmd when
+        `write` and the writers exist."""
+        from neon_runtime.unitree.crc import fill_low_cmd_crc
+
+        cmd = self._cmd
+        cmd.mode_machine = self.state.mode_machine if self.state is not None else 0  # echo the build, as Unitree does
+        for i, (slot, hand) in enumerate(zip(layout.body_slot, layout.hand, strict=True)):
+            if hand is None:
+                cmd.motor_cmd[slot].q = float(command.q[i])
+            else:
+                self._hand_cmds[hand[0]].motor_cmd[hand[1]].q = float(command.q[i])
+        cmd.motor_cmd[WEIGHT_SLOT].q = float(command.weight)
+        fill_low_cmd_crc(cmd)
+        if not (write and self._arm_sdk is not None):
+            return
+        self._arm_sdk.write(cmd)
+        for side, writer in self._hand_writers.items():
+            writer.write(self._hand_cmds[side])
+        self.sent += 1
+
+
+# ------------------------------------------------------------------------------------------------------ tick timing
+class TickStats:
+    """Intervals between control ticks (p50, p99, how many exceeded twice the period) and the work in each tick."""
+
+    def __init__(self, rate_hz: float):
+        self.period = 1.0 / rate_hz
+        self._last: float | None = None
+        self.intervals: list[float] = []
+        self.work: list[float] = []
+
+    def mark(self, now: float) -> None:
+        if self._last is not None:
+            self.intervals.append(now - self._last)
+        self._last = now
+
+    def worked(self, seconds: float) -> None:
+        self.work.append(seconds)
+
+    def summary(self) -> str:
+        if not self.intervals:
+            return "tick period: no ticks measured"
+        ms, work = np.array(self.intervals) * 1e3, np.array(self.work or [0.0]) * 1e3
+        late = int((ms > 2e3 * self.period).sum())
+        return (f"tick period over {len(ms)} ticks at {1 / self.period:g} Hz: p50 {np.percentile(ms, 50):.2f} ms, "
+                f"p99 {np.percentile(ms, 99):.2f} ms, max {ms.max():.2f} ms, {late} later than {2e3 * self.period:g} ms; "
+                f"work per tick p50 {np.percentile(work, 50):.2f} ms, p99 {np.percentile(work, 99):.2f} ms")
+
+
+# -------------------------------------------------------------------------------------------------------- the loop
+def run_loop(controller: Controller, link: RobotLink, *, stop_reason, status, log, dry_run: bool,
+             run_seconds: float | None = None, log_every_s: float = 1.0) -> TickStats:
+    """Tick at cfg.rate_hz until released: poll the robot, tick the controller, send (unless dry run), log once per
+    `log_every_s`. `stop_reason()` -> a reason to release, or "" to go on; `status()` -> the inputs' state, for logs."""
+    layout, cfg = controller.layout, controller.cfg
+    period, stats = 1.0 / cfg.rate_hz, TickStats(cfg.rate_hz)
+    start = next_tick = time.monotonic()
+    next_log, errors, phase = start + log_every_s, 0, controller.phase
+    while controller.phase != "released":
+        now = time.monotonic()
+        stats.mark(now)
+        try:
+            link.poll(now)
+            why = stop_reason() or (f"--run-seconds {run_seconds:g} reached"
+                                    if run_seconds is not None and now - start >= run_seconds else "")
+            if why:
+                controller.release(now, why)
+            command = controller.tick(now, link.measured(layout), link.state_at)
+            if command is not None:
+                link.send(layout, command, write=not dry_run)
+            errors = 0
+        except Exception as e:  # release, holding the last command; give up if even that keeps failing
+            errors += 1
+            controller.release(now, f"error: {type(e).__name__}: {e}", fault=True)
+            if errors > cfg.rate_hz:
+                raise
+        stats.worked(time.monotonic() - now)
+        if controller.phase != phase:
+            phase = controller.phase
+            log(f"-> {phase}" + (f" ({controller.reason})" if phase in ("releasing", "released") else "")
+                + f", weight {controller.weight:.2f}")
+        if now >= next_log:
+            next_log += log_every_s
+            log(describe(controller, link, now, dry_run, status()))
+        next_tick += period
+        delay = next_tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -period:  # fell behind by more than a tick: start afresh rather than burst
+            next_tick = time.monotonic()
+    return stats
+
+
+def describe(controller: Controller, link: RobotLink, now: float, dry_run: bool, status: str) -> str:
+    """One summary line: phase, weight, chunks, state age, the arm command."""
+    ex, q = controller.executor, controller.q
+    age = ex.age(now)
+    state_age = "none" if link.state_at is None else f"{(now - link.state_at) * 1e3:.0f} ms"
+    arms = ""
+    if q is not None:
+        arms = (" | cmd L[" + " ".join(f"{v:+.2f}" for v in q[:7]) + "] R[" + " ".join(f"{v:+.2f}" for v in q[7:14])
+                + "]")
+    return (f"{'DRY RUN, nothing sent: ' if dry_run else ''}{controller.phase} weight {controller.weight:.2f}"
+            f" | chunks {ex.accepted} accepted, {ex.refused} refused, age {'none' if age is None else f'{age:.2f} s'}"
+            f" | lowstate {state_age}{arms}" + (f" | {status}" if status else ""))

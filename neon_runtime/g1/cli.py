@@ -1,0 +1,219 @@
+"""`neon-g1`: action chunks -> the G1's arms on Unitree's rt/arm_sdk (and Dex3 hands), with the safety on the robot side.
+
+    neon-g1 --server ws://127.0.0.1:8000/ws --interface eth0 --instruction "wave"   # dry run: computes, logs, sends nothing
+    neon-g1 --server ws://127.0.0.1:8000/ws --interface eth0 --instruction "wave" --engage
+    neon-g1 --ros --interface eth0 --engage     # runs neon-ros's /neon/joint_trajectory, republishes /joint_states
+
+Chunks come from a running neon-serve (camera from ROS, state from rt/lowstate) or from neon-ros's trajectory topic.
+At --rate-hz the arms get the chunk's targets interpolated in time, inside the joint limits and --max-vel of the last
+command. --engage ramps the arm_sdk weight 0 -> 1 over --ramp-in-s holding the measured pose, once rt/lowstate and a
+first executable chunk are there; chunks run from then on. No fresh executable chunk for --watchdog-s: hold the last
+command; --hold-s later: release. Release (SIGINT/SIGTERM, --run-seconds, watchdog, rt/lowstate silent for
+--state-stale-s, an error): weight -> 0 over --ramp-out-s, holding the last command.
+
+Exit codes: 0 released on SIGINT/SIGTERM or --run-seconds; 1 released after a fault (watchdog, stale rt/lowstate,
+an error); 2 refused to start (the reason is printed; nothing was sent on rt/arm_sdk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from neon.action_space import CONTROL_MODES, HAND_TYPES
+from neon_runtime.g1.bridge import BridgeError, ControlConfig, Gains
+from neon_runtime.safety import SafetyConfig
+
+CONTROL, GAINS, SAFE = ControlConfig(), Gains(), SafetyConfig()  # their defaults are neon-g1's
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neon-g1", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--server", metavar="URL", help="a running neon-serve, e.g. ws://127.0.0.1:8000/ws")
+    source.add_argument("--ros", action="store_true", help="execute neon-ros's trajectories (--trajectory-topic)")
+    p.add_argument("--engage", action="store_true", help="move the robot (default: dry run, nothing is published)")
+    p.add_argument("--interface", required=True, help="network interface wired to the robot (e.g. eth0, enp3s0); "
+                   "'lo' for a simulator or test on this machine (then --domain must not be 0)")
+    p.add_argument("--domain", type=int, default=0, help="DDS domain (default: 0, the robot's)")
+    ctl = p.add_argument_group("control and safety")
+    ctl.add_argument("--rate-hz", type=float, default=CONTROL.rate_hz, help="rt/arm_sdk rate, >= 50 (default: %(default)s)")
+    ctl.add_argument("--kp", type=float, default=GAINS.kp, help="shoulders and elbows (default: %(default)s)")
+    ctl.add_argument("--kd", type=float, default=GAINS.kd, help="(default: %(default)s)")
+    ctl.add_argument("--wrist-kp", type=float, default=GAINS.wrist_kp, help="(default: %(default)s)")
+    ctl.add_argument("--wrist-kd", type=float, default=GAINS.wrist_kd, help="(default: %(default)s)")
+    ctl.add_argument("--waist-kp", type=float, default=GAINS.waist_kp, help="waist, held at its engage pose unless "
+                     "the action space drives it (default: %(default)s)")
+    ctl.add_argument("--waist-kd", type=float, default=GAINS.waist_kd, help="(default: %(default)s)")
+    ctl.add_argument("--hand-kp", type=float, default=GAINS.hand_kp, help="Dex3 (default: %(default)s)")
+    ctl.add_argument("--hand-kd", type=float, default=GAINS.hand_kd, help="Dex3 (default: %(default)s)")
+    ctl.add_argument("--max-vel", type=float, default=SAFE.max_joint_velocity,
+                     help="rad/s, arms and waist (default: %(default)s)")
+    ctl.add_argument("--max-hand-vel", type=float, default=SAFE.max_hand_velocity,
+                     help="rad/s, Dex3 fingers (default: %(default)s)")
+    ctl.add_argument("--ramp-in-s", type=float, default=CONTROL.ramp_in_s, help="weight 0 -> 1, >= 1 (default: %(default)s)")
+    ctl.add_argument("--ramp-out-s", type=float, default=CONTROL.ramp_out_s, help="weight 1 -> 0, >= 2 (default: %(default)s)")
+    ctl.add_argument("--watchdog-s", type=float, default=CONTROL.watchdog_s,
+                     help="no fresh executable chunk for this long: hold (default: %(default)s)")
+    ctl.add_argument("--hold-s", type=float, default=CONTROL.hold_s, help="then release after holding this long "
+                     "(default: %(default)s)")
+    ctl.add_argument("--state-stale-s", type=float, default=CONTROL.state_stale_s,
+                     help="rt/lowstate silent this long while engaged: release (default: %(default)s)")
+    ctl.add_argument("--state-timeout", type=float, default=3.0,
+                     help="refuse to start without rt/lowstate within this long (default: %(default)s)")
+    ctl.add_argument("--no-hands", action="store_true", help="leave Dex3 hands alone even when the action space has them")
+    ctl.add_argument("--run-seconds", type=float, help="release and exit after this long (default: run until a signal)")
+    ctl.add_argument("--log-every-s", type=float, default=1.0, help="summary line period (default: %(default)s)")
+    srv = p.add_argument_group("server mode")
+    srv.add_argument("--token", default=os.environ.get("NEON_TOKEN"), help="the server's token (default: $NEON_TOKEN)")
+    srv.add_argument("--token-file", help="read the token from this file (a bare line or NEON_TOKEN=...)")
+    srv.add_argument("--instruction", help="what to do (a message on --instruction-topic replaces it)")
+    srv.add_argument("--instruction-topic", default="/neon/instruction", help="std_msgs/String (default: %(default)s)")
+    srv.add_argument("--camera-topic", default="/camera/color/image_raw", help="sensor_msgs/Image (default: %(default)s)")
+    srv.add_argument("--request-hz", type=float, default=5.0, help="chunk requests per second (default: %(default)s)")
+    ros = p.add_argument_group("ROS mode")
+    ros.add_argument("--trajectory-topic", default="/neon/joint_trajectory",
+                     help="trajectory_msgs/JointTrajectory, action-space joint names (default: %(default)s)")
+    ros.add_argument("--mode", choices=CONTROL_MODES, default="arms_only",
+                     help="the action space the trajectories come from (default: %(default)s)")
+    ros.add_argument("--hand", choices=HAND_TYPES, default="dex3", help="(default: %(default)s)")
+    ros.add_argument("--joint-states-topic", default="/joint_states", help="rt/lowstate republished as "
+                     "sensor_msgs/JointState, action-space names (default: %(default)s)")
+    ros.add_argument("--no-joint-states", action="store_true", help="do not republish rt/lowstate")
+    return p
+
+
+def _check(args) -> None:
+    for name in ("max_vel", "max_hand_vel", "request_hz", "state_timeout", "log_every_s"):
+        if not getattr(args, name) > 0:
+            raise BridgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.run_seconds is not None and not args.run_seconds > 0:
+        raise BridgeError(f"--run-seconds must be positive, got {args.run_seconds}")
+    if args.interface == "lo" and args.domain == 0:
+        raise BridgeError("--interface lo is a simulator or test on this machine: give it a --domain other than 0 "
+                          "(domain 0 is the robot's)")
+
+
+def log(message: str) -> None:
+    print(f"neon-g1: {message}", flush=True)
+
+
+def run(args) -> int:
+    from neon.action_space import G1ActionSpace
+    from neon_runtime.executor import ChunkExecutor, ChunkRefused
+    from neon_runtime.g1.bridge import Controller, RobotLink, make_layout, run_loop
+    from neon_runtime.g1.inputs import RosIO, ServerSource, connect_server, trajectory_to_chunk
+
+    _check(args)
+    stop = {"reason": ""}
+
+    def on_signal(signum, frame) -> None:  # from here on a signal releases (or, before anything was sent, just ends)
+        name = signal.Signals(signum).name
+        if stop["reason"]:
+            log(f"{name}: already releasing ({stop['reason']})")
+        stop["reason"] = stop["reason"] or name
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    config = ControlConfig(args.rate_hz, args.ramp_in_s, args.ramp_out_s, args.watchdog_s, args.hold_s,
+                           args.state_stale_s).validate()
+    gains = Gains(args.kp, args.kd, args.wrist_kp, args.wrist_kd, args.waist_kp, args.waist_kd, args.hand_kp,
+                  args.hand_kd).validate()
+    try:
+        link = RobotLink(args.interface, args.domain)
+    except ValueError as e:  # an unknown interface, a domain out of range: the factory names it
+        raise BridgeError(str(e)) from None
+    policy = None
+    if args.server:
+        token = args.token
+        if args.token_file:
+            from neon_runtime.client import RemoteError, read_token
+
+            try:
+                token = read_token(args.token_file)
+            except RemoteError as e:
+                raise BridgeError(str(e)) from None
+        policy, space = connect_server(args.server, token)
+    else:
+        space = G1ActionSpace(args.mode, args.hand)
+    want_hands = not args.no_hands and space.hand_type == "dex3"
+    if not link.wait_for_state(args.state_timeout, want_hands, cancelled=lambda: bool(stop["reason"])):
+        if policy is not None:
+            policy.close()
+        if stop["reason"]:
+            log(f"{stop['reason']} before rt/lowstate arrived; nothing was sent")
+            return 0
+        raise BridgeError(f"no rt/lowstate on {link.where} within {args.state_timeout:g} s (--state-timeout): is the "
+                          "robot on, and is this the interface wired to it? Nothing was sent")
+    hands = want_hands and all(q is not None for q in link.hand_q.values())
+    if want_hands and not hands:
+        log(f"no rt/dex3/left/state and rt/dex3/right/state within {args.state_timeout:g} s: the hands are not commanded")
+    layout = make_layout(space, gains, hands=hands, max_vel_rad_s=args.max_vel, max_hand_vel_rad_s=args.max_hand_vel)
+    executor = ChunkExecutor(space.dim)
+    controller = Controller(layout, config, executor)
+    inputs = {"status": "", "error": ""}
+
+    def on_trajectory(msg) -> None:
+        try:
+            executor.accept(trajectory_to_chunk(msg, space))
+            inputs["status"] = f"trajectory on {args.trajectory_topic}"
+        except BridgeError as e:
+            if controller.engaged_once:
+                inputs["status"] = f"refused: {e}"
+            else:
+                inputs["error"] = str(e)
+        except (ChunkRefused, ValueError) as e:
+            inputs["status"] = f"refused: {e}"
+
+    try:
+        ros = RosIO(link, layout, camera_topic=args.camera_topic if args.server else None,
+                    instruction_topic=args.instruction_topic if args.server else None,
+                    trajectory_topic=None if args.server else args.trajectory_topic, on_trajectory=on_trajectory,
+                    joint_states_topic=None if args.server or args.no_joint_states else args.joint_states_topic)
+    except ImportError as e:
+        raise BridgeError(f"neon-g1 needs ROS 2 (rclpy) for the camera, instruction and trajectory topics: {e} "
+                          "(scripts/setup.sh installs the ros extra)") from None
+    source = None
+    if args.server:
+        source = ServerSource(policy, space, link, ros, executor, args.request_hz, args.instruction)
+        source.start()
+    link.prepare(layout, writers=args.engage)
+    log(f"{space.describe()} from {args.server or args.trajectory_topic}; robot on {link.where}; writing "
+        f"{', '.join(layout.names[:2])}, ... ({layout.n} joints{', Dex3 hands' if layout.has_hands else ''}) at "
+        f"{config.rate_hz:g} Hz; " + ("ENGAGE: the arms will move once a first executable chunk arrives" if args.engage
+                                      else "DRY RUN (default): computing and logging only, nothing is published on "
+                                           "rt/arm_sdk; pass --engage to move the robot"))
+    try:
+        stats = run_loop(controller, link, dry_run=not args.engage, run_seconds=args.run_seconds,
+                         log_every_s=args.log_every_s, log=log,
+                         stop_reason=lambda: stop["reason"] or (f"bad input: {inputs['error']}" if inputs["error"] else ""),
+                         status=lambda: source.status if source else inputs["status"])
+    finally:
+        if source is not None:
+            source.close()
+        ros.close()
+    log(stats.summary())
+    if inputs["error"] and not controller.engaged_once:
+        raise BridgeError(f"{inputs['error']}. Nothing was sent")
+    if controller.fault:
+        log(f"released after a fault: {controller.reason}")
+        return 1
+    log(f"released ({controller.reason}){'' if controller.engaged_once else '; it never engaged'}"
+        f"{'' if args.engage else '; dry run, nothing was sent'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sys.setswitchinterval(0.001)  # the control thread waits at most ~1 ms for the GIL (Python's default is 5 ms)
+    try:
+        return run(args)
+    except BridgeError as e:
+        print(f"neon-g1: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

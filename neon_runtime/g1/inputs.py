@@ -1,0 +1,224 @@
+"""Where neon-g1's chunks come from, and its ROS side.
+
+- Server mode: `ServerSource` asks a running neon-serve (`RemotePolicy`) for chunks at `request_hz`, with the head
+  camera image from ROS, the instruction from --instruction or /neon/instruction, and the joint state from rt/lowstate.
+- ROS mode: neon-ros's /neon/joint_trajectory (`trajectory_to_chunk`), while rt/lowstate goes back out on
+  /joint_states so neon-ros has its state.
+
+Chunk times are turned from wall-clock (observation timestamps, ROS header stamps) to the control loop's monotonic
+clock once, on arrival (`wall_to_mono`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from neon.action_space import G1ActionSpace
+from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused
+from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, Layout, RobotLink, require_arms
+
+MAX_IMAGE_AGE_S = 0.5  # an older camera frame counts as none (neon-ros's max_image_age_s)
+
+
+def wall_to_mono(t_wall: float) -> float:
+    """A time.time() instant on the time.monotonic() clock."""
+    return time.monotonic() - (time.time() - t_wall)
+
+
+# ------------------------------------------------------------------------------------------------------- server mode
+def connect_server(url: str, token: str | None, open_timeout_s: float = 10.0):
+    """-> (RemotePolicy, its action space), or BridgeError: unreachable, no arm joints, or dry run."""
+    from neon_runtime.client import RemoteError, RemotePolicy
+
+    try:
+        policy = RemotePolicy(url, token, open_timeout_s)
+    except RemoteError as e:
+        raise BridgeError(str(e)) from None
+    meta = policy.metadata()
+    joints = [j.get("name") for j in meta.get("action_space", {}).get("joints", [])]
+    try:
+        require_arms(joints, f"the action space of the server at {url}")
+        if meta.get("dry_run", True):
+            raise BridgeError(
+                f"the server at {url} is dry-run only (its metadata says dry_run: true: started with --dry-run, or its "
+                "heads are untrained): none of its chunks is executable. Serve a trained checkpoint without --dry-run")
+        space = G1ActionSpace.from_dict(meta["action_space"])
+    except Exception:
+        policy.close()
+        raise
+    return policy, space
+
+
+def reply_to_chunk(reply: dict, space: G1ActionSpace, source: str = "neon-serve") -> Chunk:
+    """A neon-serve reply as a chunk: step k due (k + 1) / fps after its observation (as neon-ros times it)."""
+    if list(reply.get("joint_names", space.names)) != space.names:
+        raise ChunkRefused("the reply's joint_names differ from the server's action space")
+    fps, observed = float(reply["fps"]), reply.get("observation_timestamp")
+    if observed is None:
+        raise ChunkRefused("the reply has no observation_timestamp, so its steps cannot be placed in time")
+    notes = "; ".join(n for n in reply.get("safety", {}).get("notes", []) if n.startswith("not executable"))
+    return Chunk.at_fps(np.asarray(reply["actions"], np.float32), fps, wall_to_mono(float(observed) + 1.0 / fps),
+                        time.monotonic(), executable=not reply.get("dry_run", True), why_not=notes, source=source)
+
+
+def state_vector(space: G1ActionSpace, link: RobotLink) -> np.ndarray:
+    """Float[(D,)] the policy's `state` in action-space order: body joints from rt/lowstate (motor_state[sdk_index].q),
+    Dex3 hands from rt/dex3/*/state (0 where they never arrived), anything else (locomotion, neck) 0."""
+    out = np.zeros(space.dim, np.float32)
+    motors = link.state.motor_state
+    for i, j in enumerate(space.joints):
+        if j.sdk_index is not None:
+            out[i] = motors[j.sdk_index].q
+        elif space.hand_type == "dex3" and j.group == "hands":
+            side, finger = j.name.split("_hand_")
+            q = link.hand_q.get(side)
+            out[i] = 0.0 if q is None else q[DEX3_MOTORS[side].index(finger)]
+    return out
+
+
+class ServerSource:
+    """A thread asking neon-serve for a chunk every 1 / request_hz s once camera, instruction and state are there."""
+
+    def __init__(self, policy, space: G1ActionSpace, link: RobotLink, ros: RosIO, executor: ChunkExecutor,
+                 request_hz: float, instruction: str | None):
+        self.policy, self.space, self.link, self.ros, self.executor = policy, space, link, ros, executor
+        self.period, self.instruction = 1.0 / request_hz, instruction
+        self.status = "starting"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="neon-g1-infer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.policy.close()  # first: a request still waiting on the server ends with the connection
+        self._thread.join(timeout=10)
+
+    def _missing(self) -> str:
+        image_age = self.ros.image_age()
+        if image_age is None or image_age > MAX_IMAGE_AGE_S:
+            return (f"waiting for a camera image on {self.ros.camera_topic}" if image_age is None
+                    else f"camera image is {image_age:.2f} s old (limit {MAX_IMAGE_AGE_S} s)")
+        if not (self.ros.instruction or self.instruction):
+            return f"waiting for an instruction (--instruction or {self.ros.instruction_topic})"
+        return ""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            self.status = self._missing()
+            if not self.status:
+                image, image_age = self.ros.image, self.ros.image_age()
+                state_age = time.monotonic() - self.link.state_at
+                request = {"image": image, "instruction": self.ros.instruction or self.instruction,
+                           "state": state_vector(self.space, self.link),
+                           "timestamp": time.time() - max(image_age, state_age)}  # the older of the two
+                try:
+                    self.executor.accept(reply_to_chunk(self.policy.infer(request), self.space))
+                    self.status = "ok"
+                except ChunkRefused as e:
+                    self.status = f"refused: {e}"
+                except Exception as e:  # the server refused the request, or the connection dropped: the watchdog acts
+                    self.status = f"inference failed: {type(e).__name__}: {e}"
+            self._stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
+
+
+# ---------------------------------------------------------------------------------------------------------- ROS mode
+def trajectory_to_chunk(msg, space: G1ActionSpace) -> Chunk:
+    """trajectory_msgs/JointTrajectory (joint names as in the action space, any common spelling) -> a chunk in
+    action-space order; joints it leaves out are NaN (held). Point times count from the header stamp (from arrival
+    when the stamp is zero). Raises BridgeError when it lacks arm joints."""
+    mapping = space.map_names(list(msg.joint_names))
+    require_arms([space.names[t] for t in mapping.target_index], "the trajectory on the ROS topic")
+    if not msg.points:
+        raise ChunkRefused("the trajectory has no points")
+    n = len(msg.joint_names)
+    if any(len(p.positions) != n for p in msg.points):
+        raise ChunkRefused(f"every trajectory point needs {n} positions, one per joint name")
+    targets = np.full((len(msg.points), space.dim), np.nan, np.float32)
+    positions = np.array([p.positions for p in msg.points], np.float32)
+    targets[:, mapping.target_index] = positions[:, mapping.source_index]
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    start = wall_to_mono(stamp) if stamp > 0 else time.monotonic()
+    times = start + np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])
+    return Chunk(targets, times, time.monotonic(), source="ROS trajectory")
+
+
+class RosIO:
+    """neon-g1's ROS 2 node on its own thread: camera and instruction (server mode), the trajectory topic (ROS mode),
+    and rt/lowstate republished as sensor_msgs/JointState."""
+
+    def __init__(self, link: RobotLink, layout: Layout, *, camera_topic: str | None, instruction_topic: str | None,
+                 trajectory_topic: str | None, on_trajectory=None, joint_states_topic: str | None,
+                 joint_states_hz: float = 50.0):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import String
+        from trajectory_msgs.msg import JointTrajectory
+
+        from neon_runtime.ros.convert import MessageError, image_to_array
+
+        self.link, self.layout = link, layout
+        self.camera_topic, self.instruction_topic = camera_topic, instruction_topic
+        self.image, self._image_at, self.instruction = None, None, None
+        self._rclpy, self._JointState = rclpy, JointState
+        rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)  # neon-g1 handles SIGINT/SIGTERM itself
+        self.node = node = rclpy.create_node("neon_g1")
+        self.log = node.get_logger()
+
+        def on_image(msg):
+            try:
+                self.image, self._image_at = image_to_array(msg), time.monotonic()
+            except MessageError as e:
+                self.log.warning(f"camera: {e}", throttle_duration_sec=5.0)
+
+        if camera_topic:
+            node.create_subscription(Image, camera_topic, on_image, qos_profile_sensor_data)
+        if instruction_topic:
+            command = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)  # as neon-ros subscribes to it
+            node.create_subscription(String, instruction_topic, lambda m: setattr(self, "instruction", m.data), command)
+        if trajectory_topic:
+            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # as neon-ros publishes it
+            node.create_subscription(JointTrajectory, trajectory_topic, on_trajectory, reliable)
+        self._pub = None
+        if joint_states_topic:
+            self._pub = node.create_publisher(JointState, joint_states_topic, qos_profile_sensor_data)
+            node.create_timer(1.0 / joint_states_hz, self._publish_joint_states)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(node)
+        self._thread = threading.Thread(target=self._spin, name="neon-g1-ros", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # shutdown while spinning
+            pass
+
+    def image_age(self) -> float | None:
+        return None if self._image_at is None else time.monotonic() - self._image_at
+
+    def _publish_joint_states(self) -> None:
+        q = self.link.measured(self.layout)
+        if q is None:
+            return
+        ok = np.isfinite(q)
+        msg = self._JointState()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.name = [n for n, k in zip(self.layout.names, ok, strict=True) if k]
+        msg.position = [float(v) for v in q[ok]]
+        self._pub.publish(msg)
+
+    def close(self) -> None:
+        self._executor.shutdown(timeout_sec=5)
+        self._thread.join(timeout=5)
+        self.node.destroy_node()
+        self._rclpy.try_shutdown()
