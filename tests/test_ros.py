@@ -1,6 +1,5 @@
 """neon-ros with real rclpy: topics in, JointTrajectory out, the watchdog, remote mode, launch-file checks."""
 
-import ast
 import os
 import random
 import signal
@@ -222,22 +221,52 @@ def test_message_conversions():
     assert np.allclose(cloud_to_array(array_to_cloud(pts)), pts)
 
 
+def load_launch_file():
+    """The launch file as a module: its `commands()` is the description `ros2 launch` wraps."""
+    import importlib.util
+
+    path = ROOT / "ros2_ws" / "src" / "neon_bringup" / "launch" / "g1.launch.py"
+    spec = importlib.util.spec_from_file_location("g1_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_launch_file_and_params_match_the_node():
+    from neon_runtime.g1.cli import build_parser
+
     pkg = ROOT / "ros2_ws" / "src" / "neon_bringup"
-    source = (pkg / "launch" / "g1.launch.py").read_text()
-    tree = ast.parse(source)
-    arguments = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGUMENTS")
-    declared = {name: (default, kind) for name, default, kind, _ in ast.literal_eval(arguments)}
+    launch = load_launch_file()
+    params_file = str(pkg / "config" / "g1.yaml")
+    declared = {name: (default, kind) for name, default, kind, _ in launch.ARGUMENTS}
     for arg in ("model", "backbone", "mode", "rate_hz", "server_url", "token_file", "dry_run", "camera_topic",
                 "joint_states_topic", "instruction_topic", "lidar_topic", "audio_topic"):
         assert arg in declared, arg
     assert declared["dry_run"][0] == "true"
-    # Every argument becomes a node parameter of the node's own type (`model:=2024` stays a string).
+    # Every node argument is a node parameter of the node's own type (`model:=2024` stays a string).
     for name, (_, kind) in declared.items():
         assert kind == type(PARAMETERS[name]).__name__, (name, kind, PARAMETERS[name])
-    assert "ParameterValue(LaunchConfiguration(name), value_type=TYPES[kind])" in source
-    # The node's death ends the launch; neon-ros is found on PATH by absolute path, or the launch says why.
-    assert "on_exit=Shutdown(" in source and 'shutil.which("neon-ros")' in source and "not on PATH" in source
+    argv = launch.commands({"model": "2024", "rate_hz": "5"}, params_file)
+    node = argv["neon"]
+    assert node[:6] == ["neon-ros", "--ros-args", "-r", "__node:=neon", "--params-file", params_file]
+    given = dict(node[i + 1].split(":=", 1) for i in range(6, len(node), 2))
+    assert given["model"] == '"2024"' and given["rate_hz"] == "5.0" and given["dry_run"] == "true"
+    assert set(given) == set(declared)
+    # The bridge: every flag the launch file and g1.yaml give is one neon-g1 accepts, with the value it means.
+    bridge = build_parser().parse_args(argv["neon_g1"][1:])
+    assert bridge.ros and not bridge.engage and bridge.interface == "eth0" and bridge.domain == 0
+    assert bridge.rate_hz == 250.0 and bridge.max_vel == 2.0 and bridge.ramp_in_s >= 1 and bridge.ramp_out_s >= 2
+    assert bridge.trajectory_topic == "/neon/joint_trajectory" and bridge.joint_states_topic == "/joint_states"
+    # Moving the robot takes both dry_run:=false and engage:=true.
+    for dry_run, engage, moves in (("true", "true", False), ("false", "false", False), ("false", "true", True)):
+        bridge_argv = launch.commands({"dry_run": dry_run, "engage": engage}, params_file)["neon_g1"]
+        assert ("--engage" in bridge_argv) == moves, (dry_run, engage)
+    for bad in ({"dry_run": "yes"}, {"dds_domain": "zero"}, {"rate_hz": "fast"}, {"no_such_argument": "1"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            launch.commands(bad, params_file)
+    source = (pkg / "launch" / "g1.launch.py").read_text()
+    # Either process's death ends the launch; both are found on PATH by absolute path, or the launch says why.
+    assert "on_exit=Shutdown(" in source and "shutil.which(name)" in source and "not on PATH" in source
     cfg = yaml.safe_load((pkg / "config" / "g1.yaml").read_text())
     params = cfg["neon"]["ros__parameters"]
     assert set(params) <= set(PARAMETERS), set(params) - set(PARAMETERS)
