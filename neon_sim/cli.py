@@ -3,6 +3,8 @@
     neon-sim collect --out data/sim --episodes 200 --seed 0      # expert episodes as a LeRobot v3.0 dataset
     neon-sim eval --policy oracle|hold|ws://127.0.0.1:8000/ws --episodes 50 --seed 10000 --out eval_sim/
     neon-sim eval --policy oracle --episodes 20 --latency-ms 0,100,200,300 --out eval_lat/   # success vs latency
+    neon-sim g1 --interface lo --domain 1 --seed 10000 --episodes 10 --out eval_g1/   # the G1 on its DDS topics:
+        # rt/lowstate out, rt/arm_sdk in, head camera and instruction on ROS 2; driven by a bridge (neon-g1)
 
 The G1 model: --mjcf PATH or $NEON_G1_MJCF, else Unitree's scene_29dof.xml in ../shared/robots/unitree_g1/
 beside the checkout, else MuJoCo Menagerie's unitree_g1 through the mujoco-menagerie package (downloaded and
@@ -21,6 +23,18 @@ import time
 
 MJCF_HELP = ("the G1 scene MJCF (default: $NEON_G1_MJCF, else ../shared/robots/unitree_g1/scene_29dof.xml, "
              "else Menagerie's unitree_g1 through the mujoco-menagerie package)")
+
+
+G1_DESCRIPTION = """\
+The simulated G1 tabletop in (soft) real time on the robot's own wire, as Unitree's unitree_mujoco does:
+rt/lowstate (LowState_, crc filled) out, rt/arm_sdk (LowCmd_) in, the head camera on /camera/color/image_raw and
+the instruction on /neon/instruction (ROS 2). A bridge (neon-g1) drives it as it drives the robot.
+
+  weight w = motor_cmd[29].q in [0, 1]; each waist and arm joint tracks w * command + (1 - w) * the start pose
+  (gains, dq and tau blended alike), with gravity compensation; a wrong crc is ignored; a command older than
+  --stale-after-s is not applied. Each episode's clock starts when w reaches 1 and ends at success or EPISODE_S;
+  the next seed starts once w is back at 0. Details: neon_sim/dds_g1.py.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation", default="none", choices=["none", "blank-image", "other-block"],
                    help="send a grey frame, or an instruction naming another block (served policies only)")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("g1", help="the simulated G1 in real time on Unitree's DDS topics (rt/lowstate out, rt/arm_sdk in) "
+                                  "with the head camera and instruction on ROS 2, for a bridge to drive",
+                       description=G1_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--interface", default="lo", help="network interface for DDS (lo: multicast off, peers on 127.0.0.1)")
+    p.add_argument("--domain", type=int, default=1, help="DDS domain id (0 is the real G1's: refused unless --allow-domain-0)")
+    p.add_argument("--allow-domain-0", action="store_true", help="join domain 0, the robot's own (an isolated network only)")
+    p.add_argument("--seed", type=int, default=10_000, help="episode k uses seed + k (neon-sim eval's seeds)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--mjcf", help=MJCF_HELP)
+    p.add_argument("--state-hz", type=float, default=250.0, help="rt/lowstate rate; must divide the 500 Hz physics rate")
+    p.add_argument("--camera-hz", type=float, default=10.0, help="head camera frames a second of sim time (0: none)")
+    p.add_argument("--image-size", type=int, default=64, help="head camera frames, pixels")
+    p.add_argument("--stale-after-s", type=float, default=0.2,
+                   help="an rt/arm_sdk command older than this is not applied: the own hold takes over (0: never stale)")
+    p.add_argument("--engage-timeout-s", type=float, default=0.0,
+                   help="end an episode whose weight never reaches 1 after this long (0: wait for ever)")
+    p.add_argument("--release-timeout-s", type=float, default=10.0,
+                   help="after an episode, wait at most this long for the weight to return to 0")
+    p.add_argument("--no-ros", action="store_true", help="no camera or instruction (DDS only)")
+    p.add_argument("--out", help="folder for sim_report.json/.md")
+    p.set_defaults(func=_g1)
     args = ap.parse_args(argv)
     from neon.data.lerobot import DatasetError
     from neon_sim.scene import SimError
@@ -97,6 +132,44 @@ def _eval(args) -> int:
     lo, hi = report["success_ci95"]
     print(f"{args.policy}: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {args.episodes} "
           f"episodes at {args.latency_ms[0]:g} ms latency; {report['seconds_per_episode']} s per episode")
+    return 0
+
+
+def _g1(args) -> int:
+    from neon_sim.dds_g1 import DdsG1, DdsG1Config, write_report
+
+    if args.interface == "lo":  # the ROS 2 side stays on this machine too, unless the environment says otherwise
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    config = DdsG1Config(interface=args.interface, domain=args.domain, seed=args.seed, episodes=args.episodes,
+                         mjcf=args.mjcf, state_hz=args.state_hz, camera_hz=args.camera_hz, image_size=args.image_size,
+                         stale_after_s=args.stale_after_s, engage_timeout_s=args.engage_timeout_s,
+                         release_timeout_s=args.release_timeout_s, ros=not args.no_ros,
+                         allow_robot_domain=args.allow_domain_0)
+
+    def say(event) -> None:
+        where = f"episode {event.episode + 1}/{args.episodes} (seed {event.seed})"
+        if event.kind == "ready":
+            print(f"{where}: {event.instruction!r}; holding, waiting for the rt/arm_sdk weight to reach 1", flush=True)
+        elif event.kind == "finished":
+            r = event.result
+            if not r["engaged"]:
+                print(f"{where}: the weight never reached 1 within --engage-timeout-s; next", flush=True)
+                return
+            outcome = f"success after {r['time_to_success_s']} s" if r["success"] else "no success"
+            print(f"{where}: {outcome}, palm {r['final_distance_m']} m from the block; waiting for the weight to "
+                  "return to 0", flush=True)
+
+    sim = DdsG1(config, on_event=say).start()
+    print(f"neon-sim g1: rt/lowstate at {config.state_hz:g} Hz, rt/arm_sdk in, on {config.interface} in DDS domain "
+          f"{config.domain}" + ("" if args.no_ros else f"; ROS 2 domain {os.environ.get('ROS_DOMAIN_ID', '0')}"), flush=True)
+    report = sim.run()
+    if args.out:
+        write_report(report, args.out)
+    lo, hi = report["success_ci95"]
+    cmds = report["commands"]
+    print(f"rt/arm_sdk: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {report['episodes']} "
+          f"episodes; rt/lowstate {report['lowstate_hz']} Hz, real-time factor {report['real_time_factor']}; commands "
+          f"accepted {cmds['accepted']}, rejected (crc) {cmds['rejected_crc']}, stale {cmds['stale']}")
     return 0
 
 

@@ -229,12 +229,13 @@ class G1Tabletop:
         return float(self.data.time)
 
     # ------------------------------------------------------------------ cameras
-    def render(self, camera: str = "head") -> np.ndarray:
-        """UInt8[(S, S, 3)] offscreen frame (shadows, reflections and skybox off)."""
+    def render(self, camera: str = "head", data=None) -> np.ndarray:
+        """UInt8[(S, S, 3)] offscreen frame (shadows, reflections and skybox off) of the sim's state, or of `data`
+        (another MjData of this model: a render thread's copy, so rendering never touches the stepping data)."""
         mj = self.mj
         if self._renderer is None:
             self._renderer = mj.Renderer(self.model, self.image_size, self.image_size)
-        self._renderer.update_scene(self.data, camera=camera)
+        self._renderer.update_scene(self.data if data is None else data, camera=camera)
         for flag in (mj.mjtRndFlag.mjRND_SHADOW, mj.mjtRndFlag.mjRND_REFLECTION, mj.mjtRndFlag.mjRND_SKYBOX):
             self._renderer.scene.flags[flag] = 0
         return self._renderer.render().copy()
