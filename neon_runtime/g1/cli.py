@@ -168,7 +168,7 @@ def run(args) -> int:
             inputs["status"] = f"refused: {e}"
 
     try:
-        ros = RosIO(link, layout, camera_topic=args.camera_topic if args.server else None,
+        ros = RosIO(link, space, camera_topic=args.camera_topic if args.server else None,
                     instruction_topic=args.instruction_topic if args.server else None,
                     trajectory_topic=None if args.server else args.trajectory_topic, on_trajectory=on_trajectory,
                     joint_states_topic=None if args.server or args.no_joint_states else args.joint_states_topic)

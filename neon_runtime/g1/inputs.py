@@ -18,7 +18,7 @@ import numpy as np
 
 from neon.action_space import G1ActionSpace
 from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused
-from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, Layout, RobotLink, require_arms
+from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, RobotLink, require_arms
 
 MAX_IMAGE_AGE_S = 0.5  # an older camera frame counts as none (neon-ros's max_image_age_s)
 
@@ -150,9 +150,10 @@ def trajectory_to_chunk(msg, space: G1ActionSpace) -> Chunk:
 
 class RosIO:
     """neon-g1's ROS 2 node on its own thread: camera and instruction (server mode), the trajectory topic (ROS mode),
-    and rt/lowstate republished as sensor_msgs/JointState."""
+    and rt/lowstate republished as sensor_msgs/JointState: every joint of the action space, the same `state_vector`
+    a server gets (so Dex3 hands with no rt/dex3 state read 0, as in training data without hands)."""
 
-    def __init__(self, link: RobotLink, layout: Layout, *, camera_topic: str | None, instruction_topic: str | None,
+    def __init__(self, link: RobotLink, space: G1ActionSpace, *, camera_topic: str | None, instruction_topic: str | None,
                  trajectory_topic: str | None, on_trajectory=None, joint_states_topic: str | None,
                  joint_states_hz: float = 50.0):
         import rclpy
@@ -165,7 +166,8 @@ class RosIO:
 
         from neon_runtime.ros.convert import MessageError, image_to_array
 
-        self.link, self.layout = link, layout
+        self.link, self.space = link, space
+        self._joints = [i for i, j in enumerate(space.joints) if j.group != "locomotion"]  # a command, not a joint
         self.camera_topic, self.instruction_topic = camera_topic, instruction_topic
         self.image, self._image_at, self.instruction = None, None, None
         self._rclpy, self._JointState = rclpy, JointState
@@ -207,14 +209,13 @@ class RosIO:
         return None if self._image_at is None else time.monotonic() - self._image_at
 
     def _publish_joint_states(self) -> None:
-        q = self.link.measured(self.layout)
-        if q is None:
+        if self.link.state is None:
             return
-        ok = np.isfinite(q)
+        q = state_vector(self.space, self.link)
         msg = self._JointState()
         msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.name = [n for n, k in zip(self.layout.names, ok, strict=True) if k]
-        msg.position = [float(v) for v in q[ok]]
+        msg.name = [self.space.names[i] for i in self._joints]
+        msg.position = [float(q[i]) for i in self._joints]
         self._pub.publish(msg)
 
     def close(self) -> None:
