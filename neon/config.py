@@ -117,6 +117,11 @@ class NeonConfig:
     action_softcap: float = 10.0  # cap on normalised (z-scored) actions; far above the usual +-3 range
     speech_responses: list[str] = field(default_factory=lambda: list(DEFAULT_RESPONSES))
     max_instruction_chars: int = 512
+    # Prefix conditioning (training-time real-time chunking): while the next request is in flight the robot
+    # commits to the first d steps of the chunk it executes; the heads are given those d steps (d <= this many)
+    # and predict the continuation. 0 = off (no extra modules: checkpoints from before the option load as they were).
+    prefix_max_steps: int = 0
+    prefix_probability: float = 0.5  # per training sample: chance of drawing d uniform in 1..prefix_max_steps
 
     def action_space(self) -> G1ActionSpace:
         groups = G1ActionSpace(self.control_mode, self.hand_type, self.neck, fps=self.fps).groups
@@ -144,6 +149,12 @@ class NeonConfig:
         _check(len(self.speech_responses) >= 1 and self.speech_responses[0] == "", "speech_responses",
                "must be a list whose first entry is '' (the 'say nothing' class)")
         _check(len(set(self.speech_responses)) == len(self.speech_responses), "speech_responses", "entries must be unique")
+        _check(isinstance(self.prefix_max_steps, int) and 0 <= self.prefix_max_steps < self.num_action_steps,
+               "prefix_max_steps",
+               f"must be in 0..num_action_steps-1={self.num_action_steps - 1} (0 = off; at least one step must be "
+               f"left to predict), got {self.prefix_max_steps}")
+        _check(0.0 <= self.prefix_probability <= 1.0, "prefix_probability",
+               f"must be in [0, 1], got {self.prefix_probability}")
         try:
             self.action_space()
         except ValueError as e:

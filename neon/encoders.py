@@ -70,3 +70,30 @@ class AudioProjection(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.proj(rms_norm(feats))
+
+
+class PrefixEncoder(nn.Module):
+    """The committed steps of the chunk being executed -> (a token for the action heads, the last committed step).
+
+    Float[(B, P, D)] normalised actions (the heads' own target representation) with Long[(B,)] d per sample
+    (0 = no prefix; steps past d are ignored) -> (Float[(B, d_model)], Float[(B, D)]). The token is a linear map
+    of the path into the last committed step (each step minus the last, zeros past d) and of the last step itself,
+    plus a learned embedding of d; the model adds it to the fused features the action heads read. The last
+    committed step (zeros where d = 0) is added to the heads' output, so the heads predict the continuation as a
+    change from where the robot will be (and, untrained, hold it).
+    """
+
+    def __init__(self, max_steps: int, action_dim: int, d: int):
+        super().__init__()
+        self.max_steps = max_steps
+        self.proj = nn.Linear((max_steps + 1) * action_dim, d)
+        self.delay = nn.Parameter(torch.randn(max_steps + 1, d) * 0.02)
+
+    def forward(self, prefix: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        length = length.clamp(0, self.max_steps)
+        keep = (torch.arange(self.max_steps, device=prefix.device)[None, :] < length[:, None]).to(prefix.dtype)
+        idx = (length - 1).clamp(min=0)[:, None, None].expand(-1, 1, prefix.shape[-1])
+        last = prefix.gather(1, idx)[:, 0] * (length > 0)[:, None].to(prefix.dtype)  # (B, D)
+        path = (prefix - last[:, None]) * keep[..., None]
+        token = self.proj(torch.cat([path.flatten(1), last], dim=1)) + self.delay[length]
+        return token, last

@@ -5,6 +5,8 @@
     EEF    --EEFEncoder------> token   (or a learned "absent")     +--> Fusion --> one head per body part
     LiDAR  --PointNetEncoder-> token   (or a learned "absent")     |              --> speech response head
     audio  --(frozen encoder)--AudioProjection--> token -----------+
+    committed steps --PrefixEncoder--> + token on the fused features the action heads read, + last step on
+                                       their output (only with `prefix_max_steps` > 0)
 
 One road to the heads: observations -> `neon.observation.collate` -> an
 `ObservationBatch` -> `NeonVLA.inputs(batch, features)` -> `NeonInputs` ->
@@ -25,7 +27,7 @@ from torch import nn
 
 from neon.action_space import G1ActionSpace
 from neon.config import BackboneConfig, NeonConfig
-from neon.encoders import AudioProjection, EEFEncoder, PointNetEncoder, ProprioEncoder
+from neon.encoders import AudioProjection, EEFEncoder, PointNetEncoder, PrefixEncoder, ProprioEncoder
 from neon.fusion import Fusion
 from neon.heads import ParameterGolfHead, SpeechHead
 from neon.normalization import ActionTransform, NormStats
@@ -43,7 +45,10 @@ HEAD_PARTS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class NeonInputs:
-    """A batch as the trainable modules see it (backbone work already done); every field is always present."""
+    """A batch as the trainable modules see it (backbone work already done).
+
+    `NeonVLA.inputs` fills every field; `prefix`/`prefix_len` may be left None by other callers (no prefix).
+    """
 
     vl_tokens: torch.Tensor  # Float[(B, K, H)] backbone feature tokens
     state: torch.Tensor  # Float[(B, D)] physical joint state (zeros where absent)
@@ -54,6 +59,10 @@ class NeonInputs:
     lidar_valid: torch.Tensor  # Bool[(B, N)]
     audio: torch.Tensor  # Float[(B, A)] pooled audio-encoder features
     audio_present: torch.Tensor  # Bool[(B,)]
+    # The committed steps of the chunk being executed, in the heads' normalised target representation (what
+    # `transform.encode` makes of physical targets), zeros past each sample's d; P = config.prefix_max_steps.
+    prefix: torch.Tensor | None = None  # Float[(B, P, D)]
+    prefix_len: torch.Tensor | None = None  # Long[(B,)] d per sample, 0 = no prefix
 
     @classmethod
     def names(cls) -> list[str]:
@@ -113,6 +122,8 @@ class NeonVLA(nn.Module):
                                                 len(idx), c.action_softcap)
         self.heads = nn.ModuleDict(heads)
         self.speech = SpeechHead(d, c.mlp_hidden, len(c.speech_responses))
+        # Registered last and only when on: a model without it has exactly the parameters it always had.
+        self.prefix = PrefixEncoder(c.prefix_max_steps, space.dim, d) if c.prefix_max_steps > 0 else None
 
     # ------------------------------------------------------------------ forward
     @property
@@ -120,7 +131,11 @@ class NeonVLA(nn.Module):
         return next(self.parameters()).device
 
     def forward(self, x: NeonInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (Float[(B, T, D)] normalised actions, Float[(B, R)] speech logits)."""
+        """-> (Float[(B, T, D)] normalised actions, Float[(B, R)] speech logits).
+
+        With a prefix of d steps, steps d.. continue from it; steps 0..d-1 are not trained (the loss skips them)
+        and `NeonPolicy` returns the committed steps there.
+        """
         tokens = {"proprio": self.proprio(self.transform.normalize_state(x.state))}
         present = {"proprio": x.state_present}
         if self.eef is not None:
@@ -131,11 +146,22 @@ class NeonVLA(nn.Module):
         if self.audio is not None:
             tokens["audio"], present["audio"] = self.audio(x.audio), x.audio_present
         fused = self.fusion(x.vl_tokens, tokens, present)
+        speech = self.speech(fused)
         b = fused.shape[0]
+        last = None
+        if self.prefix is not None:
+            prefix, length = x.prefix, x.prefix_len
+            if prefix is None or length is None:
+                prefix = fused.new_zeros(b, self.config.prefix_max_steps, self.action_space.dim)
+                length = torch.zeros(b, dtype=torch.long, device=fused.device)
+            token, last = self.prefix(prefix.to(fused.dtype), length)
+            fused = fused + token
         actions = fused.new_zeros(b, self.config.num_action_steps, self.action_space.dim)
         for part, head in self.heads.items():
             actions[:, :, self.head_index[part].to(fused.device)] = head(fused)
-        return actions, self.speech(fused)
+        if last is not None:
+            actions = actions + last[:, None, :]
+        return actions, speech
 
     # ------------------------------------------------------------------ inference
     def load_backbone(self, device: str | torch.device | None = None) -> NeonVLA:
@@ -157,9 +183,29 @@ class NeonVLA(nn.Module):
         """The heads' inputs for a collated batch; backbone features from `features(batch, keys)`."""
         vl, audio, audio_present = (features or self.features())(batch, keys)
         dev = self.device
-        return NeonInputs(vl.to(dev), batch.state.to(dev), batch.state_present.to(dev), batch.eef.to(dev),
+        state = batch.state.to(dev)
+        prefix, prefix_len = self.encode_prefix(batch.prefix.to(dev), batch.prefix_len.to(dev), state)
+        return NeonInputs(vl.to(dev), state, batch.state_present.to(dev), batch.eef.to(dev),
                           batch.eef_present.to(dev), batch.lidar.to(dev), batch.lidar_valid.to(dev), audio.to(dev),
-                          audio_present.to(dev))
+                          audio_present.to(dev), prefix, prefix_len)
+
+    def encode_prefix(self, prefix: torch.Tensor, length: torch.Tensor,
+                      state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Physical committed steps Float[(B, d, D)] with Long[(B,)] d -> the heads' prefix Float[(B, P, D)] and d.
+
+        Through the same `transform.encode` as the training targets (relative to the same state), zero-padded or
+        cut to P = config.prefix_max_steps, zeros past each sample's d.
+        """
+        p = self.config.prefix_max_steps
+        longest = int(length.max()) if length.numel() else 0
+        if longest > p:
+            raise ValueError(f"a prefix of {longest} steps for a model trained with prefix_max_steps={p}")
+        out = state.new_zeros(len(state), p, self.action_space.dim)
+        k = min(p, prefix.shape[1])
+        if k:
+            keep = (torch.arange(k, device=state.device)[None, :] < length[:, None])[..., None]
+            out[:, :k] = torch.where(keep, self.transform.encode(prefix[:, :k].to(state.dtype), state), 0.0)
+        return out, length.long()
 
     def predict(self, **observation):
         """One chunk for one observation (see `neon.policy.NeonPolicy.predict`)."""

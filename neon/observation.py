@@ -12,6 +12,10 @@
 |             |                        | intensity 0..255; N x 3 clouds get intensity 0                          |
 | eef         | Float32[(EEF_DIM,)]    | EEF_SIDES x EEF_FIELDS: position (m) and unit quaternion, scalar first;  |
 |             |                        | quaternions are normalised                                              |
+| prefix      | Float32[(d, D)]        | the steps already committed from the chunk being executed: physical     |
+|             |                        | joint targets in action-space order for chunk steps 0..d-1 (the same    |
+|             |                        | clock as the chunk asked for); d = 0 or absent: none. Only for models   |
+|             |                        | trained with `prefix_max_steps` >= d (`neon.policy` checks)             |
 
 The dataset sources and the runtime both build an `Observation` with
 `make_observation`, and `collate` is the only place where absent fields become
@@ -61,6 +65,7 @@ class Observation:
     audio: np.ndarray | None = None  # Float32[(S,)], S <= AUDIO_WINDOW_S * AUDIO_SAMPLE_RATE
     lidar: np.ndarray | None = None  # Float32[(N, 4)]
     eef: np.ndarray | None = None  # Float32[(14,)]
+    prefix: np.ndarray | None = None  # Float32[(d, D)], d >= 1: committed joint targets for chunk steps 0..d-1
 
 
 def check_image(image) -> np.ndarray:
@@ -181,13 +186,32 @@ def check_eef(eef) -> np.ndarray | None:
     return pose.reshape(-1)
 
 
+def check_prefix(prefix, space: G1ActionSpace) -> np.ndarray | None:
+    """Float32[(d, D)] committed joint targets; None for no (or an empty) prefix."""
+    if prefix is None:
+        return None
+    arr = np.asarray(prefix)
+    if arr.size == 0:
+        return None
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"prefix must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != space.dim:
+        raise InputError(f"prefix must be d x {space.dim} joint targets (the committed chunk steps, action-space "
+                         f"order), got shape {arr.shape}")
+    out = arr.astype(np.float32)  # always a copy
+    if not np.isfinite(out).all():
+        raise InputError(f"prefix holds NaN or Inf at step(s) {sorted(set(np.nonzero(~np.isfinite(out))[0].tolist()))}")
+    return out
+
+
 def make_observation(space: G1ActionSpace, max_instruction_chars: int | None, *, image, instruction, state=None,
-                     audio=None, lidar=None, eef=None) -> Observation:
+                     audio=None, lidar=None, eef=None, prefix=None) -> Observation:
     """A validated Observation. `max_instruction_chars=None` marks a dataset's sample, which may also carry
     `image=None`: its backbone features come from the feature cache, so the frame was never decoded."""
     image = None if image is None and max_instruction_chars is None else check_image(image)
     return Observation(image, check_instruction(instruction, max_instruction_chars),
-                       check_state(state, space), check_audio(audio), check_lidar(lidar), check_eef(eef))
+                       check_state(state, space), check_audio(audio), check_lidar(lidar), check_eef(eef),
+                       check_prefix(prefix, space))
 
 
 @dataclass
@@ -203,6 +227,8 @@ class ObservationBatch:
     eef_present: torch.Tensor  # Bool[(B,)]
     lidar: torch.Tensor  # Float[(B, N, 4)], padded with zeros to the largest cloud (N >= 1)
     lidar_valid: torch.Tensor  # Bool[(B, N)]
+    prefix: torch.Tensor  # Float[(B, P, D)] physical committed steps, P = the longest in the batch (0 if none)
+    prefix_len: torch.Tensor  # Long[(B,)] committed steps per sample (0 = none); zeros past it in `prefix`
 
     def __len__(self) -> int:
         return len(self.images)
@@ -226,7 +252,12 @@ def collate(observations: list[Observation], dim: int) -> ObservationBatch:
         if o.lidar is not None:
             lidar[i, : len(o.lidar)] = torch.from_numpy(o.lidar)
             valid[i, : len(o.lidar)] = True
+    steps = [0 if o.prefix is None else len(o.prefix) for o in observations]
+    prefix = torch.zeros(b, max(steps, default=0), dim)
+    for i, o in enumerate(observations):
+        if o.prefix is not None:
+            prefix[i, : len(o.prefix)] = torch.from_numpy(o.prefix)
     present = lambda field: torch.tensor([getattr(o, field) is not None for o in observations], dtype=torch.bool)
     return ObservationBatch([o.image for o in observations], [o.instruction for o in observations],
                             [o.audio for o in observations], state, present("state"), eef, present("eef"), lidar,
-                            valid)
+                            valid, prefix, torch.tensor(steps, dtype=torch.long))

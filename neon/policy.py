@@ -2,6 +2,7 @@
 
     policy = NeonPolicy.from_pretrained("you/neon-g1-v1")          # checkpoint + its backbone
     chunk = policy.predict(image=frame, instruction="pick up the red block", state=joints)
+    chunk = policy.predict(image=frame, instruction="...", state=joints, prefix=committed)  # real-time chunking
 
 It owns what turns the model into a policy: validation against the
 observation spec, the heads backend (the model's PyTorch modules, or any
@@ -34,6 +35,7 @@ class Prediction:
     speech: str  # "" = nothing to say
     speech_confidence: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    committed_steps: int = 0  # d: actions[:d] are the prefix that was given, actions[d:] the prediction
 
     def to_dict(self) -> dict:
         return {**asdict(self), "actions": self.actions.tolist()}
@@ -65,12 +67,20 @@ class NeonPolicy:
                 "lidar": lidar.astype(np.float32) if c.use_lidar else None, "eef": eef if c.use_eef else None}
 
     def observation(self, **fields) -> Observation:
-        """Validate one observation (image, instruction, state, audio, lidar, eef) against the spec."""
+        """Validate one observation (image, instruction, state, audio, lidar, eef, prefix) against the spec and
+        this model (a prefix only for a model trained with one, at most `prefix_max_steps` long)."""
         obs = make_observation(self.space, self.config.max_instruction_chars, **fields)
         relative = [g for g, r in self.space.representation.items() if r == "relative"]
         if obs.state is None and relative:
             raise InputError(f"state is required: group(s) {', '.join(relative)} are predicted relative to the "
                              "current state")
+        most = self.config.prefix_max_steps
+        if obs.prefix is not None and most == 0:
+            raise InputError(f"prefix: this model was not trained with committed steps (prefix_max_steps=0), so it "
+                             f"cannot continue from {len(obs.prefix)} of them; send no prefix (or an empty one)")
+        if obs.prefix is not None and len(obs.prefix) > most:
+            raise InputError(f"prefix has {len(obs.prefix)} steps; this model was trained with at most "
+                             f"prefix_max_steps={most}")
         return obs
 
     @torch.no_grad()
@@ -83,34 +93,47 @@ class NeonPolicy:
         """Chunks for validated observations in one backbone forward (features: see `NeonVLA.inputs`)."""
         t_start = time.perf_counter()
         features = features or self.model.features()
-        inputs = self.model.inputs(collate(observations, self.space.dim), features, keys)
+        batch = collate(observations, self.space.dim)
+        inputs = self.model.inputs(batch, features, keys)
         timings = dict(getattr(features, "timings_ms", {}))
         t0 = time.perf_counter()
         pred, speech_logits = self.run_heads(inputs)
         timings["heads"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        actions = self.space.clip(self.model.transform.decode(pred.float(), inputs.state).cpu().numpy())
+        actions = self.model.transform.decode(pred.float(), inputs.state).cpu().numpy()
+        committed = batch.prefix_len.tolist()
+        for i, d in enumerate(committed):  # the committed steps are the robot's, not the model's: returned as given
+            actions[i, :d] = batch.prefix[i, :d].numpy()
+        actions = self.space.clip(actions)
         probs = speech_logits.float().softmax(-1).cpu().numpy()
         timings["postprocess"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         timings = {k: round(v, 3) for k, v in timings.items()}
         out = []
-        for row, p in zip(actions, probs, strict=True):
+        for row, p, d in zip(actions, probs, committed, strict=True):
             k = int(p.argmax())
             speech = self.config.speech_responses[k] if p[k] >= SPEECH_MIN_CONFIDENCE else ""
             out.append(Prediction(row.astype(np.float32), self.space.names, self.space.fps, speech, float(p[k]),
-                                  dict(timings)))
+                                  dict(timings), d))
         return out
 
-    def predict(self, image=None, instruction: str = "", state=None, audio=None, lidar=None, eef=None) -> Prediction:
+    def predict(self, image=None, instruction: str = "", state=None, audio=None, lidar=None, eef=None,
+                prefix=None) -> Prediction:
         """One chunk (physical units, inside joint limits) for one observation.
 
         image: UInt8[(H, W, 3)]; instruction: text; state: Float[(D,)] in action-space order or
         {joint name: value}; audio: 16 kHz mono float or int16; lidar: Float[(N, 3|4)];
         eef: Float[(14,)] or {"left": 7 values, "right": 7 values} (see `neon.observation`).
+
+        prefix: Float[(d, D)] physical joint targets in action-space order, the steps 0..d-1 of this chunk that
+        the robot has already committed to (from the chunk it is executing, while this request was in flight);
+        d <= config.prefix_max_steps, and only for a model trained with it (d = 0 / None: no prefix). The chunk
+        returned is still the whole T steps on the same clock: `actions[:d]` are the prefix as given (clipped to
+        the joint limits like every step), `actions[d:]` the model's continuation; `committed_steps` is d.
         """
         t0 = time.perf_counter()
-        obs = self.observation(image=image, instruction=instruction, state=state, audio=audio, lidar=lidar, eef=eef)
+        obs = self.observation(image=image, instruction=instruction, state=state, audio=audio, lidar=lidar, eef=eef,
+                               prefix=prefix)
         validate_ms = round((time.perf_counter() - t0) * 1e3, 3)
         result = self.predict_batch([obs])[0]
         result.timings_ms = {"validate": validate_ms, **result.timings_ms,

@@ -8,6 +8,8 @@ Neon's own keys and openpi's are both accepted:
     audio                                    16 kHz mono (float or int16)
     lidar                                    Float[(N, 3|4)]
     eef                                      Float[(14,)] or {"left": 7 values, "right": 7 values}
+    prefix                                   Float[(d, D)] committed joint targets for chunk steps 0..d-1
+                                             (models trained with prefix_max_steps >= d; [] or absent: none)
     timestamp                                observation time, Unix seconds (without it: not executable)
     client_id                                newest-wins key (a newer request replaces this client's queued one)
     token                                    the server's token, as a first WebSocket message
@@ -26,7 +28,7 @@ from neon.observation import IMAGE_SIDES, MAX_LIDAR_POINTS, InputError
 
 MAX_IMAGE_PIXELS = IMAGE_SIDES[1] ** 2  # checked before decoding, so a decompression bomb is never expanded
 
-NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "timestamp", "client_id", "token"}
+NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "prefix", "timestamp", "client_id", "token"}
 OPENPI_ALIASES = {"observation/image": "image", "prompt": "instruction", "observation/state": "state"}
 OPENPI_IGNORED = {"observation/wrist_image", "observation/wrist_image_left", "observation/exterior_image_1_left",
                   "observation/exterior_image_2_left", "observation/joint_position", "observation/gripper_position"}
@@ -85,7 +87,7 @@ def parse_request(data) -> tuple[dict, list[str]]:
         n = len(out["lidar"]) if hasattr(out["lidar"], "__len__") else 0
         if n > MAX_LIDAR_POINTS:
             raise InputError(f"lidar has {n} points, at most {MAX_LIDAR_POINTS} allowed")
-    for key in ("state", "audio", "lidar", "eef"):
+    for key in ("state", "audio", "lidar", "eef", "prefix"):
         if isinstance(out.get(key), list):
             try:
                 out[key] = np.asarray(out[key], dtype=np.float32)

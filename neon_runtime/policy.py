@@ -4,10 +4,12 @@
     policy = RemotePolicy("ws://127.0.0.1:8000/ws")                           # a neon-serve (client.py)
     reply = policy.infer({"image": frame, "instruction": "wave", "state": joints, "timestamp": time.time()})
 
-A request holds the observation's fields (`neon.observation`) and an optional
-`timestamp` (Unix s); a reply holds `actions` Float[(T, D)] (physical, through
-the safety layer), `joint_names`, `fps`, `speech`, `speech_confidence`,
-`safety`, `dry_run`, `observation_timestamp` and `server_timing`. `metadata()`
+A request holds the observation's fields (`neon.observation`; for a
+prefix-conditioned model the committed `prefix` among them, see
+`NeonPolicy.predict`) and an optional `timestamp` (Unix s); a reply holds
+`actions` Float[(T, D)] (physical, through the safety layer), `joint_names`,
+`fps`, `committed_steps`, `speech`, `speech_confidence`, `safety`, `dry_run`,
+`observation_timestamp` and `server_timing`. `metadata()`
 is the same on both sides. The safety layer runs once per deployment, in
 `LocalPolicy`; a remote client takes the server's replies and `dry_run` as they are.
 
@@ -87,6 +89,7 @@ class LocalPolicy:
             timings = {**p.timings_ms, "safety": round((time.perf_counter() - t1) * 1e3, 3), "model_batch": model_ms,
                        "batch_size": len(prepared)}
             replies.append({"actions": actions, "joint_names": p.joint_names, "fps": p.fps,
+                            "committed_steps": p.committed_steps,
                             "observation_timestamp": timestamp, "speech": p.speech,
                             "speech_confidence": p.speech_confidence, "safety": report.to_dict(),
                             "dry_run": not report.executable, "server_timing": timings})
@@ -108,6 +111,7 @@ class LocalPolicy:
                       "heads_provider": getattr(self.policy.heads, "provider", "pytorch")},
             "action_space": space.to_dict(),
             "num_action_steps": m.config.num_action_steps,
+            "prefix_max_steps": m.config.prefix_max_steps,  # committed steps a request may carry (0: none)
             "modalities": {"image": True, "instruction": True, "state": True, "audio": m.config.use_audio,
                            "lidar": m.config.use_lidar, "eef": m.config.use_eef},
             "safety": asdict(self.safety_config),

@@ -10,6 +10,13 @@ the WebSocket says nothing about the model before the client has authenticated.
 
 Requests are answered by a `PolicyRunner` around a `LocalPolicy` (neon_runtime.policy),
 which applies the safety layer; this module only speaks the protocols.
+
+Real-time chunking: a model trained with `prefix_max_steps` > 0 (see /metadata) takes an optional
+`prefix`, the d <= prefix_max_steps steps of this chunk the robot has already committed to (joint targets,
+action-space order, d x D); the reply is still the whole chunk on the same clock, its first
+`committed_steps` = d steps being the prefix as sent. A prefix for a model trained without one, a longer
+one, a wrong shape or NaN/Inf is refused as bad input (422, or an error message on the WebSocket); an
+empty prefix is no prefix. openpi clients never send one and are unaffected.
 """
 
 from __future__ import annotations
@@ -101,6 +108,10 @@ class PredictRequest(BaseModel):
     lidar: list[list[float]] | None = Field(None, description="N x 3 or N x 4 points (x, y, z m, intensity)")
     eef: list[float] | dict[str, list[float]] | None = Field(
         None, description="14 values, or {'left': 7, 'right': 7}: x, y, z, qw, qx, qy, qz")
+    prefix: list[list[float]] | None = Field(
+        None, description="d x D joint targets (action-space order) the robot has already committed to for this "
+        "chunk's steps 0..d-1, while the request was in flight; only for a model whose /metadata "
+        "prefix_max_steps >= d (else 422); [] = none. The reply's first d steps are these, the rest continue them")
     timestamp: float | None = Field(None, description="observation time, Unix seconds; without it the chunk is "
                                     "not executable (its age cannot be checked)")
     client_id: str | None = Field(None, description="keys newest-wins: a newer request from the same client "
@@ -111,6 +122,7 @@ class PredictResponse(BaseModel):
     actions: list[list[float]] = Field(description="(T, D) chunk in physical units (rad, m/s), inside joint limits")
     joint_names: list[str]
     fps: float = Field(description="rate at which chunk steps are meant to be executed")
+    committed_steps: int = Field(0, description="d: actions[:d] are the request's prefix, actions[d:] predicted")
     observation_timestamp: float | None = Field(description="the observation time the chunk is anchored to")
     speech: str = Field(description="what the robot should say ('' = nothing)")
     speech_confidence: float

@@ -3,6 +3,8 @@
     neon-train --preset default_arms_only --dataset data/g1_synth --output you/neon-g1-v1
     neon-train --backbone Qwen/Qwen2.5-Omni-3B --mode arms_only --audio --dataset soup.yaml --output ./runs/edge --no-push
     neon-train --preset large_wholebody --dry-run          # resolved config + trainable parameters, no download
+    neon-train --preset default_arms_only --prefix-steps 6 --dataset data/g1_synth --output ./runs/rtc --no-push
+                                                           # heads that continue from up to 6 committed steps
     torchrun --nproc_per_node 2 -m neon_train.cli ...      # DDP (also under `accelerate launch`)
 """
 
@@ -30,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eef", action="store_true", help="train the end-effector encoder")
     p.add_argument("--representation", choices=["relative", "absolute"],
                    help="joint groups predict offsets from the current state (relative, the default) or absolute targets")
+    p.add_argument("--prefix-steps", type=int, metavar="N",
+                   help="prefix conditioning (real-time chunking): train the heads to continue from up to N steps "
+                        "already committed (N = ceil(request latency x fps)); 0 turns it off (default: the preset's)")
+    p.add_argument("--prefix-prob", type=float, metavar="P",
+                   help="chance that a training sample is given a prefix (default: the preset's, 0.5)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
@@ -71,7 +78,8 @@ def resolve_config(args: argparse.Namespace):
         cfg = get_preset("default_arms_only")
     if args.backbone or args.mode:
         scale = "large" if cfg.model.mlp_hidden >= SCALES["large"]["mlp_hidden"] else "standard"
-        keep = {k: getattr(cfg.model, k) for k in ("use_audio", "use_lidar", "use_eef")}
+        keep = {k: getattr(cfg.model, k) for k in ("use_audio", "use_lidar", "use_eef", "prefix_max_steps",
+                                                     "prefix_probability")}
         model = model_config(args.backbone or cfg.model.backbone.model_id, args.mode or cfg.model.control_mode, scale,
                              **keep)
         if not args.preset and not args.config:
@@ -82,6 +90,10 @@ def resolve_config(args: argparse.Namespace):
             setattr(cfg.model, f"use_{flag}", True)
     if args.representation:
         cfg.model.default_representation = args.representation
+    if args.prefix_steps is not None:
+        cfg.model.prefix_max_steps = args.prefix_steps
+    if args.prefix_prob is not None:
+        cfg.model.prefix_probability = args.prefix_prob
     for arg, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("grad_accum", "gradient_accumulation"),
                       ("lr", "learning_rate"), ("max_steps", "max_steps"), ("seed", "seed"), ("workers", "num_workers"),
                       ("eval_steps", "eval_steps"), ("save_steps", "save_steps"), ("optim", "optim"),

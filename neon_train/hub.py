@@ -20,7 +20,8 @@ The backbone is not part of this repository; it loads from the Hub at inference 
 
 - action space: G1 `{m.control_mode}`, {m.hand_type} hands, {m.num_action_steps}-step chunks at {m.fps:g} fps
 - heads: fusion_dim {m.fusion_dim}, mlp_hidden {m.mlp_hidden}, {m.action_head_layers} layers;
-  audio {m.use_audio}, LiDAR {m.use_lidar}, EEF {m.use_eef}
+  audio {m.use_audio}, LiDAR {m.use_lidar}, EEF {m.use_eef}; continues from up to {m.prefix_max_steps} committed
+  steps (`predict(..., prefix=...)`; 0 = off)
 - best held-out loss (normalised MSE): {best_loss:.5f} at step {best_step} of {step}
 
 ## Data

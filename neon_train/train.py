@@ -16,6 +16,14 @@ fps, or the soup's `fps` when it resamples) and is written into the checkpoint's
 config, so `predict()`, the safety layer and the robot execute chunks at the
 rate they were recorded at. Under torchrun / accelerate launch the heads run
 in DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
+
+Prefix conditioning (`model.prefix_max_steps` > 0, training-time real-time
+chunking): with probability `prefix_probability` a sample's heads are given
+its first d ground-truth steps (d uniform in 1..prefix_max_steps, as
+normalised targets) and the loss covers only steps d..T-1 (`draw_prefix`);
+the draws are seeded by (seed, rank, micro-batch), so `resume` repeats them.
+The held-out loss is always without a prefix: the whole chunk, comparable
+from run to run.
 """
 
 from __future__ import annotations
@@ -128,6 +136,22 @@ def _newest_complete(out: Path) -> Path | None:
         except (CheckpointError, OSError, KeyError, ValueError):
             log.warning("%s is not a complete checkpoint: not resuming from it", d)
     return Path(max(found)[1]) if found else None
+
+
+def draw_prefix(target: torch.Tensor, max_steps: int, probability: float,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-time real-time chunking: which ground-truth steps each sample's heads are given.
+
+    target: Float[(B, T, D)] normalised targets. Per sample, with `probability`, d is uniform in 1..max_steps,
+    else 0. -> (Float[(B, max_steps, D)] the first d targets, zeros after; Long[(B,)] d; Bool[(B, T)] the steps
+    given, which the loss must skip).
+    """
+    b, t = target.shape[:2]
+    d = np.where(rng.random(b) < probability, rng.integers(1, max_steps + 1, b), 0)
+    length = torch.from_numpy(d).to(target.device)
+    given = torch.arange(t, device=target.device)[None, :] < length[:, None]
+    prefix = (target[:, :max_steps] * given[:, :max_steps, None]).detach()
+    return prefix, length, given
 
 
 class NeonTrainer:
@@ -377,7 +401,8 @@ class NeonTrainer:
         if self.config.image_augmentation:
             rng = np.random.default_rng([self.config.seed, self.dist.rank, int(batch["row"].sum()), len(batch["row"])])
             batch["obs"].images = [augment(im, rng) for im in batch["obs"].images]
-        error, weight, speech = self._chunk_error(run, batch, run.features, run.net)
+        prefix_rng = np.random.default_rng([self.config.seed, self.dist.rank, run.state.micro_batches])
+        error, weight, speech = self._chunk_error(run, batch, run.features, run.net, prefix_rng)
         loss = error / weight.clamp(min=1.0)
         speech_target = batch["speech_target"].to(speech.device)
         has_speech = speech_target >= 0
@@ -389,14 +414,24 @@ class NeonTrainer:
         return loss
 
     @staticmethod
-    def _chunk_error(run, batch: dict, features, net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sum of weighted squared errors over the chunk, sum of weights, speech logits) for a batch."""
+    def _chunk_error(run, batch: dict, features, net,
+                     prefix_rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sum of weighted squared errors over the chunk, sum of weights, speech logits) for a batch.
+
+        With `prefix_rng` and a prefix-conditioned model, samples get ground-truth prefixes (`draw_prefix`) and
+        the steps they were given carry no weight.
+        """
         with torch.no_grad():
             inp = run.model.inputs(batch["obs"], features, (batch["source"], batch["row"]))
+            target = run.model.transform.encode(batch["actions"].to(inp.state.device), inp.state)
+        weight = batch["action_mask"].to(target.device).float() * run.group_w
+        cfg = run.model.config
+        if prefix_rng is not None and cfg.prefix_max_steps > 0:
+            inp.prefix, inp.prefix_len, given = draw_prefix(target, cfg.prefix_max_steps, cfg.prefix_probability,
+                                                            prefix_rng)
+            weight = weight * (~given)[..., None]
         with run.autocast:
             pred, speech = net(inp)
-        target = run.model.transform.encode(batch["actions"].to(pred.device), inp.state)
-        weight = batch["action_mask"].to(pred.device).float() * run.group_w
         return (weight * (pred.float() - target) ** 2).sum(), weight.sum(), speech
 
     def _val_batches(self, soup: DataSoup) -> list[list[int]]:

@@ -306,3 +306,92 @@ def test_replacing_a_checkpoint_swaps_it_in_one_step(checkpoint, monkeypatch):
     monkeypatch.setattr(ck.os, "replace", real_replace)
     randomize(model, seed=6).save_pretrained(ckpt)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt"] and NeonVLA.from_pretrained(ckpt)
+
+
+# ---------------------------------------------------------------------------------------------- prefix conditioning
+
+def test_prefix_options_validate_and_default_off():
+    from neon.config import ConfigError, NeonConfig
+
+    assert NeonConfig().prefix_max_steps == 0 and "prefix" not in count_parameters(NeonConfig())
+    with pytest.raises(ConfigError, match=r"prefix_max_steps: must be in 0..num_action_steps-1=15"):
+        NeonConfig(prefix_max_steps=16).validate()
+    with pytest.raises(ConfigError, match="prefix_probability"):
+        NeonConfig(prefix_max_steps=4, prefix_probability=1.5).validate()
+    old = {k: v for k, v in NeonConfig().to_dict().items() if not k.startswith("prefix_")}
+    assert NeonConfig.from_dict(old).prefix_max_steps == 0  # a config.json from before the option: off
+    assert get_model_config("edge_3b").prefix_max_steps == 8 and get_model_config("large_arms").prefix_max_steps == 0
+
+
+def test_checkpoint_from_before_prefixes_loads_and_predicts_identically(backbones, tmp_path):
+    """A config.json without the prefix fields (as every checkpoint before them) loads with the same modules and
+    gives bit-identical chunks, with no prefix and with an empty one."""
+    from neon.checkpoint import write_manifest
+
+    model = attach(randomize(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", use_lidar=True))), backbones)
+    ckpt = model.save_pretrained(tmp_path / "old")
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({k: v for k, v in config.items() if not k.startswith("prefix_")}))
+    write_manifest(ckpt, trained_steps=0)
+    loaded = attach(NeonVLA.from_pretrained(ckpt), backbones)
+    assert loaded.prefix is None and list(loaded.state_dict()) == list(model.state_dict())
+    obs = full_obs(model)
+    obs = {k: obs[k] for k in ("image", "instruction", "state", "lidar")}
+    want = model.predict(**obs).actions
+    assert np.array_equal(loaded.predict(**obs).actions, want)
+    assert np.array_equal(loaded.predict(**obs, prefix=np.zeros((0, 28))).actions, want)
+    assert np.array_equal(loaded.predict(**obs, prefix=[]).actions, want)
+
+
+def committed(space, state, d, seed=0):
+    """d joint targets near `state`, inside the limits: steps a robot could have committed to."""
+    rng = np.random.default_rng(seed)
+    return np.clip(state + np.cumsum(rng.normal(0, 0.02, (d, space.dim)), axis=0), space.lower, space.upper).astype(
+        np.float32)
+
+
+def test_predict_with_a_prefix_returns_the_committed_steps_then_continues(backbones):
+    model = attach(randomize(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", prefix_max_steps=6))), backbones)
+    space, policy = model.action_space, NeonPolicy(model)
+    obs = {k: full_obs(model)[k] for k in ("image", "instruction", "state")}
+    seen = []
+    run_heads = policy.run_heads
+    policy.run_heads = lambda x: (seen.append(x), run_heads(x))[1]
+    prefix = committed(space, obs["state"], 3)
+    out = policy.predict(**obs, prefix=prefix)
+    assert out.actions.shape == (16, space.dim) and out.committed_steps == 3
+    assert np.array_equal(out.actions[:3], prefix)  # the committed steps, exactly as given
+    # The heads got them in their own target representation: relative to the same state, z-scored, zeros after d.
+    x = seen[-1]
+    want = model.transform.encode(torch.from_numpy(prefix)[None], torch.from_numpy(obs["state"])[None])
+    assert x.prefix.shape == (1, 6, space.dim) and x.prefix_len.tolist() == [3]
+    assert torch.allclose(x.prefix[0, :3], want[0], atol=1e-6) and not x.prefix[0, 3:].any()
+    other = policy.predict(**obs, prefix=committed(space, obs["state"], 3, seed=1))
+    assert not np.allclose(other.actions[3:], out.actions[3:])  # the continuation depends on the prefix
+    plain = policy.predict(**obs)
+    assert plain.committed_steps == 0 and np.array_equal(policy.predict(**obs, prefix=[]).actions, plain.actions)
+    # A batch with different d (and none) gives each sample what it gets alone.
+    prefixes = [committed(space, obs["state"], 2), None, committed(space, obs["state"], 6, seed=2)]
+    batch = policy.predict_batch([policy.observation(**obs, prefix=p) for p in prefixes])
+    for p, got in zip(prefixes, batch, strict=True):
+        assert np.allclose(got.actions, policy.predict(**obs, prefix=p).actions, atol=1e-5)
+    for bad, match in ((committed(space, obs["state"], 7), "prefix has 7 steps.*prefix_max_steps=6"),
+                       (np.zeros((3, 27)), r"prefix must be d x 28 .*got shape \(3, 27\)"),
+                       (np.zeros(28), r"got shape \(28,\)"),
+                       (np.full((2, 28), np.nan), r"prefix holds NaN or Inf at step\(s\) \[0, 1\]")):
+        with pytest.raises(InputError, match=match):
+            policy.predict(**obs, prefix=bad)
+    plain_model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones)
+    with pytest.raises(InputError, match=r"not trained with committed steps \(prefix_max_steps=0\)"):
+        plain_model.predict(**obs, prefix=prefix)
+
+
+def test_untrained_prefix_heads_hold_the_last_committed_step(backbones):
+    """Fresh heads predict no change: with a prefix, from where the committed steps leave the robot."""
+    model = attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", prefix_max_steps=4)), backbones)
+    state = ((model.action_space.lower + model.action_space.upper) / 2).astype(np.float32)
+    prefix = committed(model.action_space, state, 4)
+    out = model.predict(image=scene(), instruction="wave", state=state, prefix=prefix)
+    assert np.array_equal(out.actions[:4], prefix)
+    assert np.allclose(out.actions[4:], np.broadcast_to(prefix[-1], (12, len(state))), atol=1e-5)
+    assert np.allclose(model.predict(image=scene(), instruction="wave", state=state).actions, state, atol=1e-5)

@@ -14,7 +14,7 @@ from neon.model import NeonVLA
 from neon.policy import NeonPolicy
 from neon_runtime import wire
 from neon_runtime.export_cli import main as export_main
-from neon_runtime.onnx_heads import ONNX_DIR, ONNX_FILE, TOLERANCE, OnnxHeads, export_heads
+from neon_runtime.onnx_heads import INPUTS, ONNX_DIR, ONNX_FILE, TOLERANCE, OnnxHeads, export_heads, graph_inputs
 from neon_runtime.policy import LocalPolicy, PolicyRunner
 from neon_runtime.server import ServerSettings, create_app
 
@@ -144,3 +144,28 @@ def test_the_manifest_covers_the_onnx_export(backbones, tmp_path):
     (stale / "manifest.json").write_text(before)
     with pytest.raises(CheckpointError, match="not covered by .*manifest.json"):
         OnnxHeads.beside(stale)
+
+
+def test_onnx_takes_the_prefix_and_matches_pytorch(backbones, tmp_path):
+    """A prefix-conditioned model's graph takes `prefix` and `prefix_len`; torch and ONNX agree for no prefix,
+    short and longest prefixes, alone and batched. Without the option the graph keeps its nine inputs."""
+    cfg = tiny_config("neon-tiny/qwen2.5-vl", prefix_max_steps=5)
+    cfg.backbone.load_in_4bit = False
+    model = attach(randomized(cfg), backbones)
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    info = export_heads(model, ckpt / ONNX_DIR)
+    assert info["inputs"][-2:] == ["prefix", "prefix_len"] and info["prefix_max_steps"] == 5
+    assert max(info["max_abs_diff"].values()) <= TOLERANCE
+    onnx_model = NeonPolicy(attach(NeonVLA.from_pretrained(ckpt), backbones), OnnxHeads.beside(ckpt))
+    space, obs = model.action_space, full_obs(model)
+    obs = {k: obs[k] for k in ("image", "instruction", "state")}
+    rng = np.random.default_rng(0)
+    prefixes = [None] + [np.clip(obs["state"] + rng.normal(0, 0.05, (d, space.dim)), space.lower,
+                                 space.upper).astype(np.float32) for d in (1, 3, 5)]
+    for p in prefixes:
+        a, b = model.predict(**obs, prefix=p), onnx_model.predict(**obs, prefix=p)
+        assert np.abs(a.actions - b.actions).max() <= 1e-4 and a.committed_steps == b.committed_steps
+    batch = onnx_model.predict_batch([onnx_model.observation(**obs, prefix=p) for p in prefixes])
+    for p, got in zip(prefixes, batch, strict=True):
+        assert np.abs(got.actions - model.predict(**obs, prefix=p).actions).max() <= 1e-4
+    assert graph_inputs(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl"))) == INPUTS[:9] == info["inputs"][:9]

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
 
 
-def make_model(backbones, seed=0):
+def make_model(backbones, seed=0, **config):
     import torch
 
-    model = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones))
+    model = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", **config)), backbones))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -454,3 +454,53 @@ def test_a_failed_default_build_is_shown_and_never_cached(tmp_path, monkeypatch,
     assert not any((tmp_path / "cache" / "default").glob("tiny-omni-arms-*"))
     assert serve_main(["--port", "0"]) == 2  # neon-serve says why and exits; it does not serve untrained heads
     assert "building the embedded default failed" in capfd.readouterr().err
+
+
+def test_a_model_without_prefix_training_refuses_a_prefix(server):
+    addr, _ = server
+    assert httpx.get(f"http://{addr}/metadata").json()["prefix_max_steps"] == 0
+    r = httpx.post(f"http://{addr}/predict", json=obs_json(1, prefix=[[0.0] * 28] * 2), timeout=60)
+    assert r.status_code == 422 and r.json()["error"] == "bad_input"
+    assert "not trained with committed steps (prefix_max_steps=0)" in r.json()["detail"]
+    r = httpx.post(f"http://{addr}/predict", json=obs_json(1, prefix=[]), timeout=60)  # an empty one is none
+    assert r.status_code == 200 and r.json()["committed_steps"] == 0
+
+
+def test_prefix_over_http_and_websocket(backbones):
+    """A prefix-conditioned model: the committed steps come back as the chunk's first steps, over JSON and the
+    WebSocket alike; a bad prefix is refused and the server keeps serving."""
+    model = make_model(backbones, prefix_max_steps=4)
+    space = model.action_space
+    fast = SafetyConfig(max_joint_velocity=100.0, max_hand_velocity=100.0, max_observation_age_s=2.0)
+    runner = runner_for(model, fast, max_batch=4, max_wait_ms=5)
+    rng = np.random.default_rng(0)
+    prefix = np.clip(np.cumsum(rng.normal(0, 0.01, (3, 28)), axis=0), space.lower, space.upper).astype(np.float32)
+    with serve(create_app(runner, ServerSettings())) as addr:
+        url = f"http://{addr}/predict"
+        assert httpx.get(f"http://{addr}/metadata").json()["prefix_max_steps"] == 4
+        r = httpx.post(url, json=obs_json(1, prefix=prefix.tolist()), timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        actions = np.array(out["actions"])
+        assert out["committed_steps"] == 3 and np.allclose(actions[:3], prefix, atol=1e-6)
+        plain = np.array(httpx.post(url, json=obs_json(1), timeout=60).json()["actions"])
+        assert not np.allclose(plain[3:], actions[3:], atol=1e-4)  # the continuation follows the prefix
+        with ws_client.connect(f"ws://{addr}/ws") as c:
+            assert wire.unpackb(c.recv())["prefix_max_steps"] == 4
+            good = {"image": image(1), "instruction": "pick up block 1", "state": np.zeros(28, np.float32),
+                    "prefix": prefix}
+            c.send(wire.packb(good))
+            reply = wire.unpackb(c.recv())
+            assert reply["committed_steps"] == 3 and np.allclose(reply["actions"], actions, atol=1e-4)
+            for bad, match in ((np.zeros((5, 28), np.float32), "prefix has 5 steps.*prefix_max_steps=4"),
+                               (np.full((2, 28), np.nan, np.float32), "prefix holds NaN"),
+                               (np.zeros((2, 3), np.float32), "prefix must be d x 28")):
+                c.send(wire.packb({**good, "prefix": bad}))
+                err = wire.unpackb(c.recv())
+                assert err["error"] == "bad_input" and re.search(match, err["detail"]), err
+            c.send(wire.packb(good))
+            assert wire.unpackb(c.recv())["committed_steps"] == 3  # still usable
+        r = httpx.post(url, json=obs_json(1, prefix=[[0.0] * 28] * 5), timeout=60)
+        assert r.status_code == 422 and "prefix_max_steps=4" in r.json()["detail"]
+        assert httpx.post(url, json=obs_json(1, prefix=[[0.0] * 28, [0.0]]), timeout=60).status_code == 422
+    runner.close()

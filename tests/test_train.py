@@ -143,7 +143,7 @@ def test_ddp_two_processes(synth, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "neon_train.cli", "--backbone", "neon-tiny/qwen2.5-vl", "--dataset", str(synth),
            "--max-steps", "3", "--batch-size", "2", "--grad-accum", "2", "--workers", "0", "--eval-steps", "3",
-           "--output", str(tmp_path / "ddp"), "--cache-dir", str(tmp_path / "fc")]
+           "--prefix-steps", "4", "--output", str(tmp_path / "ddp"), "--cache-dir", str(tmp_path / "fc")]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DDP replicas in sync: True (world size 2)" in r.stderr
@@ -212,3 +212,117 @@ def test_resume_picks_the_newest_complete_checkpoint(synth, feature_dir, tmp_pat
     assert "last is not a complete checkpoint" in caplog.text and "at step 2" in caplog.text
     saved = json.loads((tmp_path / "step2" / "trainer_state.json").read_text())["state"]["history"]
     assert stats["history"][:2] == saved and [s for s, _, _ in stats["history"]] == [1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- prefix conditioning
+
+def test_prefix_training_gives_the_first_d_steps_and_skips_their_loss(synth, backbones):
+    """The trainer's step: with prefixes drawn, the heads get the first d ground-truth steps (normalised like the
+    targets) and what they predict for those steps does not count; the held-out loss is the whole chunk."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from neon.data.soup import DataSoup, collate
+
+    model = tiny_config("neon-tiny/qwen2.5-vl", prefix_max_steps=5, prefix_probability=0.75)
+    model.backbone.load_in_4bit = False
+    net = NeonVLA(model)
+    net.backbone = backbones("neon-tiny/qwen2.5-vl")
+    soup = DataSoup(DataSoupConfig([DataSourceConfig("synth", str(synth))]), model.action_space(), 16)
+    batch = collate([soup[i] for i in range(0, 640, 20)])  # 32 samples, some near their episode's end
+    run = SimpleNamespace(model=net, autocast=nullcontext(), group_w=torch.ones(28))
+    features, seen = net.features(), []
+
+    def heads(shift_given=0.0, shift_next=0.0):  # the model, then its outputs for some steps moved
+        def f(x):
+            pred, speech = net(x)
+            t, d = torch.arange(16)[None, :, None], x.prefix_len[:, None, None]
+            seen.append(x)
+            return pred + shift_given * (t < d) + shift_next * (t == d), speech
+        return f
+
+    error, weight, _ = NeonTrainer._chunk_error(run, batch, features, heads(), np.random.default_rng(7))
+    x = seen[-1]
+    d = x.prefix_len
+    assert d.max() <= 5 and 0.5 < (d > 0).float().mean() < 1.0  # p = 0.75 over 32 samples
+    target = net.transform.encode(batch["actions"], x.state)
+    for i, n in enumerate(d.tolist()):
+        assert torch.equal(x.prefix[i, :n], target[i, :n]) and not x.prefix[i, n:].any()
+    mask = batch["action_mask"].float()
+    assert float(weight) == float(mask.sum()) - sum(float(mask[i, :n].sum()) for i, n in enumerate(d.tolist()))
+    moved, same_weight, _ = NeonTrainer._chunk_error(run, batch, features, heads(shift_given=100.0),
+                                                     np.random.default_rng(7))
+    assert seen[-1].prefix_len.tolist() == d.tolist() and float(same_weight) == float(weight)
+    assert moved.item() == error.item()  # the given steps' predictions are not in the loss
+    later, _, _ = NeonTrainer._chunk_error(run, batch, features, heads(shift_next=1.0), np.random.default_rng(7))
+    assert later.item() > error.item() + 100  # the first step after them is
+    _, whole, _ = NeonTrainer._chunk_error(run, batch, features, heads())  # held-out loss: no prefix
+    assert not seen[-1].prefix_len.any() and float(whole) == float(mask.sum())
+
+
+def test_prefix_heads_learn_to_continue_from_the_committed_steps():
+    """An honest small check: chunks are a fixed trajectory plus a per-sample offset that nothing but the committed
+    steps reveal. After 80 steps of prefix training the heads continue from a 4-step prefix far better than they
+    can without one (the offset's variance) and than holding the last committed step."""
+    import numpy as np
+
+    from neon.model import NeonInputs
+    from neon_train.train import draw_prefix
+
+    torch.manual_seed(0)
+    cfg = tiny_config("neon-tiny/qwen2.5-vl", prefix_max_steps=6, default_representation="absolute")
+    model, steps = NeonVLA(cfg), cfg.num_action_steps
+    dim, hidden = model.action_space.dim, cfg.backbone.spec.hidden_size
+    path = torch.sin(torch.arange(steps)[:, None] / 4 + torch.arange(dim)[None, :])
+
+    def sample(b, g):
+        target = torch.randn(b, 1, dim, generator=g) + path  # normalised targets
+        no, off = torch.zeros(b, dtype=torch.bool), torch.zeros
+        x = NeonInputs(torch.randn(b, 1, hidden, generator=g), off(b, dim), no, off(b, 14), no, off(b, 1, 4),
+                       off(b, 1, dtype=torch.bool), off(b, cfg.backbone.audio_dim), no)
+        return x, target
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.85, 0.95))
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    for _ in range(80):
+        x, target = sample(32, g)
+        x.prefix, x.prefix_len, given = draw_prefix(target, 6, cfg.prefix_probability, rng)
+        w = (~given)[..., None].float()
+        loss = (w * (model(x)[0] - target) ** 2).sum() / w.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, target = sample(256, torch.Generator().manual_seed(1))
+    mse = lambda pred: float(((pred - target)[:, 4:] ** 2).mean())
+    with torch.no_grad():
+        without = mse(model(x)[0])
+        x.prefix, x.prefix_len = torch.zeros(256, 6, dim), torch.full((256,), 4)
+        x.prefix[:, :4] = target[:, :4]
+        with_prefix = mse(model(x)[0])
+    hold = mse(target[:, 3:4])
+    assert with_prefix < 0.2 * without and with_prefix < 0.2 * hold, (with_prefix, without, hold)
+
+
+def test_prefix_options_from_cli_presets_and_checkpoints(synth, feature_dir, tmp_path, backbones, capsys):
+    assert train_main(["--preset", "default_arms_only", "--prefix-steps", "6", "--prefix-prob", "0.3",
+                       "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"prefix_max_steps": 6' in out and '"prefix_probability": 0.3' in out and "prefix" in out.split("trainable")[1]
+    assert train_main(["--preset", "default_arms_only", "--prefix-steps", "16", "--dry-run"]) == 2
+    assert "prefix_max_steps: must be in 0..num_action_steps-1=15" in capsys.readouterr().err
+    assert get_preset("edge_3b").model.prefix_max_steps == 8 and get_preset("default_arms_only").model.prefix_max_steps == 0
+    from neon_train.cli import build_parser, resolve_config
+
+    kept = resolve_config(build_parser().parse_args(["--preset", "edge_3b", "--backbone", "neon-tiny/qwen2.5-omni"]))
+    assert kept.model.prefix_max_steps == 8  # a backbone override keeps the preset's prefix option
+    # A short run with prefixes through the feature cache: the checkpoint records the option and its encoder.
+    cfg = small_config(synth, tmp_path / "rtc", feature_dir, max_steps=2, batch_size=8, eval_steps=2, warmup_steps=1)
+    cfg.model.prefix_max_steps = 4
+    stats = NeonTrainer(cfg, backbone=backbones("neon-tiny/qwen2.5-vl")).train()
+    assert stats["feature_cache"]["hits"] + stats["feature_cache"]["misses"] > 0
+    model = NeonVLA.from_pretrained(stats["best_checkpoint"])
+    assert model.config.prefix_max_steps == 4 and model.prefix is not None
+    assert json.loads((tmp_path / "rtc" / "best" / "config.json").read_text())["prefix_max_steps"] == 4
