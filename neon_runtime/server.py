@@ -319,6 +319,8 @@ async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: Server
                 metrics.requests.labels("ws").inc()
                 metrics.request.labels("ws").observe(time.perf_counter() - t0)
                 await socket.send_bytes(wire.packb(out))
+            except WebSocketDisconnect:
+                raise  # the client left while its request was answered (neon-g1 closes to end one in flight)
             except Exception as e:  # every error is a message; the connection stays usable
                 known = (InputError, wire.WireError, SafetyError, Superseded, json.JSONDecodeError)
                 reason = {SafetyError: "unsafe", Superseded: "superseded"}.get(type(e), "bad_input")

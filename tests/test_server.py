@@ -386,6 +386,29 @@ def test_inference_errors_are_structured_and_the_server_keeps_serving(server, mo
     assert 'neon_rejected_total{reason="inference_failed"} 2.0' in httpx.get(f"http://{addr}/metrics").text
 
 
+def test_a_client_leaving_mid_request_is_not_an_inference_failure(server, monkeypatch):
+    """neon-g1 closes its connection to end a request in flight: no error frame, no traceback, nothing counted."""
+    addr, runner = server
+    real = runner.local.policy.predict_batch
+
+    def slow(observations, *a, **kw):
+        time.sleep(1.0)
+        return real(observations, *a, **kw)
+
+    def failures() -> float:
+        m = re.search(r'neon_rejected_total\{reason="inference_failed"\} (\S+)', httpx.get(f"http://{addr}/metrics").text)
+        return float(m.group(1)) if m else 0.0
+
+    before = failures()
+    monkeypatch.setattr(runner.local.policy, "predict_batch", slow)
+    with ws_client.connect(f"ws://{addr}/ws") as c:
+        c.recv()
+        c.send(wire.packb({"image": image(4), "instruction": "wave", "state": np.zeros(28), "timestamp": time.time()}))
+    time.sleep(2.0)  # the answer is ready after the client left
+    assert failures() == before
+    assert httpx.post(f"http://{addr}/predict", json=obs_json(4), timeout=60).status_code == 200
+
+
 def test_client_id_in_the_body_drives_newest_wins(server, monkeypatch):
     addr, runner = server
     seen = []
