@@ -1,6 +1,7 @@
 """A Neon policy in the simulated G1 tabletop, trained on the expert's episodes (a benchmark: tens of minutes).
 
-    MUJOCO_GL=egl .venv/bin/python bench/bench_sim_policy.py [--episodes 200] [--max-steps 600] [--eval 50]
+    MUJOCO_GL=egl .venv/bin/python bench/bench_sim_policy.py [--episodes 600] [--max-steps 2500] [--eval 50]
+    MUJOCO_GL=egl .venv/bin/python bench/bench_sim_policy.py --model CKPT      # evaluate a trained checkpoint only
 
 collect (neon-sim) -> train (neon-train, tiny VL backbone, CPU) -> serve (neon-serve on loopback) ->
 closed-loop success over held-out seeds, in one run: the full policy, then with the image blanked and
@@ -28,30 +29,37 @@ from neon_sim.evaluate import evaluate
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=200, help="expert episodes to train on (seeds 0..N-1)")
-    ap.add_argument("--data", help="an already collected dataset instead")
-    ap.add_argument("--max-steps", type=int, default=600)
+    ap.add_argument("--episodes", type=int, default=600, help="expert episodes to train on (seeds 0..N-1)")
+    ap.add_argument("--data", action="append", help="already collected dataset(s) instead (repeatable)")
+    ap.add_argument("--model", help="a trained checkpoint: skip collecting and training")
+    ap.add_argument("--max-steps", type=int, default=2500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--eval", type=int, default=50, help="held-out episodes (seeds from 10000)")
     ap.add_argument("--keep", help="work in this folder")
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
-        data = Path(args.data) if args.data else work / "sim"
+        data = [Path(d) for d in args.data] if args.data else [work / "sim"]
         t0 = time.perf_counter()
-        if not args.data:
-            subprocess.run([sys.executable, "-m", "neon_sim.cli", "collect", "--out", str(data), "--episodes",
+        if not (args.data or args.model):
+            subprocess.run([sys.executable, "-m", "neon_sim.cli", "collect", "--out", str(data[0]), "--episodes",
                             str(args.episodes), "--overwrite"], check=True, env=env, stdout=subprocess.DEVNULL)
         t_collect = time.perf_counter() - t0
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "neon_train.cli", "--backbone", "neon-tiny/qwen2.5-vl", "--mode",
-                        "arms_only", "--dataset", str(data), "--max-steps", str(args.max_steps), "--no-push",
-                        "--output", str(work / "ck")], check=True, env=env, stdout=subprocess.DEVNULL)
+        model = Path(args.model) if args.model else work / "ck" / "best"
+        if not args.model:
+            datasets = [a for d in data for a in ("--dataset", str(d))]
+            subprocess.run([sys.executable, "-m", "neon_train.cli", "--backbone", "neon-tiny/qwen2.5-vl", "--mode",
+                            "arms_only", *datasets, "--max-steps", str(args.max_steps), "--batch-size",
+                            str(args.batch_size), "--grad-accum", "1", "--lr", str(args.lr), "--optim", "adamw",
+                            "--no-push", "--output", str(work / "ck")], check=True, env=env, stdout=subprocess.DEVNULL)
         t_train = time.perf_counter() - t0
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "neon_runtime.cli", "--model", str(work / "ck" / "best"),
+        server = subprocess.Popen([sys.executable, "-m", "neon_runtime.cli", "--model", str(model),
                                    "--port", str(port), "--log-level", "warning"], env=env)
         try:
             while True:
@@ -67,8 +75,9 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"# trained on {args.episodes} expert episodes ({t_collect:.0f} s to collect), {args.max_steps} steps "
-          f"({t_train:.0f} s); {args.eval} held-out seeds from 10000, through neon-serve")
+    trained = (f"{args.model}" if args.model else f"trained on {args.episodes} expert episodes ({t_collect:.0f} s to "
+               f"collect), {args.max_steps} steps of {args.batch_size} ({t_train:.0f} s)")
+    print(f"# {trained}; {args.eval} held-out seeds from 10000, through neon-serve")
     print(f"{'policy':22s} {'success':>8s} {'95% CI':>13s} {'s / episode':>12s}")
     for ablation, r in rows.items():
         lo, hi = r["success_ci95"]
