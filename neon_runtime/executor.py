@@ -1,27 +1,52 @@
 """ChunkExecutor: action chunks on a clock -> the joint target for any instant.
 
-    executor = ChunkExecutor(dim=28)
+    executor = ChunkExecutor(dim=28, blend_s=0.2, safety=safety_hook(SafetyLayer(space)))
+    if executor.should_request(now, latency.estimate()):               # request-ahead
+        send(observation, prefix=executor.committed(now, latency.estimate(), fps))
     executor.accept(Chunk.at_fps(actions, fps=30.0, start_s=obs_time + 1 / 30, received_s=now))
-    q = executor.target(now)          # Float[(D,)], linear in time between the chunk's steps
-    executor.age(now)                 # seconds since the chunk in force arrived: what a watchdog reads
+    q = executor.target(now)          # Float[(D,)], pure: linear in time between steps, blended across a hand-over
+    q = executor.execute(now)         # the same, through the safety hook, relative to the last executed target
+    executor.age(now)                 # seconds since the newest chunk arrived: what a watchdog reads
 
-Every time here is on the caller's one clock (the G1 bridge uses time.monotonic(); tests inject their own).
-A chunk's steps are absolute times on that clock: step 0 is due at `start_s`, step k at `start_s + k / fps`
-(a served chunk's step 0 is one frame after its observation, as neon-ros times it). Before step 0 the target is
-step 0; after the last step it holds the last step. NaN in a chunk means "no target for this joint": the
-interpolated target is NaN there and the caller keeps its previous command.
+Every time here is on the caller's one clock (the G1 bridge uses time.monotonic(), the sim its sim time; tests
+inject their own). A chunk's steps are absolute times on that clock: step 0 is due at `start_s`, step k at
+`start_s + k / fps` (a served chunk's step 0 is one frame after its observation, as neon-ros times it). After the
+last step the target holds the last step. NaN in a chunk means "no target for this joint": the target is NaN there
+and the caller keeps its previous command.
 
-One executor for every caller that runs chunks (G1 bridge now; sim client and ROS node later): request-ahead
-(`remaining`), dropping steps already past and blending into the next chunk all change `accept`/`target` here,
-nowhere else. Not executable chunks (dry run, untrained heads, no state) are refused on arrival.
+Hand-over, when a chunk arrives (`received_s` = r) while another is in force:
+- Steps already past are skipped by time: `target(t)` reads the new chunk at t, so steps due before r are never
+  executed (their count is `last_skipped`); between two steps the target is on the line joining them.
+- A step 0 still ahead at r: without blending it is approached linearly from where the executor was at r (the
+  old target at r), as plain chunking steps from its current target to step 0; with blending the chunk's first
+  segment (step 0 -> step 1) is extended back to r, so what is blended in already moves as the chunk will (no
+  kink at step 0 inside the blend). With nothing in force before (no chunk, no `hold`), the targets before
+  step 0 are step 0.
+- Blending (`blend_s` = b > 0): for t in [r, r + b], target(t) = (1 - a) old(t) + a new(t), with the min-jerk ramp
+  a = 10 s^3 - 15 s^4 + 6 s^5, s = (t - r) / b: a and its first two derivatives are continuous at both ends, so
+  the target does not jump at r and its velocity and acceleration do not jump at r or at r + b. "old" is whatever
+  was in force before r, itself possibly still blending, or the pose given to `hold` (the robot's, before the
+  first chunk). b = 0: the new chunk is in force at once.
+
+Request-ahead: `should_request(now, latency_s)` is True once what is left of the chunk in force no longer covers
+the latency plus one step (or, with `execute_steps` K, once the reply would arrive after the chunk has been in
+force for K steps); `LatencyEstimator` turns measured round trips into that latency. `committed` gives the
+steps that will run while a request sent now is under way (what a prefix-conditioned model is given).
+
+Not executable chunks (dry run, untrained heads, no state) are refused on arrival.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+SafetyHook = Callable[[np.ndarray, "np.ndarray | None", float], np.ndarray]
+"""(target Float[(D,)], last executed Float[(D,)] or None, dt_s since it) -> the target that may be executed."""
 
 
 class ChunkRefused(ValueError):
@@ -37,7 +62,7 @@ class Chunk:
 
     targets: np.ndarray
     times: np.ndarray
-    received_s: float  # when it arrived (the watchdog's clock)
+    received_s: float  # when it arrived (the watchdog's clock; a blend starts here)
     executable: bool = True
     why_not: str = ""  # why it is not executable
     source: str = ""  # where it came from, for logs
@@ -50,20 +75,63 @@ class Chunk:
         targets = np.asarray(targets, np.float32)
         return cls(targets, start_s + np.arange(len(targets), dtype=np.float64) / float(fps), received_s, **kw)
 
+    @property
+    def step_s(self) -> float:
+        """Seconds between steps (the median spacing; 0 for a one-step chunk)."""
+        return float(np.median(np.diff(self.times))) if len(self.times) > 1 else 0.0
+
+
+def min_jerk_ramp(s: float) -> float:
+    """0 -> 1 over s in [0, 1] with zero first and second derivatives at both ends."""
+    s = min(max(s, 0.0), 1.0)
+    return s * s * s * (10.0 - 15.0 * s + 6.0 * s * s)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A chunk as executed: its knots (step 0 perhaps preceded by the anchor at arrival) and when it took over
+    (`start_s`, its arrival). chunk None: a pose held (`ChunkExecutor.hold`)."""
+
+    chunk: Chunk | None
+    start_s: float
+    times: np.ndarray  # Float[(K,)]
+    targets: np.ndarray  # Float[(K, D)]
+
+    def at(self, now: float) -> np.ndarray:
+        t, x = self.times, self.targets
+        k = int(np.searchsorted(t, now, side="right"))
+        if k == 0:
+            return x[0].copy()
+        if k >= len(t):
+            return x[-1].copy()
+        a = (now - t[k - 1]) / (t[k] - t[k - 1])
+        return ((1.0 - a) * x[k - 1] + a * x[k]).astype(np.float32)
+
 
 class ChunkExecutor:
-    """Holds the chunk in force and answers `target(now)`. Thread-safe: one thread accepts, another reads."""
+    """Holds the chunks in force and answers `target(now)`. Thread-safe: one thread accepts, another reads.
 
-    def __init__(self, dim: int):
-        self.dim = dim
-        self._chunk: Chunk | None = None
+    blend_s: seconds over which a new chunk takes over from the one in force (0: at once).
+    safety: applied by `execute` to every executed target, relative to the last executed one (see `safety_hook`).
+    """
+
+    def __init__(self, dim: int, blend_s: float = 0.0, safety: SafetyHook | None = None):
+        if not (np.isfinite(blend_s) and blend_s >= 0):
+            raise ValueError(f"blend_s must be a finite number of seconds >= 0, got {blend_s}")
+        self.dim, self.blend_s, self.safety = dim, float(blend_s), safety
+        self._layers: tuple[_Layer, ...] = ()  # oldest first; the last is the newest chunk, the one in force
         self._lock = threading.Lock()
         self.accepted = 0
         self.refused = 0
         self.last_refusal = ""
+        self.skipped = 0  # steps that were already past when their chunk arrived, over all chunks
+        self.last_skipped = 0  # ... in the newest chunk
+        self.safety_limited = 0  # values the safety hook changed in `execute`
+        self._last: np.ndarray | None = None  # the last executed target
+        self._last_s: float | None = None
 
     def accept(self, chunk: Chunk) -> None:
-        """Make `chunk` the one in force, or raise ChunkRefused (the chunk in force stays)."""
+        """Make `chunk` the one in force from `chunk.received_s` on, or raise ChunkRefused (the chunk in force stays)."""
         try:
             self._check(chunk)
         except ChunkRefused as e:
@@ -71,8 +139,26 @@ class ChunkExecutor:
                 self.refused += 1
                 self.last_refusal = str(e)
             raise
+        r = float(chunk.received_s)
+        times, targets = np.asarray(chunk.times, np.float64), np.asarray(chunk.targets, np.float32)
         with self._lock:
-            self._chunk = chunk
+            layers = self._layers
+            if layers and r < times[0]:  # step 0 still ahead
+                if self.blend_s > 0 and len(times) > 1:  # the chunk's first segment, extended back to arrival
+                    slope = (targets[1] - targets[0]) / (times[1] - times[0])
+                    anchor = targets[0] + (r - times[0]) * slope
+                else:  # approached from where the executor is at arrival
+                    anchor = self._blend(layers, r)
+                anchor = np.where(np.isfinite(anchor), anchor, targets[0]).astype(np.float32)
+                times, targets = np.concatenate([[r], times]), np.concatenate([anchor[None], targets])
+            if self.blend_s > 0:  # keep what is still blending at r: the newest layer whose blend is over, and after
+                done = [i for i, lay in enumerate(layers) if i == 0 or lay.start_s + self.blend_s <= r]
+                layers = layers[done[-1]:] if layers else ()
+            else:
+                layers = ()
+            self._layers = (*layers, _Layer(chunk, r, times, targets))
+            self.last_skipped = int(np.searchsorted(chunk.times, r, side="left"))
+            self.skipped += self.last_skipped
             self.accepted += 1
 
     def _check(self, chunk: Chunk) -> None:
@@ -86,31 +172,133 @@ class ChunkExecutor:
             raise ChunkRefused(f"chunk times must be {len(x)} finite, strictly increasing values, got {t}")
         if np.isinf(x).any():
             raise ChunkRefused("chunk has infinite targets")
+        if not np.isfinite(chunk.received_s):
+            raise ChunkRefused(f"chunk received_s must be finite, got {chunk.received_s}")
 
     @property
     def chunk(self) -> Chunk | None:
-        return self._chunk
+        """The newest chunk (the one in force, or taking over)."""
+        layers = self._layers
+        return layers[-1].chunk if layers else None
+
+    def _blend(self, layers: tuple[_Layer, ...], now: float) -> np.ndarray:
+        x = layers[0].at(now)
+        for lay in layers[1:]:
+            a = min_jerk_ramp((now - lay.start_s) / self.blend_s)
+            y = lay.at(now)
+            if a >= 1.0:
+                x = y
+            elif a > 0.0:  # NaN in the new chunk: no target; NaN only in the old one: the new one's
+                x = np.where(np.isfinite(x), (1.0 - a) * x + a * y, y).astype(np.float32)
+        return x
 
     def target(self, now: float) -> np.ndarray | None:
-        """Float[(D,)]: the chunk's targets interpolated linearly in time at `now` (None before any chunk)."""
-        c = self._chunk
-        if c is None:
-            return None
-        t = c.times
-        k = int(np.searchsorted(t, now, side="right"))
-        if k == 0:
-            return c.targets[0].copy()
-        if k >= len(t):
-            return c.targets[-1].copy()
-        a = (now - t[k - 1]) / (t[k] - t[k - 1])
-        return ((1.0 - a) * c.targets[k - 1] + a * c.targets[k]).astype(np.float32)
+        """Float[(D,)]: where the chunks in force put the joints at `now` (None before any chunk or `hold`). Pure."""
+        layers = self._layers
+        return None if not layers else self._blend(layers, now)
+
+    def execute(self, now: float) -> np.ndarray | None:
+        """`target(now)` as executed: NaN joints keep the last executed target, then the safety hook, relative to
+        the last executed target and the time since it. -> Float[(D,)] (the last executed, or None, before a chunk)."""
+        q = self.target(now)
+        if q is None:
+            return None if self._last is None else self._last.copy()
+        last, dt = self._last, (None if self._last_s is None else max(0.0, now - self._last_s))
+        if last is not None:
+            q = np.where(np.isfinite(q), q, last).astype(np.float32)
+        if self.safety is not None:
+            safe = np.asarray(self.safety(q, last, dt if dt is not None else 0.0), np.float32)
+            self.safety_limited += int((np.abs(safe - q) > 1e-6).sum())
+            q = safe
+        self._last, self._last_s = q.copy(), now
+        return q
+
+    def hold(self, q: np.ndarray, now: float) -> None:
+        """Forget the chunks and hold `q` (Float[(D,)], e.g. the robot's pose before the first chunk): the next chunk
+        takes over from it as from any chunk (blended, a step 0 still ahead approached from it), and the next
+        executed target is limited relative to it. `chunk`, `age` and `remaining` are None until then."""
+        q = np.asarray(q, np.float32).copy()
+        if q.shape != (self.dim,):
+            raise ValueError(f"hold needs a ({self.dim},) pose, got {q.shape}")
+        with self._lock:
+            self._layers = (_Layer(None, float(now), np.array([float(now)]), q[None]),)
+        self._last, self._last_s = q.copy(), float(now)
 
     def age(self, now: float) -> float | None:
-        """Seconds since the chunk in force arrived (None before any chunk)."""
-        c = self._chunk
+        """Seconds since the newest chunk arrived (None before any chunk)."""
+        c = self.chunk
         return None if c is None else now - c.received_s
 
     def remaining(self, now: float) -> float | None:
-        """Seconds until the chunk in force runs out (<= 0: it holds its last step)."""
-        c = self._chunk
+        """Seconds until the newest chunk runs out (<= 0: it holds its last step)."""
+        c = self.chunk
         return None if c is None else float(c.times[-1] - now)
+
+    def should_request(self, now: float, latency_s: float, execute_steps: int | None = None,
+                       margin_s: float = 0.0) -> bool:
+        """Request-ahead: True when a request sent now should leave, i.e. before any chunk, or once what is left of
+        the newest chunk no longer covers the latency (and `margin_s`):
+
+            t_end - now - margin_s <= latency_s,   t_end = min(t_last - step_s, r + execute_steps * step_s)
+
+        t_last: its last step's time; r: its arrival. By default (execute_steps None) a reply arrives with one step
+        of the old chunk still ahead to hand over from; with `execute_steps` K each chunk is meant to be in force
+        for K steps from its arrival, so requests leave every K steps whatever the latency, and each chunk runs
+        its steps from the first one not yet past on arrival. Keeping one request in flight is the caller's."""
+        c = self.chunk
+        if c is None:
+            return True
+        t_end = float(c.times[-1]) - c.step_s
+        if execute_steps is not None:
+            t_end = min(t_end, float(c.received_s) + int(execute_steps) * c.step_s)
+        return t_end - now - margin_s <= latency_s + 1e-9  # a clock's rounding
+
+    def committed(self, now: float, latency_s: float, fps: float, max_steps: int | None = None) -> np.ndarray:
+        """Float[(d, D)]: the targets that will be executed while a request sent now is under way, on the grid of
+        the chunk it asks for (step k due at now + (k + 1) / fps): d = floor(latency_s * fps) steps, the prefix a
+        prefix-conditioned model is given. (0, D) before any chunk."""
+        d = int(np.floor(max(latency_s, 0.0) * fps + 1e-9))
+        if max_steps is not None:
+            d = min(d, max_steps)
+        layers = self._layers
+        if not layers or d <= 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._blend(layers, now + (k + 1) / fps) for k in range(d)]).astype(np.float32)
+
+
+def safety_hook(layer) -> SafetyHook:
+    """A `SafetyLayer`'s limits at the control rate: inside the joint limits, then at most `layer.speed * dt_s`
+    (max_joint_velocity for the body, max_hand_velocity for the hands) from the last executed target."""
+    lo, hi, speed = layer.space.lower, layer.space.upper, layer.speed
+
+    def hook(target: np.ndarray, last: np.ndarray | None, dt_s: float) -> np.ndarray:
+        q = np.clip(target, lo, hi)
+        if last is not None:
+            q = np.clip(q, last - speed * dt_s, last + speed * dt_s)
+        return q.astype(np.float32)
+
+    return hook
+
+
+class LatencyEstimator:
+    """Measured round trips (seconds) -> the latency to plan for: the `quantile` of the last `window` of them
+    (`initial_s` before any). A quantile rather than a mean: one slow reply in ten should still find the chunk
+    covering it."""
+
+    def __init__(self, window: int = 20, quantile: float = 0.9, initial_s: float = 0.0):
+        if window < 1 or not 0.0 <= quantile <= 1.0 or not initial_s >= 0:
+            raise ValueError(f"window must be >= 1, quantile in [0, 1], initial_s >= 0; got {window}, {quantile}, "
+                             f"{initial_s}")
+        self._samples: collections.deque[float] = collections.deque(maxlen=window)
+        self.quantile, self.initial_s = quantile, initial_s
+
+    def add(self, round_trip_s: float) -> None:
+        if np.isfinite(round_trip_s) and round_trip_s >= 0:
+            self._samples.append(float(round_trip_s))
+
+    def estimate(self) -> float:
+        samples = list(self._samples)
+        return float(np.quantile(samples, self.quantile)) if samples else self.initial_s
+
+    def __len__(self) -> int:
+        return len(self._samples)

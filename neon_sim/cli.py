@@ -3,6 +3,7 @@
     neon-sim collect --out data/sim --episodes 200 --seed 0      # expert episodes as a LeRobot v3.0 dataset
     neon-sim eval --policy oracle|hold|ws://127.0.0.1:8000/ws --episodes 50 --seed 10000 --out eval_sim/
     neon-sim eval --policy oracle --episodes 20 --latency-ms 0,100,200,300 --out eval_lat/   # success vs latency
+    neon-sim eval --policy oracle --latency-ms 300 --executor blend --blend-s 0.2   # request-ahead, skip, blend
     neon-sim g1 --interface lo --domain 1 --seed 10000 --episodes 10 --out eval_g1/   # the G1 on its DDS topics:
         # rt/lowstate out, rt/arm_sdk in, head camera and instruction on ROS 2; driven by a bridge (neon-g1)
 
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-ms", type=latencies, default=[0.0], metavar="L[,L...]",
                    help="sim time from observation to usable reply, during which the previous chunk goes on; "
                         "a list (0,100,200) runs each over the same seeds and plots success against it (needs --out)")
+    p.add_argument("--executor", choices=["plain", "blend"], default="plain",
+                   help="plain: synchronous chunking (each reply runs from its first step); blend: the ChunkExecutor "
+                        "at the control rate (request-ahead, steps past on arrival skipped, blended hand-overs, "
+                        "velocity limits per tick)")
+    p.add_argument("--blend-s", type=float, default=None,
+                   help="with --executor blend: seconds over which a new chunk takes over (default 0.2; 0: at once)")
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--token", default=os.environ.get("NEON_TOKEN"))
     p.add_argument("--out", help="folder for sim_report.json/.md and episodes.mp4 (head | third-person view)")
@@ -111,27 +118,41 @@ def latencies(text: str) -> list[float]:
 
 
 def _eval(args) -> int:
-    from neon_sim.evaluate import evaluate, evaluate_latencies
+    from neon_sim.evaluate import describe_executor, evaluate, evaluate_latencies
 
+    if args.blend_s is not None and (args.executor != "blend" or not (math.isfinite(args.blend_s) and args.blend_s >= 0)):
+        print(f"error: --blend-s needs --executor blend and a finite value >= 0, got {args.blend_s:g} with "
+              f"--executor {args.executor}", file=sys.stderr)
+        return 2
+    blend_s = (0.2 if args.blend_s is None else args.blend_s) if args.executor == "blend" else 0.0
     kwargs = {"episodes": args.episodes, "seed": args.seed, "execute_steps": args.execute_steps, "token": args.token,
-              "progress": True, "ablation": args.ablation, "mjcf": args.mjcf, "video_episodes": args.video_episodes}
+              "progress": True, "ablation": args.ablation, "mjcf": args.mjcf, "video_episodes": args.video_episodes,
+              "executor": "plain" if args.executor == "plain" else "executor", "blend_s": blend_s}
     if len(args.latency_ms) > 1:
         if not args.out:
             print("error: a --latency-ms list writes a report per latency and a plot: give --out", file=sys.stderr)
             return 2
         report = evaluate_latencies(args.policy, args.latency_ms, args.out, **kwargs)
-        print(f"{args.policy} over {args.episodes} episodes, {args.execute_steps} steps a chunk:")
-        print(f"{'latency ms':>10}  {'success':>7}  {'95% CI':>9}  {'median s to success':>19}")
+        print(f"{args.policy} over {args.episodes} episodes, {args.execute_steps} steps a chunk, "
+              f"{describe_executor(report['executor'], report['blend_s'])}:")
+        print(f"{'latency ms':>10}  {'success':>7}  {'95% CI':>9}  {'median s to success':>19}  {'jerk ratio':>10}")
         for row in report["rows"]:
             lo, hi = row["success_ci95"]
             t = "-" if row["time_to_success_s"] is None else f"{row['time_to_success_s']:.2f}"
-            print(f"{row['latency_ms']:>10g}  {row['success_rate']:>7.2f}  {lo:.2f}-{hi:.2f}  {t:>19}")
+            ratio = row["control_jerk"]["ratio_max"]
+            ratio = "-" if ratio is None else f"{ratio:.2f}"
+            print(f"{row['latency_ms']:>10g}  {row['success_rate']:>7.2f}  {lo:.2f}-{hi:.2f}  {t:>19}  {ratio:>10}")
         print(f"plot: {report['plot']}")
         return 0
     report = evaluate(args.policy, out=args.out, latency_ms=args.latency_ms[0], **kwargs)
     lo, hi = report["success_ci95"]
+    cj = report["control_jerk"]
+    ratio = "-" if cj["ratio_max"] is None else f"{cj['ratio_max']:.2f}"
     print(f"{args.policy}: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {args.episodes} "
           f"episodes at {args.latency_ms[0]:g} ms latency; {report['seconds_per_episode']} s per episode")
+    print(f"{describe_executor(report['executor'], report['blend_s'])}: {report['requests']} requests; jerk at "
+          f"{report['control_hz']:g} Hz (median of each episode's largest) within chunks {cj['within_max']:.0f}, "
+          f"at hand-overs {cj['boundary_max']:.0f} rad/s^3, ratio {ratio}")
     return 0
 
 

@@ -6,17 +6,23 @@ Policies:
     URL      a running neon-serve (ws://host:port/ws), driven through `RemotePolicy`, the client interface
              the ROS node uses
 
-Chunks are executed as a robot would: send the current observation, execute the reply's first
-`execute_steps` steps (each one frame, 1 / fps, its joint targets interpolated at CONTROL_HZ), then ask
-again. A server whose replies are not executable (dry run, untrained heads), or whose action space lacks
-the arm joints, is refused before anything moves.
+A server whose replies are not executable (dry run, untrained heads), or whose action space lacks the arm
+joints, is refused before anything moves. Latency (`latency_ms`, sim time; the sim stands still during a real
+round trip): the observation is taken at t, the reply is usable at t + latency. Two ways to run chunks:
 
-Latency (`latency_ms`, sim time; the sim stands still during a real round trip): the observation is taken
-at t, the reply is usable at t + latency. Meanwhile the robot goes on with the previous chunk's steps
-beyond those executed, and holds the last target once they run out (before the first reply: holds its
-start). A latency that is not a whole number of steps ends part-way through a step: the targets of that
-step's first control ticks are tracked, to the physics timestep (2 ms). The new chunk then runs from its
-first step.
+plain (default): synchronous chunking. Send the current observation, execute the reply's first
+`execute_steps` steps (each one frame, 1 / fps, its joint targets interpolated at CONTROL_HZ), then ask
+again. While a reply is under way the robot goes on with the previous chunk's steps beyond those executed,
+and holds the last target once they run out (before the first reply: holds its start). A latency that is
+not a whole number of steps ends part-way through a step: the targets of that step's first control ticks
+are tracked, to the physics timestep (2 ms). The new chunk then runs from its first step.
+
+executor: `neon_runtime.executor.ChunkExecutor` at CONTROL_HZ, as the G1 bridge runs chunks: the next
+request leaves early enough for its reply to arrive when the chunk in force has run `execute_steps` steps,
+steps already past on arrival are skipped, the hand-over is blended over `blend_s`, and every target passes
+the safety layer's limits at the control rate (`_run_executor`).
+
+Both report jerk within chunks and at hand-overs on the commanded target stream (`tick_jerk`).
 """
 
 from __future__ import annotations
@@ -113,29 +119,76 @@ def partial_step(sim: G1Tabletop, start: np.ndarray, goal: np.ndarray, fps: floa
     return target
 
 
+class _Ticks:
+    """The sim as `collect.step` and `partial_step` see it, logging every control tick: (its end time, its target)."""
+
+    def __init__(self, sim: G1Tabletop, log: list):
+        self._sim, self._log = sim, log
+
+    def run(self, targets: np.ndarray, seconds: float) -> None:
+        self._sim.run(targets, seconds)
+        self._log.append((self._sim.time, np.asarray(targets, np.float32)))
+
+    def __getattr__(self, name):
+        return getattr(self._sim, name)
+
+
+EXECUTORS = ("plain", "executor")
+
+
 def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_steps: int = 8,
-                frames: list | None = None, latency_ms: float = 0.0, mjcf=None) -> dict:
+                frames: list | None = None, latency_ms: float = 0.0, mjcf=None, executor: str = "plain",
+                blend_s: float = 0.0) -> dict:
     """One episode; `frames` collects head | third-person views for a video when given.
 
-    Plain synchronous chunking: each request waits out `latency_ms` on the previous chunk's leftover steps,
-    then its reply runs from its first step, with neither skipping the steps that are already stale nor
-    blending into the old chunk (a later issue adds both).
+    executor "plain": synchronous chunking: each request waits out `latency_ms` on the previous chunk's leftover
+    steps, then its reply runs from its first step, with neither skipping the steps that are already stale nor
+    blending into the old chunk. "executor": `neon_runtime.executor.ChunkExecutor` at CONTROL_HZ on the sim clock
+    (see `_run_executor`), blending over `blend_s`.
     """
+    _check_executor(executor, blend_s)
     sim = G1Tabletop(sample_task(np.random.default_rng(seed)), mjcf)
     expert = Expert(sim) if policy == "oracle" else None
     start = sim.state()
-    target = start  # the joint targets being tracked now
-    executed, boundaries = [target], []  # targets at each step's end; where each chunk's first step is
-    leftover, leftover_fps = np.zeros((0, len(start)), np.float32), FPS  # the previous chunk's steps not run yet
-    latency_s, half_tick = latency_ms / 1e3, sim.model.opt.timestep / 2
     horizon = max(execute_steps, _oracle_chunk_steps())  # oracle and hold chunks
+
+    def plan(t_request: float) -> tuple[np.ndarray, float]:
+        """The policy's chunk for the observation of this instant: (Float[(T, D)] joint targets, its fps)."""
+        if remote is not None:
+            return remote.chunk(sim)
+        if expert is not None:  # planned from the request time, as a served policy's chunk is
+            return np.stack([expert.targets(t_request + (k + 1) / FPS) for k in range(horizon)]), FPS
+        return np.tile(start, (horizon, 1)), FPS
 
     def over() -> bool:
         return sim.success() or sim.time >= EPISODE_S - 1e-9
 
+    ticks = [(sim.time, start)]  # (time, the joint target commanded up to then) at every control tick
+    run = _run_plain if executor == "plain" else _run_executor
+    info = run(sim, plan, over, ticks, frames, latency_ms / 1e3, execute_steps, blend_s)
+    within, boundary = frame_jerk(np.asarray(info["step_targets"]), info["step_boundaries"])
+    result = {"seed": seed, "instruction": sim.task.instruction, "success": sim.success(),
+              "time_to_success_s": round(sim.time, 3) if sim.success() else None,
+              "joint_limit_violation": sim.limit_violation > 1e-3, "table_contact": sim.table_contact,
+              "final_distance_m": round(sim.distance(), 4), "jerk_within": within, "jerk_boundary": boundary,
+              "control_jerk": control_jerk(ticks, info["handovers"], info["fps"], blend_s),
+              "requests": info["requests"], "skipped_steps": info.get("skipped_steps", 0),
+              "safety_limited": info.get("safety_limited", 0)}
+    sim.close()
+    return result
+
+
+def _run_plain(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s) -> dict:
+    """Plain synchronous chunking (the module docstring); -> requests, hand-over times, the fps."""
+    ticking = _Ticks(sim, ticks)
+    target = ticks[0][1]  # the joint targets being tracked now
+    executed, boundaries = [target], []  # targets at each step's end; where each chunk's first step is
+    leftover, leftover_fps = np.zeros((0, len(target)), np.float32), FPS  # the previous chunk's steps not run yet
+    half_tick, handovers, requests = sim.model.opt.timestep / 2, [], 0
+
     def run_step(goal: np.ndarray, fps: float) -> None:
         nonlocal target
-        step(sim, target, goal, fps)
+        step(ticking, target, goal, fps)
         target = goal
         executed.append(goal)
         if frames is not None:
@@ -143,20 +196,16 @@ def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_s
 
     while not over():
         t_request = sim.time  # the observation is this instant's
-        if remote is not None:
-            chunk, fps = remote.chunk(sim)
-        elif expert is not None:  # planned from the request time, as a served policy's chunk is
-            fps = FPS
-            chunk = np.stack([expert.targets(t_request + (k + 1) / fps) for k in range(horizon)])
-        else:
-            fps, chunk = FPS, np.tile(start, (horizon, 1))
+        chunk, fps = plan(t_request)
+        requests += 1
         while not over() and sim.time < t_request + latency_s - half_tick:  # the reply is on its way
             goal = leftover[0] if len(leftover) else target
             if sim.time + 1.0 / leftover_fps <= t_request + latency_s + half_tick:
                 run_step(goal, leftover_fps)
                 leftover = leftover[1:]
-            else:  # it arrives part-way through this step (not logged: `executed` is the whole steps)
-                target = partial_step(sim, target, goal, leftover_fps, t_request + latency_s - sim.time)
+            else:  # it arrives part-way through this step (not in `executed`: that is the whole steps)
+                target = partial_step(ticking, target, goal, leftover_fps, t_request + latency_s - sim.time)
+        handovers.append(sim.time)
         boundaries.append(len(executed))
         ran = 0
         for goal in chunk[:execute_steps]:
@@ -165,19 +214,92 @@ def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_s
             run_step(goal, fps)
             ran += 1
         leftover, leftover_fps = chunk[ran:], fps
-    q = np.asarray(executed)
+    return {"requests": requests, "handovers": handovers, "fps": leftover_fps, "step_targets": executed,
+            "step_boundaries": boundaries}
+
+
+def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s) -> dict:
+    """The control loop a robot runs, at CONTROL_HZ on the sim clock: each tick commands `executor.execute` at the
+    tick's end (as `collect.step` commands each tick's end), every target through the safety layer's limits
+    (max_joint_velocity per tick) relative to the last one.
+
+    Requests leave when `should_request` says so (request-ahead, one in flight): each chunk is in force for
+    `execute_steps` steps from its arrival, so a request leaves every `execute_steps` steps at any latency (as plain
+    chunking asks at zero latency). The observation is taken at the request's tick t; the reply is the chunk with
+    step k due at t + (k + 1) / fps, accepted at t + latency (from the first tick starting then), so the steps
+    already due are skipped by time (the chunk runs steps d .. d + execute_steps - 1, d = those skipped) and it
+    blends over `blend_s`. The round trip fed to the latency estimator is the injected latency (sim time stands still
+    during a real one)."""
+    from neon_runtime.executor import Chunk, ChunkExecutor, LatencyEstimator, safety_hook
+    from neon_runtime.safety import SafetyLayer
+
+    ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)))
+    ex.hold(ticks[0][1], sim.time)  # the first reply takes over from the start pose
+    latency = LatencyEstimator()
+    dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
+    pending, handovers, requests, fps, n = None, [], 0, FPS, 0
+    executed, boundaries = [ticks[0][1]], []  # the target every 1 / FPS; where each chunk took over
+    while not over():
+        now = sim.time
+        if pending is None and ex.should_request(now, latency.estimate(), execute_steps):
+            chunk, fps = plan(now)
+            pending = Chunk.at_fps(chunk, fps, start_s=now + 1.0 / fps, received_s=now + latency_s)
+            requests += 1
+        if pending is not None and pending.received_s <= now + half_tick:
+            ex.accept(pending)
+            latency.add(latency_s)
+            handovers.append(pending.received_s)
+            boundaries.append(len(executed))
+            pending = None
+        q = ex.execute(now + dt)
+        sim.run(q, dt)
+        ticks.append((sim.time, q))
+        n += 1
+        if n % per_frame == 0:
+            executed.append(q)
+            if frames is not None:
+                frames.append(np.concatenate([sim.render("head"), sim.render("third_person")], axis=1))
+    return {"requests": requests, "handovers": handovers, "fps": fps, "skipped_steps": ex.skipped,
+            "safety_limited": ex.safety_limited, "step_targets": executed, "step_boundaries": boundaries}
+
+
+def frame_jerk(q: np.ndarray, boundaries: list[int]) -> tuple[float, float]:
+    """Float[(N, D)] targets one frame (1 / FPS) apart -> the largest jerk (rad/s^3) within chunks and around
+    hand-overs: every window q[i..i+3] that spans the step into a new chunk (`boundaries`: the index of its first
+    step's target; with plain chunking and a latency that is not whole steps, the cut-short step before it is
+    not in `q`)."""
     jerk = np.abs(np.diff(q, n=3, axis=0)) * FPS**3 if len(q) > 3 else np.zeros((0, q.shape[1]))
-    # Jerk around a chunk hand-over: every window q[i..i+3] that spans the step into a new chunk (and so, with a
-    # latency that is not whole steps, the cut-short step before it, which the step grid does not log).
     window = np.arange(len(jerk))[:, None]
     at_boundary = ((window < np.asarray(boundaries)) & (np.asarray(boundaries) <= window + 3)).any(1)
-    result = {"seed": seed, "instruction": sim.task.instruction, "success": sim.success(),
-              "time_to_success_s": round(sim.time, 3) if sim.success() else None,
-              "joint_limit_violation": sim.limit_violation > 1e-3, "table_contact": sim.table_contact,
-              "final_distance_m": round(sim.distance(), 4), "jerk_within": float(jerk[~at_boundary].max(initial=0.0)),
-              "jerk_boundary": float(jerk[at_boundary].max(initial=0.0))}
-    sim.close()
-    return result
+    return float(jerk[~at_boundary].max(initial=0.0)), float(jerk[at_boundary].max(initial=0.0))
+
+
+def control_jerk(ticks: list, handovers: list[float], fps: float, blend_s: float) -> dict:
+    """Jerk (rad/s^3, the largest over joints) of the commanded target stream at CONTROL_HZ: each tick's target at
+    its end time, resampled onto the CONTROL_HZ grid (only plain chunking's cut-short ticks move), |third
+    difference| * CONTROL_HZ^3, one value per window of four samples.
+
+    Boundary windows: those whose span meets [h - 1 / fps, h + blend_s + 1 / fps] for a hand-over at h (a chunk
+    taking over, the first one included: plain chunking's start of a chunk's first step, the executor's arrival;
+    blend_s 0 for plain); within: all others. -> for each, the largest and the root mean square, and the ratios
+    boundary / within (None where there is nothing within)."""
+    t = np.array([x[0] for x in ticks])
+    q = np.stack([x[1] for x in ticks]).astype(np.float64)
+    grid = np.arange(0.0, t[-1] + 1e-9, 1.0 / CONTROL_HZ)
+    qg = np.stack([np.interp(grid, t, q[:, j]) for j in range(q.shape[1])], axis=1)
+    jerk = np.abs(np.diff(qg, n=3, axis=0)).max(axis=1) * CONTROL_HZ**3 if len(grid) > 3 else np.zeros(0)
+    lo, hi = grid[:len(jerk)], grid[3:]  # each window's span
+    h = np.asarray(handovers, np.float64)[None, :]
+    at = ((lo[:, None] <= h + blend_s + 1.0 / fps) & (hi[:, None] >= h - 1.0 / fps)).any(axis=1)
+    out = {}
+    for name, j in (("within", jerk[~at]), ("boundary", jerk[at])):
+        out[f"{name}_max"] = float(j.max(initial=0.0))
+        out[f"{name}_rms"] = float(np.sqrt(np.mean(j**2))) if len(j) else 0.0
+    for stat in ("max", "rms"):
+        w = out[f"within_{stat}"]
+        out[f"ratio_{stat}"] = out[f"boundary_{stat}"] / w if w > 0 else None
+    out["boundary_fraction"] = float(at.mean()) if len(at) else 0.0
+    return out
 
 
 ABLATIONS = ("none", "blank-image", "other-block")
@@ -185,12 +307,15 @@ ABLATIONS = ("none", "blank-image", "other-block")
 
 def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Path | None = None,
              execute_steps: int = 8, token: str | None = None, video_episodes: int = 1,
-             progress: bool | None = None, ablation: str = "none", latency_ms: float = 0.0, mjcf=None) -> dict:
+             progress: bool | None = None, ablation: str = "none", latency_ms: float = 0.0, mjcf=None,
+             executor: str = "plain", blend_s: float = 0.0) -> dict:
     """Success rate of `policy` (oracle | hold | ws://... URL) over seeds seed .. seed + episodes - 1.
 
     `ablation` (a served policy only): "blank-image" sends a grey frame, "other-block" an instruction naming
     another block, while success is still judged on the named block: vision and language must both matter.
     `latency_ms`: sim time between an observation and its reply being usable (see the module docstring).
+    `executor`: "plain" synchronous chunking, or "executor" (request-ahead, stale steps skipped, blending over
+    `blend_s`; see `run_episode`).
     """
     if ablation not in ABLATIONS:
         raise SimError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
@@ -199,6 +324,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     if execute_steps < 1 or episodes < 1:
         raise SimError(f"episodes and execute_steps must be >= 1, got {episodes}, {execute_steps}")
     _check_latency(latency_ms)
+    _check_executor(executor, blend_s)
     remote = None
     if policy not in ("oracle", "hold"):
         if not policy.startswith(("ws://", "wss://")):
@@ -213,8 +339,9 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     try:
         for k in tqdm(range(episodes), desc=f"evaluating {policy}", unit="ep",
                       disable=None if progress is None else not progress):
-            results.append(run_episode(seed + k, policy, remote, execute_steps, frames if k < video_episodes else None,
-                                       latency_ms, mjcf))
+            video = frames if out is not None and k < video_episodes else None  # no --out: no frames to render
+            results.append(run_episode(seed + k, policy, remote, execute_steps, video, latency_ms, mjcf, executor,
+                                       blend_s))
     finally:
         if remote is not None:
             remote.close()
@@ -222,7 +349,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     times = [r["time_to_success_s"] for r in results if r["success"]]
     report = {
         "policy": policy, "ablation": ablation, "episodes": episodes, "seeds": [seed, seed + episodes - 1],
-        "execute_steps": execute_steps, "latency_ms": latency_ms,
+        "execute_steps": execute_steps, "latency_ms": latency_ms, "executor": executor, "blend_s": blend_s,
         "fps": FPS, "control_hz": CONTROL_HZ, "success_rate": wins / episodes, "success_ci95": wilson(wins, episodes),
         "time_to_success_s": float(np.median(times)) if times else None,
         "joint_limit_violations": sum(r["joint_limit_violation"] for r in results),
@@ -230,7 +357,9 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         "safety_interventions": remote.interventions if remote else 0,
         "round_trip_ms": ({"p50": float(np.percentile(remote.round_trips, 50)),
                            "p99": float(np.percentile(remote.round_trips, 99))} if remote and remote.round_trips else None),
-        "jerk_within_max": max(r["jerk_within"] for r in results), "jerk_boundary_max": max(r["jerk_boundary"] for r in results),
+        **jerk_summary(results), "requests": sum(r["requests"] for r in results),
+        "skipped_steps": sum(r["skipped_steps"] for r in results),
+        "executor_safety_limited": sum(r["safety_limited"] for r in results),
         "seconds_per_episode": round((time.perf_counter() - t0) / episodes, 2),
         "results": results,
     }
@@ -244,13 +373,50 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
             report["video"] = str(out / "episodes.mp4")
         (out / "sim_report.json").write_text(json.dumps(report, indent=2) + "\n")
         lo, hi = report["success_ci95"]
+        cj = report["control_jerk"]
         (out / "sim_report.md").write_text(
             f"# neon-sim eval: {policy}\n\n- success rate {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over "
             f"{episodes} seeds from {seed}, {execute_steps} steps a chunk, {latency_ms:g} ms latency\n"
+            f"- {describe_executor(executor, blend_s)}: {report['requests']} requests, {report['skipped_steps']} stale "
+            f"steps skipped, {report['executor_safety_limited']} values limited at the control rate\n"
+            f"- jerk of the {CONTROL_HZ:g} Hz target stream, rad/s^3, medians over episodes (hand-over windows: "
+            f"within one step of a hand-over and its blend): largest within chunks {cj['within_max']:.1f}, at "
+            f"hand-overs {cj['boundary_max']:.1f}, ratio {_fmt(cj['ratio_max'])}; rms within {cj['within_rms']:.1f}, "
+            f"at hand-overs {cj['boundary_rms']:.1f}, ratio {_fmt(cj['ratio_rms'])}\n"
             f"- median time to success {report['time_to_success_s']} s\n"
             f"- joint-limit violations {report['joint_limit_violations']}, table contacts {report['table_contacts']}, "
             f"safety interventions {report['safety_interventions']}\n- round trip {report['round_trip_ms']}\n")
     return report
+
+
+def jerk_summary(results: list[dict]) -> dict:
+    """Over episodes: the largest frame-rate jerk within chunks and at hand-overs (as before the executor), and the
+    control-rate jerk (`control_jerk`): the median over episodes of each statistic and ratio."""
+    out = {"jerk_within_max": max(r["jerk_within"] for r in results),
+           "jerk_boundary_max": max(r["jerk_boundary"] for r in results), "control_jerk": {}}
+    for key in results[0]["control_jerk"]:
+        values = [r["control_jerk"][key] for r in results if r["control_jerk"][key] is not None]
+        out["control_jerk"][key] = float(np.median(values)) if values else None
+    return out
+
+
+def describe_executor(executor: str, blend_s: float) -> str:
+    if executor == "plain":
+        return "plain synchronous chunking"
+    return f"ChunkExecutor, {'blending over ' + format(blend_s, 'g') + ' s' if blend_s else 'no blending'}"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _check_executor(executor: str, blend_s: float) -> None:
+    if executor not in EXECUTORS:
+        raise SimError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if not (isinstance(blend_s, numbers.Real) and math.isfinite(blend_s) and blend_s >= 0):
+        raise SimError(f"blend_s must be a finite number of seconds >= 0, got {blend_s!r}")
+    if executor == "plain" and blend_s:
+        raise SimError(f"plain chunking does not blend: blend_s {blend_s:g} needs the executor")
 
 
 def _check_latency(latency_ms: float) -> None:
@@ -277,9 +443,11 @@ def evaluate_latencies(policy: str, latencies_ms: list[float], out: str | Path, 
         folder = out / f"latency_{latency:g}ms"
         r = evaluate(policy, out=folder, latency_ms=latency, **kwargs)
         rows.append({"latency_ms": latency, "success_rate": r["success_rate"], "success_ci95": r["success_ci95"],
-                     "time_to_success_s": r["time_to_success_s"], "report": str(folder / "sim_report.json")})
+                     "time_to_success_s": r["time_to_success_s"], "control_jerk": r["control_jerk"],
+                     "requests": r["requests"], "report": str(folder / "sim_report.json")})
     report = {"policy": policy, "episodes": r["episodes"], "seeds": r["seeds"], "execute_steps": r["execute_steps"],
-              "ablation": r["ablation"], "fps": FPS, "rows": rows, "plot": str(out / "success_vs_latency.png")}
+              "ablation": r["ablation"], "executor": r["executor"], "blend_s": r["blend_s"], "fps": FPS, "rows": rows,
+              "plot": str(out / "success_vs_latency.png")}
     plot_success_vs_latency(report, out / "success_vs_latency.png")
     (out / "latency_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -297,6 +465,7 @@ def plot_success_vs_latency(report: dict, path: str | Path) -> None:
     ax = fig.add_subplot()
     ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=4)
     ax.set(xlabel="injected latency (ms)", ylabel="success rate (Wilson 95% CI)", ylim=(-0.02, 1.02),
-           title=f"{report['policy']}: {report['episodes']} episodes, {report['execute_steps']} steps a chunk")
+           title=f"{report['policy']}: {report['episodes']} episodes, {report['execute_steps']} steps a chunk, "
+                 f"{report.get('executor', 'plain')}")
     ax.grid(alpha=0.3)
     fig.savefig(path)

@@ -115,9 +115,12 @@ def test_eval_closes_the_loop_through_neon_serve_and_refuses_what_cannot_run(bac
     runner = runner_for(model, max_batch=1, max_wait_ms=0)
     with serve(create_app(runner, ServerSettings())) as addr:
         report = evaluate(f"ws://{addr}/ws", episodes=2, seed=101, execute_steps=8, progress=False)
+        blended = evaluate(f"ws://{addr}/ws", episodes=1, seed=101, progress=False, video_episodes=0,
+                           executor="executor", blend_s=0.2, latency_ms=200)  # the same server through the executor
     runner.close()
     assert len(report["results"]) == 2 and report["round_trip_ms"]["p50"] > 0
     assert report["joint_limit_violations"] == 0 and report["table_contacts"] == 0  # the safety layer held it back
+    assert blended["requests"] >= 5 and blended["round_trip_ms"]["p50"] > 0 and blended["joint_limit_violations"] == 0
     dry = runner_for(model, SafetyConfig(dry_run=True), max_batch=1, max_wait_ms=0)
     with serve(create_app(dry, ServerSettings())) as addr:
         with pytest.raises(SimError, match="dry-run"):
@@ -190,6 +193,69 @@ def test_latency_errors_outside_argparse(tmp_path, capsys):
     assert sim_main(["eval", "--policy", "oracle", "--episodes", "1", "--latency-ms", "0,100"]) == 2  # no --out
     assert "give --out" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------- the chunk executor
+
+
+def test_the_executor_without_blending_at_zero_latency_runs_as_plain_chunking():
+    """Same hand-overs, same targets: at 0 ms the executor asks after execute_steps steps and moves from the last
+    target to the reply's step 0, as plain chunking does (success is checked every 20 ms tick, not every step)."""
+    from neon_sim.evaluate import run_episode
+
+    plain, ex = run_episode(101, "oracle"), run_episode(101, "oracle", executor="executor")
+    assert ex["success"] and ex["requests"] == plain["requests"] and ex["skipped_steps"] == 0
+    assert abs(ex["time_to_success_s"] - plain["time_to_success_s"]) < 0.1
+    for key in ("within_max", "boundary_max"):
+        assert ex["control_jerk"][key] == pytest.approx(plain["control_jerk"][key], rel=1e-3)
+
+
+@pytest.mark.parametrize("seed", [101, 102])
+def test_the_oracle_through_the_executor_succeeds_on_time_at_300_ms(seed):
+    """Request-ahead and skipping the steps already past: the oracle's plan is a function of time, so with 300 ms
+    of latency it runs on time (plain chunking runs 300 ms late); blending keeps the start and hand-overs smooth."""
+    from neon_sim.evaluate import run_episode
+
+    on_time = run_episode(seed, "oracle", executor="executor", blend_s=0.2)
+    late = run_episode(seed, "oracle", executor="executor", blend_s=0.2, latency_ms=300)
+    plain = run_episode(seed, "oracle", latency_ms=300)
+    assert on_time["success"] and late["success"], (on_time, late)
+    assert not late["joint_limit_violation"] and not late["table_contact"]
+    assert abs(late["time_to_success_s"] - on_time["time_to_success_s"]) < 0.05
+    assert plain["time_to_success_s"] > late["time_to_success_s"] + 0.2
+    assert late["skipped_steps"] >= 2 * (late["requests"] - 1)  # steps 0 and 1 of each reply were due before it came
+    unblended = run_episode(seed, "oracle", executor="executor", latency_ms=300)  # jumps onto the stale plan at once
+    assert unblended["control_jerk"]["boundary_max"] > 3 * late["control_jerk"]["boundary_max"]
+    held = run_episode(seed, "hold", executor="executor", latency_ms=300)
+    assert not held["success"] and held["requests"] >= 2
+
+
+def test_the_executor_report_has_mode_blend_requests_and_the_jerk_ratio(tmp_path, capsys):
+    import json
+
+    from neon_sim.cli import main as sim_main
+    from neon_sim.evaluate import evaluate
+
+    argv = ["eval", "--policy", "oracle", "--episodes", "2", "--seed", "101", "--latency-ms", "200", "--executor",
+            "blend", "--video-episodes", "0", "--out", str(tmp_path)]
+    assert sim_main(argv) == 0
+    report = json.loads((tmp_path / "sim_report.json").read_text())
+    assert report["executor"] == "executor" and report["blend_s"] == 0.2 and report["success_rate"] == 1.0
+    assert report["requests"] >= 2 * 4 and report["skipped_steps"] > 0
+    for r in report["results"]:
+        cj = r["control_jerk"]
+        assert cj["within_max"] > 0 and cj["boundary_max"] > 0 and 0 < cj["boundary_fraction"] < 1
+        assert cj["ratio_max"] == pytest.approx(cj["boundary_max"] / cj["within_max"])
+    assert report["control_jerk"]["ratio_max"] is not None and report["control_jerk"]["ratio_rms"] is not None
+    md = (tmp_path / "sim_report.md").read_text()
+    assert "blending over 0.2 s" in md and "ratio" in md and "requests" in md
+    assert "ratio" in capsys.readouterr().out
+    assert sim_main(["eval", "--policy", "oracle", "--episodes", "1", "--blend-s", "0.1"]) == 2  # plain does not blend
+    assert "--blend-s needs --executor blend" in capsys.readouterr().err
+    with pytest.raises(SimError, match="executor must be one of"):
+        evaluate("oracle", episodes=1, executor="rtc", progress=False)
+    with pytest.raises(SimError, match="plain chunking does not blend"):
+        evaluate("oracle", episodes=1, blend_s=0.2, progress=False)
 
 
 # ---------------------------------------------------------------------- where the G1 model comes from
