@@ -491,6 +491,13 @@ def test_unknown_interface_is_refused_by_name():
     assert proc.returncode == 2 and "'g1-eth9'" in proc.stderr and "it has:" in proc.stderr, proc.stderr
 
 
+def test_a_negative_blend_window_is_refused_before_anything_opens(capsys):
+    from neon_runtime.g1.cli import main
+
+    assert main(["--ros", "--interface", "lo", "--domain", "7", "--blend-s", "-0.1"]) == 2
+    assert "--blend-s must be a finite number of seconds >= 0, got -0.1" in capsys.readouterr().err
+
+
 def test_a_server_without_arm_joints_is_refused(robot):
     """A server whose action space has no arms (a stand-in: neon-serve cannot serve one) is refused on its greeting."""
     from websockets.sync.server import serve

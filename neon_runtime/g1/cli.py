@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rad/s, Dex3 fingers (default: %(default)s)")
     ctl.add_argument("--ramp-in-s", type=float, default=CONTROL.ramp_in_s, help="weight 0 -> 1, >= 1 (default: %(default)s)")
     ctl.add_argument("--ramp-out-s", type=float, default=CONTROL.ramp_out_s, help="weight 1 -> 0, >= 2 (default: %(default)s)")
+    ctl.add_argument("--blend-s", type=float, default=0.2, help="blend each new chunk into the one in force over this "
+                     "long, min-jerk (0: switch at once; default: %(default)s)")
     ctl.add_argument("--watchdog-s", type=float, default=CONTROL.watchdog_s,
                      help="no fresh executable chunk for this long: hold (default: %(default)s)")
     ctl.add_argument("--hold-s", type=float, default=CONTROL.hold_s, help="then release after holding this long "
@@ -89,6 +91,8 @@ def _check(args) -> None:
     for name in ("max_vel", "max_hand_vel", "request_hz", "state_timeout", "log_every_s"):
         if not getattr(args, name) > 0:
             raise BridgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not args.blend_s >= 0 or args.blend_s == float("inf"):
+        raise BridgeError(f"--blend-s must be a finite number of seconds >= 0, got {args.blend_s}")
     if args.run_seconds is not None and not args.run_seconds > 0:
         raise BridgeError(f"--run-seconds must be positive, got {args.run_seconds}")
     if args.interface == "lo" and args.domain == 0:
@@ -151,7 +155,7 @@ def run(args) -> int:
     if want_hands and not hands:
         log(f"no rt/dex3/left/state and rt/dex3/right/state within {args.state_timeout:g} s: the hands are not commanded")
     layout = make_layout(space, gains, hands=hands, max_vel_rad_s=args.max_vel, max_hand_vel_rad_s=args.max_hand_vel)
-    executor = ChunkExecutor(space.dim)
+    executor = ChunkExecutor(space.dim, blend_s=args.blend_s)
     controller = Controller(layout, config, executor)
     inputs = {"status": "", "error": ""}
 
