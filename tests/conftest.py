@@ -1,7 +1,9 @@
 """Shared fixtures. Everything runs offline: real transformers classes on the tiny backbones."""
 
+import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 # Before anything imports huggingface_hub: never touch the network, keep tiny builds in one place per machine.
@@ -62,3 +64,24 @@ def heads_inputs(model, batch: dict, sources: list, cache=None):
 
     features = model.features() if cache is None else CachedFeatures(cache, sources, model.features())
     return model.inputs(batch["obs"], features, (batch["source"], batch["row"]))
+
+
+@contextlib.contextmanager
+def spinning_node(name: str):
+    """rclpy in this process: a node spun on a background thread, for tests that publish or listen."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init()
+    node = rclpy.create_node(name)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=5)
+        thread.join(timeout=5)
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -305,20 +305,11 @@ def wait_for(cond, timeout: float = 30.0) -> bool:
 @pytest.fixture(scope="module")
 def ros():
     """rclpy in this process: a node for the test's camera, trajectories and /joint_states listener."""
-    rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
-    from rclpy.executors import SingleThreadedExecutor
+    pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
+    from conftest import spinning_node
 
-    rclpy.init()
-    node = rclpy.create_node("g1_bridge_test")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown(timeout_sec=5)
-    thread.join(timeout=5)
-    node.destroy_node()
-    rclpy.try_shutdown()
+    with spinning_node("g1_bridge_test") as node:
+        yield node
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are ins
 
 from cyclonedds.core import Policy, Qos  # noqa: E402
 from cyclonedds.sub import DataReader  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
@@ -120,21 +119,14 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def listener():
     """rclpy in this process: /neon/joint_trajectory and its preview as neon-ros publishes them (reliable)."""
-    rclpy.init()
-    node = rclpy.create_node("g1_stack_listener")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    got = {"/neon/joint_trajectory": [], "/neon/joint_trajectory_preview": []}
-    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    for topic, msgs in got.items():
-        node.create_subscription(JointTrajectory, topic, msgs.append, reliable)
-    yield got
-    executor.shutdown(timeout_sec=5)
-    thread.join(timeout=5)
-    node.destroy_node()
-    rclpy.try_shutdown()
+    from conftest import spinning_node
+
+    with spinning_node("g1_stack_listener") as node:
+        got = {"/neon/joint_trajectory": [], "/neon/joint_trajectory_preview": []}
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        for topic, msgs in got.items():
+            node.create_subscription(JointTrajectory, topic, msgs.append, reliable)
+        yield got
 
 
 _domains = random.sample(list(dds.LOOPBACK_DOMAINS), 8)

@@ -6,7 +6,6 @@ An in-test commander plays the bridge: LowCmd_ on rt/arm_sdk with the weight in 
 import os
 import queue
 import random
-import threading
 import time
 
 import numpy as np
@@ -20,7 +19,6 @@ pytest.importorskip("mujoco", reason="MuJoCo comes with the sim extra")
 pytest.importorskip("cyclonedds", reason="CycloneDDS 0.10 comes with the g1 extra")
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -146,17 +144,10 @@ def settled(idle):
 
 @pytest.fixture(scope="module")
 def ros_node():
-    rclpy.init()
-    node = rclpy.create_node("sim_dds_listener")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown(timeout_sec=5)
-    thread.join(timeout=5)
-    node.destroy_node()
-    rclpy.try_shutdown()
+    from conftest import spinning_node
+
+    with spinning_node("sim_dds_listener") as node:
+        yield node
 
 
 # --- rt/lowstate --------------------------------------------------------------------------------------------------
