@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic-port", type=int, default=G1_MIC_PORT)
     p.add_argument("--max-obs-age", type=float, default=SAFE.max_observation_age_s,
                    help="refuse observations older than this (s)")
+    p.add_argument("--max-feature-age", type=float, default=SAFE.max_feature_age_s,
+                   help="seconds: light requests (reuse_features) on a client's stored backbone features whose "
+                   "image is older than this are refused (409); default %(default)s")
+    p.add_argument("--max-feature-clients", type=int, default=64,
+                   help="clients whose newest backbone features are kept for light requests (default %(default)s)")
     p.add_argument("--max-joint-velocity", type=float, default=SAFE.max_joint_velocity,
                    help="rad/s limit applied to every chunk")
     p.add_argument("--dry-run", action="store_true", help="mark every chunk as not executable")
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     safety = SafetyConfig(max_joint_velocity=args.max_joint_velocity, max_observation_age_s=args.max_obs_age,
+                          max_feature_age_s=args.max_feature_age,
                           dry_run=args.dry_run)
     metrics = Metrics()
     mic = None
@@ -127,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         except SensorError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    runner = PolicyRunner(LocalPolicy(policy, safety, source=path), max_batch, max_wait, metrics)
+    runner = PolicyRunner(LocalPolicy(policy, safety, source=path), max_batch, max_wait, metrics,
+                          args.max_feature_clients)
     settings = ServerSettings(token=args.token, default_model_note=note, audio_source=mic.ring if mic else None,
                               profile=args.profile or "", model_root=args.model_root, allow_hub=tuple(args.allow_hub),
                               device=args.device)

@@ -4,13 +4,21 @@
     policy.metadata()["dry_run"]      # the server's settings, read from its greeting
     reply = policy.infer({"image": frame, "instruction": "wave", "state": joints, "timestamp": time.time()})
 
+    reply = policy.infer({"state": joints_now, "timestamp": time.time()}, reuse_features=True)  # heads only
+
 It speaks the server's openpi-compatible WebSocket protocol (msgpack-numpy,
 metadata on connect). Replies come back as the server made them: the server
 already applied its safety layer, and its `dry_run` travels in every reply.
+
+Every request carries this client's `client_id` (given, or made up once), so the server keeps the backbone
+features of its full requests and a light request (`reuse_features=True`: state, eef, lidar, prefix; no image)
+runs only the heads on them (see `neon_runtime.server`). One connection answers one request at a time:
+`sibling()` opens another with the same client_id (a feature-refresh thread beside the control loop).
 """
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from pathlib import Path
 
@@ -18,7 +26,12 @@ from neon_runtime import wire
 
 
 class RemoteError(RuntimeError):
-    """The server refused a request or cannot be used; the message carries its reason."""
+    """The server refused a request or cannot be used; the message carries its reason, `reason` the server's
+    error code ("no_features", "unsafe", "bad_input", ...) when it gave one."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 def read_token(path: str | Path) -> str:
@@ -34,9 +47,11 @@ def read_token(path: str | Path) -> str:
 
 
 class RemotePolicy:
-    def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 10.0):
+    def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 10.0, client_id: str | None = None):
         import websockets.sync.client as ws_client
 
+        self.client_id = client_id or f"remote-{uuid.uuid4().hex[:12]}"
+        self._token, self._open_timeout_s = token, open_timeout_s
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             with warnings.catch_warnings():  # held open for the client's life (not a `with` block), closed in close()
@@ -57,12 +72,25 @@ class RemotePolicy:
     def warm_up(self) -> None:
         """Nothing to do: the server warmed its model up before it said it was ready."""
 
-    def infer(self, request: dict) -> dict:
-        self.ws.send(wire.packb({k: v for k, v in request.items() if v is not None}))
+    def infer(self, request: dict, reuse_features: bool = False) -> dict:
+        """The server's reply to one request. `reuse_features`: a light request (no image or audio; the state,
+        eef, lidar, prefix and timestamp it carries) on the features of this client's last full request."""
+        message = {"client_id": self.client_id, **{k: v for k, v in request.items() if v is not None}}
+        if reuse_features:
+            message["reuse_features"] = True
+        self.ws.send(wire.packb(message))
         reply = wire.unpackb(self.ws.recv())
         if "error" in reply:
-            raise RemoteError(f"server: {reply['error']}: {reply['detail']}")
+            raise RemoteError(f"server: {reply['error']}: {reply['detail']}", reply["error"])
         return reply
+
+    def tick(self, state, timestamp: float | None = None, **fields) -> dict:
+        """A light request: `state` (and eef, lidar, prefix) on this client's newest features on the server."""
+        return self.infer({"state": state, "timestamp": timestamp, **fields}, reuse_features=True)
+
+    def sibling(self) -> RemotePolicy:
+        """Another connection to the same server under the same client_id (so it shares the stored features)."""
+        return RemotePolicy(self.url, self._token, self._open_timeout_s, self.client_id)
 
     def close(self) -> None:
         self.ws.close()

@@ -11,7 +11,11 @@ Neon's own keys and openpi's are both accepted:
     prefix                                   Float[(d, D)] committed joint targets for chunk steps 0..d-1
                                              (models trained with prefix_max_steps >= d; [] or absent: none)
     timestamp                                observation time, Unix seconds (without it: not executable)
-    client_id                                newest-wins key (a newer request replaces this client's queued one)
+    client_id                                newest-wins key (a newer request replaces this client's queued one);
+                                             a full request's backbone features are kept under it
+    reuse_features                           true: a light request (no image, no audio): only the heads run, on
+                                             the newest features kept for its client_id, with its own state
+                                             (eef, lidar, prefix)
     token                                    the server's token, as a first WebSocket message
 
 openpi's other cameras (wrist, exterior) are accepted and ignored; any other key is an error.
@@ -28,7 +32,8 @@ from neon.observation import IMAGE_SIDES, MAX_LIDAR_POINTS, InputError
 
 MAX_IMAGE_PIXELS = IMAGE_SIDES[1] ** 2  # checked before decoding, so a decompression bomb is never expanded
 
-NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "prefix", "timestamp", "client_id", "token"}
+NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "prefix", "timestamp", "client_id", "token",
+             "reuse_features"}
 OPENPI_ALIASES = {"observation/image": "image", "prompt": "instruction", "observation/state": "state"}
 OPENPI_IGNORED = {"observation/wrist_image", "observation/wrist_image_left", "observation/exterior_image_1_left",
                   "observation/exterior_image_2_left", "observation/joint_position", "observation/gripper_position"}
@@ -64,7 +69,8 @@ def decode_image(value) -> np.ndarray:
 
 
 def parse_request(data) -> tuple[dict, list[str]]:
-    """-> (a request for `LocalPolicy.prepare`: observation fields and `timestamp`, the openpi keys ignored)."""
+    """-> (a request for `LocalPolicy.prepare`: observation fields, `timestamp`, `client_id` and
+    `reuse_features` (always there), the openpi keys ignored)."""
     if not isinstance(data, dict):
         raise InputError(f"the request must be a map of observation fields, got {type(data).__name__}")
     data = {k.decode() if isinstance(k, bytes) else str(k): v for k, v in data.items()}
@@ -80,9 +86,19 @@ def parse_request(data) -> tuple[dict, list[str]]:
         if key in OPENPI_IGNORED or name == "token":
             continue
         out[name] = value
-    if "image" not in out:
-        raise InputError("image is required (key 'image' or 'observation/image')")
-    out["image"] = decode_image(out["image"])
+    reuse = out.get("reuse_features", False)
+    if not isinstance(reuse, bool):
+        raise InputError(f"reuse_features must be true or false, got {type(reuse).__name__}")
+    if reuse:
+        given = [k for k in ("image", "audio") if out.get(k) is not None]
+        if given:
+            raise InputError(f"a light request (reuse_features: true) carries no {' or '.join(given)}: the server "
+                             "reuses the backbone features of this client's last full observation")
+        out.pop("image", None), out.pop("audio", None)
+    elif "image" not in out:
+        raise InputError("image is required (key 'image' or 'observation/image'), unless reuse_features is true")
+    else:
+        out["image"] = decode_image(out["image"])
     if out.get("lidar") is not None:
         n = len(out["lidar"]) if hasattr(out["lidar"], "__len__") else 0
         if n > MAX_LIDAR_POINTS:
@@ -99,4 +115,5 @@ def parse_request(data) -> tuple[dict, list[str]]:
     if ts is not None and not isinstance(ts, (int, float)):
         raise InputError(f"timestamp must be Unix seconds (a number), got {type(ts).__name__}")
     out.setdefault("instruction", "")
+    out["reuse_features"] = reuse
     return out, ignored

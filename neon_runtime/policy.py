@@ -9,14 +9,23 @@ prefix-conditioned model the committed `prefix` among them, see
 `NeonPolicy.predict`) and an optional `timestamp` (Unix s); a reply holds
 `actions` Float[(T, D)] (physical, through the safety layer), `joint_names`,
 `fps`, `committed_steps`, `speech`, `speech_confidence`, `safety`, `dry_run`,
-`observation_timestamp` and `server_timing`. `metadata()`
+`observation_timestamp`, `features` (the backbone features the chunk was computed from: `id`, `age_s`,
+`observation_timestamp`, `instruction`, `reused`) and `server_timing`. `metadata()`
 is the same on both sides. The safety layer runs once per deployment, in
 `LocalPolicy`; a remote client takes the server's replies and `dry_run` as they are.
 
-`PolicyRunner` serves a LocalPolicy to many clients from one inference thread:
+Two-rate control (`neon_runtime.two_rate`): `LocalPolicy.encode` computes an observation's backbone features
+once and `infer(request, features=)` runs only the heads on them with the request's fresh state, through the
+same safety layer; features older than `SafetyConfig.max_feature_age_s`, or from a model since reloaded, are
+refused (`FeaturesUnavailable`). The runner keeps each named client's newest features for the server's
+light requests (`PolicyRunner.reused_features`).
+
+`PolicyRunner` serves a LocalPolicy to many clients from one inference thread (and a
+second one for heads-only requests, so they never wait behind a backbone forward):
 it waits up to `max_wait_ms` for up to `max_batch` requests (a lone client
 never waits), a client's newer observation replaces its queued one (the old
-one is answered "superseded"), and `reload` swaps the policy between batches.
+one is answered "superseded"; full and heads-only requests separately), and
+`reload` swaps the policy between batches and drops every stored feature.
 """
 
 from __future__ import annotations
@@ -26,14 +35,14 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
-
+from typing import NamedTuple, Protocol
 
 from neon.observation import Observation
-from neon.policy import NeonPolicy
+from neon.policy import Features, NeonPolicy
 from neon_runtime.safety import SafetyConfig, SafetyError, SafetyLayer
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,20 @@ class Policy(Protocol):
     def metadata(self) -> dict: ...
 
     def warm_up(self) -> None: ...
+
+
+class FeaturesUnavailable(SafetyError):
+    """A heads-only request without usable backbone features (none for this client, too old, from a model since
+    reloaded): never answered without vision; the message says what to send."""
+
+
+class Prepared(NamedTuple):
+    """A validated request, ready for `LocalPolicy.run`."""
+
+    observation: Observation
+    timestamp: float | None  # Unix s, None: not executable
+    features: Features | None = None  # reused backbone features: only the heads run
+    keep_as: str | None = None  # a client_id to keep this request's features under (`PolicyRunner`)
 
 
 class LocalPolicy:
@@ -59,21 +82,66 @@ class LocalPolicy:
             log.warning("%s: the heads are untrained (no training steps recorded): dry run only, every chunk is "
                         "marked not executable", source or "this model")
 
-    def prepare(self, request: dict) -> tuple[Observation, float | None]:
-        """Validate a request's fields (InputError) and refuse a stale one (SafetyError)."""
+    def prepare(self, request: dict, features: Features | None = None) -> Prepared:
+        """Validate a request's fields (InputError) and refuse a stale one (SafetyError). With `features`, the
+        request carries no image or audio: only the heads will run, on these (refused when unusable)."""
         fields = dict(request)
         timestamp = fields.pop("timestamp", None)
         self.safety.check_age(timestamp)
-        return self.policy.observation(**fields), timestamp
+        if features is not None:
+            self.check_features(features)
+        return Prepared(self.policy.observation(features, **fields), timestamp, features)
 
-    def run(self, prepared: list[tuple[Observation, float | None]]) -> list[dict | SafetyError]:
-        """Replies for prepared requests, in one backbone forward; every chunk passes the safety layer
-        (a chunk it refuses is answered with the SafetyError, the others are not held back by it)."""
-        t0 = time.perf_counter()
-        predictions = self.policy.predict_batch([obs for obs, _ in prepared])
-        model_ms = round((time.perf_counter() - t0) * 1e3, 3)
+    def check_features(self, features: Features) -> float:
+        """Age in seconds of reusable features; FeaturesUnavailable when they are too old or not this model's."""
+        if not features.belongs_to(self.policy):
+            raise FeaturesUnavailable("the backbone features were computed by a model that has since been reloaded: "
+                                      "send a full observation (image + instruction) first")
+        age, limit = features.age_s(), self.safety_config.max_feature_age_s
+        if age > limit:
+            raise FeaturesUnavailable(f"the backbone features are {age:.3f} s old (from the image's timestamp), older "
+                                      f"than the {limit} s limit (max_feature_age_s): send a full observation "
+                                      "(image + instruction) to refresh them")
+        return age
+
+    def encode(self, request: dict) -> Features:
+        """The backbone's features for a request's image, instruction (and audio), stamped with its `timestamp`:
+        for `infer(..., features=)` until the next camera frame."""
+        return self.policy.encode(request.get("image"), request.get("instruction", ""), request.get("audio"),
+                                  request.get("timestamp"))
+
+    def run(self, prepared: list[Prepared], kept: list | None = None) -> list[dict | SafetyError]:
+        """Replies for prepared requests: full ones in one backbone forward, heads-only ones (reused features)
+        in one heads pass; every chunk passes the safety layer (a chunk it refuses is answered with the
+        SafetyError, the others are not held back by it). `kept`, when given, receives each reply's Features
+        (the reusable ones of full requests, stamped with their timestamp; None for the others)."""
+        predictions, model_ms, errors = [None] * len(prepared), [0.0] * len(prepared), {}
+        fresh = [i for i, p in enumerate(prepared) if p.features is None]
+        reused = []
+        for i, p in enumerate(prepared):
+            if p.features is not None:
+                try:
+                    self.check_features(p.features)  # again: queueing counts, and a reload may have come between
+                    reused.append(i)
+                except SafetyError as e:
+                    errors[i] = e
+        for group, features in ((fresh, None), (reused, [prepared[i].features for i in reused])):
+            if not group:
+                continue
+            t0 = time.perf_counter()
+            observations = [prepared[i].observation for i in group]
+            out = (self.policy.predict_batch(observations) if features is None
+                   else self.policy.predict_batch(observations, features))
+            ms = round((time.perf_counter() - t0) * 1e3, 3)
+            for i, p in zip(group, out, strict=True):
+                predictions[i], model_ms[i] = p, ms
         replies = []
-        for (obs, timestamp), p in zip(prepared, predictions, strict=True):
+        for i, ((obs, timestamp, reuse, _), p) in enumerate(zip(prepared, predictions, strict=True)):
+            if kept is not None:
+                kept.append(None)
+            if i in errors:
+                replies.append(errors[i])
+                continue
             t1 = time.perf_counter()
             try:
                 self.safety.check_age(timestamp)  # again: queueing and the forward pass count
@@ -81,22 +149,27 @@ class LocalPolicy:
             except SafetyError as e:
                 replies.append(e)
                 continue
+            features = reuse or (p.features.stamped(timestamp) if p.features is not None else None)
+            if kept is not None and reuse is None:
+                kept[-1] = features
             if timestamp is None:
                 report.refuse(f"the request has no timestamp, so its age cannot be held to "
                               f"{self.safety_config.max_observation_age_s} s")
             if self.untrained:
                 report.refuse("the heads are untrained (the checkpoint records no training steps)")
-            timings = {**p.timings_ms, "safety": round((time.perf_counter() - t1) * 1e3, 3), "model_batch": model_ms,
-                       "batch_size": len(prepared)}
+            timings = {**p.timings_ms, "safety": round((time.perf_counter() - t1) * 1e3, 3),
+                       "model_batch": model_ms[i], "batch_size": len(prepared)}
+            used = None if features is None else {**features.describe(), "reused": reuse is not None}
             replies.append({"actions": actions, "joint_names": p.joint_names, "fps": p.fps,
                             "committed_steps": p.committed_steps,
                             "observation_timestamp": timestamp, "speech": p.speech,
                             "speech_confidence": p.speech_confidence, "safety": report.to_dict(),
-                            "dry_run": not report.executable, "server_timing": timings})
+                            "dry_run": not report.executable, "features": used, "server_timing": timings})
         return replies
 
-    def infer(self, request: dict) -> dict:
-        reply = self.run([self.prepare(request)])[0]
+    def infer(self, request: dict, features: Features | None = None) -> dict:
+        """One reply; with `features` (from `encode`), only the heads run, on them and the request's state."""
+        reply = self.run([self.prepare(request, features)])[0]
         if isinstance(reply, SafetyError):
             raise reply
         return reply
@@ -115,6 +188,7 @@ class LocalPolicy:
             "modalities": {"image": True, "instruction": True, "state": True, "audio": m.config.use_audio,
                            "lidar": m.config.use_lidar, "eef": m.config.use_eef},
             "safety": asdict(self.safety_config),
+            "reuse_features": True,  # light requests: state only, on the client's stored backbone features
             "dry_run": self.safety_config.dry_run or self.untrained,  # true: no chunk of this policy is executable
         }
 
@@ -154,71 +228,128 @@ class Superseded(RuntimeError):
     """A newer observation from the same client replaced this one before it ran."""
 
 
+class FeatureStore:
+    """The newest backbone features per client_id, for at most `max_clients` clients (the one refreshed longest
+    ago is dropped first). Thread-safe."""
+
+    def __init__(self, max_clients: int = 64):
+        if max_clients < 1:
+            raise ValueError(f"max_feature_clients must be >= 1, got {max_clients}")
+        self.max_clients = max_clients
+        self._items: OrderedDict[str, Features] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, client: str, features: Features) -> None:
+        with self._lock:
+            self._items[client] = features
+            self._items.move_to_end(client)
+            while len(self._items) > self.max_clients:
+                self._items.popitem(last=False)
+
+    def get(self, client: str | None) -> Features:
+        if not client:
+            raise FeaturesUnavailable("a request that reuses features needs a client_id (the one its full "
+                                      "observations were sent with)")
+        with self._lock:
+            features = self._items.get(client)
+        if features is None:
+            raise FeaturesUnavailable(f"no stored features for client_id {client!r} (none sent yet, dropped for "
+                                      f"newer clients beyond {self.max_clients}, or by a reload): send a full "
+                                      "observation (image + instruction) with this client_id first")
+        return features
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @dataclass
 class _Request:
-    prepared: tuple[Observation, float | None]
+    prepared: Prepared
     client: str | None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
+    @property
+    def key(self) -> tuple[str, bool] | None:
+        """Newest-wins key: a client's heads-only ticks never supersede its feature refreshes, nor the reverse."""
+        return None if self.client is None else (self.client, self.prepared.features is not None)
+
 
 class PolicyRunner:
-    def __init__(self, local: LocalPolicy, max_batch: int = 8, max_wait_ms: float = 5.0, metrics=None):
+    def __init__(self, local: LocalPolicy, max_batch: int = 8, max_wait_ms: float = 5.0, metrics=None,
+                 max_feature_clients: int = 64):
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
         self.local = local
+        self.features = FeatureStore(max_feature_clients)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.metrics = metrics
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._pending: dict[str, _Request] = {}
+        # Two lanes, keyed by "heads only": light requests never wait behind a backbone forward.
+        self._queues: dict[bool, queue.Queue[_Request | None]] = {False: queue.Queue(), True: queue.Queue()}
+        self._pending: dict[tuple[str, bool], _Request] = {}
         self._lock = threading.Lock()  # guards _pending and policy swaps
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.reloads = 0
-        self._last_batch = 1
-        self._thread = threading.Thread(target=self._loop, name="neon-inference", daemon=True)
-        self._thread.start()
+        self._last_batch = {False: 1, True: 1}
+        self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                          name="neon-heads" if lane else "neon-inference") for lane in (False, True)]
+        for t in self._threads:
+            t.start()
 
     # ------------------------------------------------------------------ submission
-    def submit(self, prepared: tuple[Observation, float | None], client: str | None = None) -> Future:
-        req = _Request(prepared, client)
+    def submit(self, prepared: Prepared, client: str | None = None) -> Future:
+        """Queue a prepared request; a `prepared.keep_as` client_id keeps its features for later light requests."""
+        req = _Request(Prepared(*prepared), client)
         with self._lock:
             if client is not None:
-                old = self._pending.get(client)
+                old = self._pending.get(req.key)
                 if old is not None and not old.cancelled:
                     old.cancelled = True
                     old.future.set_exception(Superseded("a newer observation from this client replaced this one"))
                     if self.metrics:
                         self.metrics.rejected.labels("superseded").inc()
-                self._pending[client] = req
-        self._queue.put(req)
+                self._pending[req.key] = req
+        self._queues[req.prepared.features is not None].put(req)
         if self.metrics:
-            self.metrics.queue_depth.set(self._queue.qsize())
+            self.metrics.queue_depth.set(self._depth())
         return req.future
 
-    async def infer(self, prepared: tuple[Observation, float | None], client: str | None = None) -> dict:
+    async def infer(self, prepared: Prepared, client: str | None = None) -> dict:
         return await asyncio.wrap_future(self.submit(prepared, client))
+
+    def reused_features(self, client: str | None) -> Features:
+        """The newest features kept for `client` (FeaturesUnavailable when there are none)."""
+        return self.features.get(client)
 
     def warm_up(self) -> None:
         """Run one request through the whole path before `ready` is set."""
         self.submit(self.local.prepare(self.local.policy.example("warm up"))).result(timeout=600)
         self.ready.set()
 
-    # ------------------------------------------------------------------ the inference thread
-    def _take_batch(self) -> list[_Request]:
-        first = self._queue.get()
+    # ------------------------------------------------------------------ the inference threads
+    def _depth(self) -> int:
+        return sum(q.qsize() for q in self._queues.values())
+
+    def _take_batch(self, lane: bool) -> list[_Request]:
+        q = self._queues[lane]
+        first = q.get()
         if first is None:
             return []
         batch, deadline = [first], time.perf_counter() + self.max_wait
-        if self._queue.empty() and self._last_batch == 1:
+        if q.empty() and self._last_batch[lane] == 1:
             # A lone client: nothing queued behind it, and the last batch was alone too. Waiting would only add
             # latency; under load, requests pile up during each forward and are taken at once below.
             return batch
         while len(batch) < self.max_batch:
             left = deadline - time.perf_counter()
             try:
-                item = self._queue.get(timeout=max(0.0, left)) if left > 0 else self._queue.get_nowait()
+                item = q.get(timeout=max(0.0, left)) if left > 0 else q.get_nowait()
             except queue.Empty:
                 break
             if item is None:
@@ -227,25 +358,27 @@ class PolicyRunner:
             batch.append(item)
         return batch
 
-    def _loop(self) -> None:
+    def _loop(self, lane: bool) -> None:
+        """One lane's thread: full requests (backbone + heads), or heads-only ones (`lane` True)."""
         while not self._stop.is_set():
-            batch = self._take_batch()
+            batch = self._take_batch(lane)
             if not batch:
                 break
             with self._lock:
                 live = [r for r in batch if not r.cancelled]
                 for r in live:
-                    if r.client is not None and self._pending.get(r.client) is r:
-                        del self._pending[r.client]
+                    if r.client is not None and self._pending.get(r.key) is r:
+                        del self._pending[r.key]
                 local = self.local
             if self.metrics:
-                self.metrics.queue_depth.set(self._queue.qsize())
-            self._last_batch = len(live)
+                self.metrics.queue_depth.set(self._depth())
+            self._last_batch[lane] = len(live)
             if not live:
                 continue
             t0 = time.perf_counter()
+            kept: list[Features | None] = []
             try:
-                replies = local.run([r.prepared for r in live])
+                replies = local.run([r.prepared for r in live], kept)
             except Exception as e:
                 log.exception("inference failed")
                 for r in live:
@@ -253,6 +386,11 @@ class PolicyRunner:
                 continue
             if self.metrics:
                 self.metrics.batch_size.observe(len(live))
+            with self._lock:  # before the replies go out: a client's next light request finds them
+                if local is self.local:  # not from a policy a reload has just replaced
+                    for r, features in zip(live, kept, strict=True):
+                        if features is not None and r.prepared.keep_as:
+                            self.features.put(r.prepared.keep_as, features)
             for r, reply in zip(live, replies, strict=True):
                 if isinstance(reply, SafetyError):
                     r.future.set_exception(reply)
@@ -272,10 +410,13 @@ class PolicyRunner:
         with self._lock:
             self.local = new
             self.reloads += 1
+            self.features.clear()  # the old model's features: its heads, not the new ones, were trained on them
         log.info("reloaded checkpoint %s", path)
         return {"reloaded": str(path), "reloads": self.reloads}
 
     def close(self) -> None:
         self._stop.set()
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        for q in self._queues.values():
+            q.put(None)
+        for t in self._threads:
+            t.join(timeout=5)

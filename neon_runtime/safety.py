@@ -9,7 +9,9 @@
    fps` from the one before; a faster chunk is rate-limited along its own path.
    Locomotion commands are acceleration-limited the same way from the command
    in force.
-4. Stale observations (older than `max_observation_age_s`) are refused.
+4. Stale observations (older than `max_observation_age_s`) are refused, and so
+   are heads-only requests on backbone features whose image is older than
+   `max_feature_age_s` (two-rate control: `neon_runtime.policy.LocalPolicy`).
 5. Not executable (computed, returned, marked `executable: false` with the
    reason in `notes`): every chunk in `dry_run`, and a chunk computed without a
    joint state (its first step could be anywhere inside the limits).
@@ -38,10 +40,12 @@ class SafetyConfig:
     max_hand_velocity: float = 6.0  # rad/s (Inspire: units/s over its 0..1000 range are scaled by 1000/pi)
     max_locomotion_accel: float = 1.0  # (m/s)/s and (rad/s)/s between chunk steps
     max_observation_age_s: float = 0.5
+    max_feature_age_s: float = 2.0  # reused backbone features (camera + instruction), from the image's timestamp
     dry_run: bool = False
 
     def validate(self) -> SafetyConfig:
-        for name in ("max_joint_velocity", "max_hand_velocity", "max_locomotion_accel", "max_observation_age_s"):
+        for name in ("max_joint_velocity", "max_hand_velocity", "max_locomotion_accel", "max_observation_age_s",
+                     "max_feature_age_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"safety.{name} must be positive, got {getattr(self, name)}")
         return self

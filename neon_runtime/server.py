@@ -37,7 +37,7 @@ from neon import __version__
 from neon.observation import AUDIO_WINDOW_S, InputError
 from neon_runtime import wire
 from neon_runtime.observation import parse_request
-from neon_runtime.policy import PolicyRunner, Superseded
+from neon_runtime.policy import FeaturesUnavailable, PolicyRunner, Superseded
 from neon_runtime.safety import SafetyError
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class Metrics:
 class PredictRequest(BaseModel):
     """One observation (JSON form; the msgpack form carries the same keys with NumPy arrays)."""
 
-    image: str | list = Field(description="base64 JPEG/PNG, or HxWx3 uint8 nested lists (msgpack: an ndarray)")
+    image: str | list | None = Field(None, description="base64 JPEG/PNG, or HxWx3 uint8 nested lists (msgpack: an "
+                                     "ndarray); required, except in a light request (reuse_features)")
     instruction: str = Field("", description="what to do; openpi key: prompt")
     state: list[float] | dict[str, float] | None = Field(
         None, description="joint positions in action-space order, or {joint name: value}; openpi key: observation/state")
@@ -115,7 +116,12 @@ class PredictRequest(BaseModel):
     timestamp: float | None = Field(None, description="observation time, Unix seconds; without it the chunk is "
                                     "not executable (its age cannot be checked)")
     client_id: str | None = Field(None, description="keys newest-wins: a newer request from the same client "
-                                  "replaces its older one still waiting (else the X-Client-Id header)")
+                                  "replaces its older one still waiting (else the X-Client-Id header); a full "
+                                  "request's backbone features are kept under it for light requests")
+    reuse_features: bool = Field(False, description="a light request: no image, no audio; only the heads run, on "
+                                 "the newest backbone features kept for this client_id, with this request's state, "
+                                 "eef, lidar, prefix. 409 no_features when there are none, they are older than "
+                                 "max_feature_age_s, or the model was reloaded since")
 
 
 class PredictResponse(BaseModel):
@@ -129,6 +135,8 @@ class PredictResponse(BaseModel):
     dry_run: bool = Field(description="true: not to be executed (a dry-run server, untrained heads, no state or no "
                                       "timestamp in the request; safety.notes says which)")
     safety: dict = Field(description="what the safety layer changed")
+    features: dict | None = Field(None, description="the backbone features the chunk read: id, age_s (since their "
+                                  "image's timestamp), observation_timestamp, instruction, reused (a light request)")
     server_timing: dict = Field(description="per-stage milliseconds")
     ignored_keys: list[str] = []
 
@@ -158,18 +166,27 @@ def metadata(runner: PolicyRunner, settings: ServerSettings) -> dict:
             "auth": bool(settings.token)}
 
 
-async def answer(runner: PolicyRunner, settings: ServerSettings, data, client: str | None) -> dict:
+async def answer(runner: PolicyRunner, settings: ServerSettings, data, client: str | None,
+                 named: str | None = None) -> dict:
     """One decoded request (a dict of observation fields) -> the policy's reply.
 
-    A `client_id` in the request (else the transport's) keys newest-wins: a newer request from the same
-    client replaces its older one while that still waits.
+    A `client_id` in the request (else `named`, the X-Client-Id header; else `client`, the transport's) keys
+    newest-wins: a newer request from the same client replaces its older one while that still waits. Only a
+    named client keeps its features (for its light requests, `reuse_features`).
     """
     request, ignored = parse_request(data)
-    client = request.pop("client_id", None) or client
-    if request.get("audio") is None and settings.audio_source is not None and runner.local.policy.config.use_audio:
+    named = request.pop("client_id", None) or named
+    client = named or client
+    reuse = request.pop("reuse_features")
+    if (not reuse and request.get("audio") is None and settings.audio_source is not None
+            and runner.local.policy.config.use_audio):
         heard = settings.audio_source.read(AUDIO_WINDOW_S)
         request["audio"] = heard if len(heard) else None
-    reply = await runner.infer(runner.local.prepare(request), client)
+    if reuse:
+        prepared = runner.local.prepare(request, runner.reused_features(named))
+    else:
+        prepared = runner.local.prepare(request)._replace(keep_as=named)
+    reply = await runner.infer(prepared, client)
     reply["ignored_keys"] = ignored
     return reply
 
@@ -242,11 +259,14 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
                 return reject("too_large", 413, f"request is over the {limit}-byte limit")
         try:
             data = decode_body(request.headers.get("content-type", ""), bytes(body))
-            out = await answer(runner, settings, data, request.headers.get("x-client-id"))
+            header = request.headers.get("x-client-id")
+            out = await answer(runner, settings, data, header, header)
         except (InputError, wire.WireError) as e:
             return reject("bad_input", 422 if isinstance(e, InputError) else 400, str(e))
         except (SafetyError, Superseded) as e:
-            return reject("unsafe" if isinstance(e, SafetyError) else "superseded", 409, str(e))
+            reason = ("no_features" if isinstance(e, FeaturesUnavailable) else "unsafe" if isinstance(e, SafetyError)
+                      else "superseded")
+            return reject(reason, 409, str(e))
         except Exception as e:  # the model failed: say so, keep serving
             log.exception("inference failed")
             return reject("inference_failed", 503, f"{type(e).__name__}: {e}")
@@ -323,7 +343,8 @@ async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: Server
                 raise  # the client left while its request was answered (neon-g1 closes to end one in flight)
             except Exception as e:  # every error is a message; the connection stays usable
                 known = (InputError, wire.WireError, SafetyError, Superseded, json.JSONDecodeError)
-                reason = {SafetyError: "unsafe", Superseded: "superseded"}.get(type(e), "bad_input")
+                reason = {SafetyError: "unsafe", Superseded: "superseded",
+                          FeaturesUnavailable: "no_features"}.get(type(e), "bad_input")
                 if not isinstance(e, known):
                     log.exception("inference failed")
                     reason = "inference_failed"
