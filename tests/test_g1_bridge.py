@@ -402,6 +402,53 @@ def test_engaged_against_a_live_server_ramps_moves_and_releases_on_sigterm(robot
     assert (q >= lower - 1e-5).all() and (q <= upper + 1e-5).all()
 
 
+def passes(server: str) -> dict[str, float]:
+    """How many backbone and heads passes the server has made so far (its /metrics): a full request makes one of
+    each, a light request (reuse_features) only a heads pass."""
+    import re
+
+    import httpx
+
+    text = httpx.get(server.replace("ws://", "http://").removesuffix("/ws") + "/metrics").text
+    count = lambda stage: re.search(rf'neon_stage_seconds_count{{stage="{stage}"}} (\S+)', text)
+    return {stage: float(m.group(1)) if (m := count(stage)) else 0.0 for stage in ("backbone", "heads")}
+
+
+def test_two_rate_runs_the_heads_on_fresh_state_between_feature_refreshes(robot, server, camera):
+    before = passes(server)
+    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, "--heads-hz", 20,
+                   "--request-hz", 2, domain=robot.domain)
+    try:
+        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 250 or proc.poll() is not None, 40)  # engaged ~1 s
+        assert proc.poll() is None, finish(proc)
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc)
+    finally:
+        proc.kill()
+    after = passes(server)
+    assert proc.returncode == 0 and "released (SIGTERM)" in out, out
+    assert "two-rate control: features refreshed at 2 Hz, heads at 20 Hz" in out, out
+    full = after["backbone"] - before["backbone"]
+    light = after["heads"] - before["heads"] - full
+    assert full >= 1 and light > 2 * full, (full, light)  # ticks between refreshes reuse the features
+    cmds, w = [c for _, c in robot.commands], robot.weights()
+    assert all(low_cmd_crc(c) == c.crc for c in cmds)
+    up, top = np.flatnonzero(w == 1.0)[[0, -1]]
+    arm_slots = [15 + k for k in range(14)]
+    running = np.array([[c.motor_cmd[s].q for s in arm_slots] for c in cmds[up:top]])
+    assert np.abs(running - running[0]).max() > 1e-3  # the ticks' chunks move the arms
+    assert np.abs(np.diff(running, axis=0)).max() <= 2.0 * 2 / 250 + 1e-5  # 2 rad/s at most across hand-overs
+    assert w[-1] == 0.0
+
+
+def test_heads_hz_below_the_control_rate_is_refused_before_anything_opens(capsys):
+    from neon_runtime.g1.cli import main
+
+    assert main(["--server", "ws://127.0.0.1:9/ws", "--interface", "lo", "--domain", "7", "--heads-hz", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--heads-hz must be >= 10" in err and "got 5" in err, err  # not "cannot connect": nothing was opened
+
+
 def test_dry_run_is_the_default_and_sends_nothing(robot, server, camera):
     proc = neon_g1("--server", server, "--instruction", "wave", "--ramp-in-s", 1, domain=robot.domain)
     lines = []

@@ -11,6 +11,9 @@ first executable chunk are there; chunks run from then on. No fresh executable c
 command; --hold-s later: release. Release (SIGINT/SIGTERM, --run-seconds, watchdog, rt/lowstate silent for
 --state-stale-s, an error): weight -> 0 over --ramp-out-s, holding the last command.
 
+--heads-hz H (server mode): two-rate control: backbone features refreshed at --request-hz, and H times a second a
+heads-only request on them with the fresh rt/lowstate, its reply the new chunk (so a chunk starts where the arms are).
+
 Exit codes: 0 released on SIGINT/SIGTERM or --run-seconds; 1 released after a fault (watchdog, stale rt/lowstate,
 an error); 2 refused to start (the reason is printed; nothing was sent on rt/arm_sdk).
 """
@@ -74,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--instruction", help="what to do (a message on --instruction-topic replaces it)")
     srv.add_argument("--instruction-topic", default="/neon/instruction", help="std_msgs/String (default: %(default)s)")
     srv.add_argument("--camera-topic", default="/camera/color/image_raw", help="sensor_msgs/Image (default: %(default)s)")
-    srv.add_argument("--request-hz", type=float, default=5.0, help="chunk requests per second (default: %(default)s)")
+    srv.add_argument("--request-hz", type=float, default=5.0, help="chunk requests per second; with --heads-hz, "
+                     "feature refreshes (camera + instruction) per second (default: %(default)s)")
+    srv.add_argument("--heads-hz", type=float, default=0.0, help="two-rate control: a heads-only request on the newest "
+                     "features and the fresh rt/lowstate this many times a second, >= 10, each reply the new chunk "
+                     "(default: 0, off: one full request per chunk at --request-hz)")
     ros = p.add_argument_group("ROS mode")
     ros.add_argument("--trajectory-topic", default="/neon/joint_trajectory",
                      help="trajectory_msgs/JointTrajectory, action-space joint names (default: %(default)s)")
@@ -93,6 +100,11 @@ def _check(args) -> None:
             raise BridgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not args.blend_s >= 0 or args.blend_s == float("inf"):
         raise BridgeError(f"--blend-s must be a finite number of seconds >= 0, got {args.blend_s}")
+    if args.heads_hz != 0 and not (10 <= args.heads_hz < float("inf")):
+        raise BridgeError(f"--heads-hz must be >= 10 (the heads re-run at the control rate), or 0 for one full request "
+                          f"per chunk at --request-hz; got {args.heads_hz:g}")
+    if args.heads_hz and not args.server:
+        raise BridgeError("--heads-hz is two-rate control against a neon-serve: it needs --server")
     if args.run_seconds is not None and not args.run_seconds > 0:
         raise BridgeError(f"--run-seconds must be positive, got {args.run_seconds}")
     if args.interface == "lo" and args.domain == 0:
@@ -181,9 +193,17 @@ def run(args) -> int:
                           "(scripts/setup.sh installs the ros extra)") from None
     source = None
     if args.server:
-        source = ServerSource(policy, space, link, ros, executor, args.request_hz, args.instruction)
+        try:
+            source = ServerSource(policy, space, link, ros, executor, args.request_hz, args.instruction, args.heads_hz)
+        except BridgeError:
+            policy.close()
+            ros.close()
+            raise
         source.start()
     link.prepare(layout, writers=args.engage)
+    if args.heads_hz:
+        log(f"two-rate control: features refreshed at {args.request_hz:g} Hz, heads at {args.heads_hz:g} Hz on the "
+            f"fresh rt/lowstate{' with the committed steps as prefix' if source.prefix_max_steps else ''}")
     log(f"{space.describe()} from {args.server or args.trajectory_topic}; robot on {link.where}; writing "
         f"{', '.join(layout.names[:2])}, ... ({layout.n} joints{', Dex3 hands' if layout.has_hands else ''}) at "
         f"{config.rate_hz:g} Hz; " + ("ENGAGE: the arms will move once a first executable chunk arrives" if args.engage

@@ -2,6 +2,8 @@
 
 - Server mode: `ServerSource` asks a running neon-serve (`RemotePolicy`) for chunks at `request_hz`, with the head
   camera image from ROS, the instruction from --instruction or /neon/instruction, and the joint state from rt/lowstate.
+  With `heads_hz` (two-rate control, `TwoRateRunner`): features are refreshed at `request_hz` from the newest camera
+  frame + instruction, and at `heads_hz` a light request (heads only) on the newest rt/lowstate becomes the chunk.
 - ROS mode: neon-ros's /neon/joint_trajectory (`trajectory_to_chunk`), while rt/lowstate goes back out on
   /joint_states so neon-ros has its state.
 
@@ -17,7 +19,7 @@ import time
 import numpy as np
 
 from neon.action_space import G1ActionSpace
-from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused
+from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator
 from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, RobotLink, require_arms
 
 MAX_IMAGE_AGE_S = 0.5  # an older camera frame counts as none (neon-ros's max_image_age_s)
@@ -80,13 +82,27 @@ def state_vector(space: G1ActionSpace, link: RobotLink) -> np.ndarray:
 
 
 class ServerSource:
-    """A thread asking neon-serve for a chunk every 1 / request_hz s once camera, instruction and state are there."""
+    """A thread feeding the executor from neon-serve once camera, instruction and state are there: a full request every
+    1 / request_hz s, or (heads_hz > 0) a light request every 1 / heads_hz s on features a `TwoRateRunner` refreshes
+    every 1 / request_hz s. Light requests carry the executor's committed steps as `prefix` when the server's model
+    takes one (its metadata's prefix_max_steps > 0)."""
 
     def __init__(self, policy, space: G1ActionSpace, link: RobotLink, ros: RosIO, executor: ChunkExecutor,
-                 request_hz: float, instruction: str | None):
+                 request_hz: float, instruction: str | None, heads_hz: float = 0.0):
         self.policy, self.space, self.link, self.ros, self.executor = policy, space, link, ros, executor
-        self.period, self.instruction = 1.0 / request_hz, instruction
+        self.period, self.instruction = 1.0 / (heads_hz or request_hz), instruction
         self.status = "starting"
+        self.runner = None
+        if heads_hz:
+            from neon_runtime.client import RemoteError
+            from neon_runtime.two_rate import TwoRateRunner
+
+            try:  # opens the refresh connection (same client_id) and starts its thread
+                self.runner = TwoRateRunner(policy, feature_hz=request_hz)
+            except RemoteError as e:
+                raise BridgeError(f"two-rate control needs a second connection to the server: {e}") from None
+        self.prefix_max_steps = int(policy.metadata().get("prefix_max_steps") or 0)
+        self.latency, self._fps, self._frame = LatencyEstimator(), None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neon-g1-infer", daemon=True)
 
@@ -96,6 +112,8 @@ class ServerSource:
     def close(self) -> None:
         self._stop.set()
         self.policy.close()  # first: a request still waiting on the server ends with the connection
+        if self.runner is not None:
+            self.runner.close()
         self._thread.join(timeout=10)
 
     def _missing(self) -> str:
@@ -107,23 +125,51 @@ class ServerSource:
             return f"waiting for an instruction (--instruction or {self.ros.instruction_topic})"
         return ""
 
+    def _full_request(self) -> dict:
+        """One full request: the newest camera image, instruction and state."""
+        image, image_age = self.ros.image, self.ros.image_age()
+        state_age = time.monotonic() - self.link.state_at
+        request = {"image": image, "instruction": self.ros.instruction or self.instruction,
+                   "state": state_vector(self.space, self.link),
+                   "timestamp": time.time() - max(image_age, state_age)}  # the older of the two
+        return self.policy.infer(request)
+
+    def _tick(self) -> dict:
+        """Hand the runner a new camera frame (if one came), then one light request on the newest rt/lowstate."""
+        image, image_age = self.ros.image, self.ros.image_age()
+        instruction = self.ros.instruction or self.instruction
+        if self._frame is None or image is not self._frame[0] or instruction != self._frame[1]:
+            self.runner.observe(image, instruction, timestamp=time.time() - image_age,  # encoded once, at its turn
+                                state=state_vector(self.space, self.link))
+            self._frame = (image, instruction)
+        state, state_age = state_vector(self.space, self.link), time.monotonic() - self.link.state_at
+        prefix = None
+        if self.prefix_max_steps > 0 and self._fps:  # the steps that run while this request is under way
+            prefix = self.executor.committed(time.monotonic() - state_age, self.latency.estimate(), self._fps,
+                                             self.prefix_max_steps)
+            prefix = prefix if len(prefix) else None
+        t0 = time.monotonic()
+        reply = self.runner.tick(state, time.time() - state_age, prefix=prefix)
+        self.latency.add(time.monotonic() - t0)
+        self._fps = float(reply["fps"])
+        return reply
+
     def _run(self) -> None:
         while not self._stop.is_set():
             t0 = time.monotonic()
             self.status = self._missing()
             if not self.status:
-                image, image_age = self.ros.image, self.ros.image_age()
-                state_age = time.monotonic() - self.link.state_at
-                request = {"image": image, "instruction": self.ros.instruction or self.instruction,
-                           "state": state_vector(self.space, self.link),
-                           "timestamp": time.time() - max(image_age, state_age)}  # the older of the two
                 try:
-                    self.executor.accept(reply_to_chunk(self.policy.infer(request), self.space))
+                    reply = self._tick() if self.runner else self._full_request()
+                    self.executor.accept(reply_to_chunk(reply, self.space))
                     self.status = "ok"
                 except ChunkRefused as e:
                     self.status = f"refused: {e}"
                 except Exception as e:  # the server refused the request, or the connection dropped: the watchdog acts
                     self.status = f"inference failed: {type(e).__name__}: {e}"
+                    refresh = self.runner.last_error if self.runner is not None else None
+                    if refresh is not None:  # e.g. no_features: say why there are none
+                        self.status += f" (feature refresh: {type(refresh).__name__}: {refresh})"
             self._stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
 
 
