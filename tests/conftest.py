@@ -48,6 +48,17 @@ def as_trained(model, steps: int = 1):
     return model
 
 
+def random_weights(model, seed: int = 0):
+    """Every parameter drawn from N(0, 0.05²), seeded: non-trivial values, as training would leave them."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
 def attach(model, backbones, load_in_4bit: bool = False):
     """Give a model a (shared) tiny backbone instead of loading a new one."""
     model.backbone = backbones(model.config.backbone.model_id, load_in_4bit)

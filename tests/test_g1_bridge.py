@@ -332,17 +332,14 @@ def model(backbones):
     """Tiny trained heads (random weights standing in), on one torch thread: this 2-core machine also runs the
     fake robot and neon-g1, and torch's worker threads spinning on both cores starve them."""
     import torch
-    from conftest import as_trained, attach, tiny_config
+    from conftest import as_trained, attach, random_weights, tiny_config
 
     from neon.model import NeonVLA
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     m = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), backbones))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_weights(m, 0)
     yield m
     torch.set_num_threads(threads)
 

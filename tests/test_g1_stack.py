@@ -101,18 +101,14 @@ def checkpoint(tmp_path_factory):
     """A tiny checkpoint whose chunks are executable (random heads recorded as trained, as in test_ros.py), with Dex3
     hands as the sim's own data has them: the simulated G1 has no hands, so neon-g1 republishes them at 0 on
     /joint_states (as a server's state gets them) and does not command them."""
-    import torch
-    from conftest import as_trained, tiny_config
+    from conftest import as_trained, random_weights, tiny_config
 
     from neon.model import NeonVLA
 
     cfg = tiny_config("neon-tiny/qwen2.5-vl", hand_type="dex3")
     cfg.backbone.load_in_4bit = False
     model = NeonVLA(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_weights(model, 0)
     return as_trained(model).save_pretrained(tmp_path_factory.mktemp("stack") / "ckpt")
 
 

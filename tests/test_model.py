@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import attach, scene, tiny_config
+from conftest import attach, random_weights, scene, tiny_config
 
 from neon.action_space import G1ActionSpace
 from neon.checkpoint import WEIGHTS_FILE, CheckpointError
@@ -21,11 +21,7 @@ TINY = ["neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni"]
 
 def randomize(model: NeonVLA, seed: int = 0) -> NeonVLA:
     """Give every parameter non-trivial values, as training would (zero-init outputs included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
+    return random_weights(model, seed)
 
 
 def full_obs(model, seed=0):

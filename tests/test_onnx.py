@@ -5,9 +5,8 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
 import websockets.sync.client as ws_client
-from conftest import as_trained, attach, scene, tiny_config
+from conftest import as_trained, attach, random_weights, scene, tiny_config
 from serving import serve
 
 from neon.model import NeonVLA
@@ -21,10 +20,7 @@ from neon_runtime.server import ServerSettings, create_app
 
 def randomized(cfg, seed=0):
     model = as_trained(NeonVLA(cfg))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_weights(model, seed)
     return model.eval()
 
 

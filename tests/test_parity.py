@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import attach, tiny_config
+from conftest import attach, random_weights, tiny_config
 from serving import runner_for, serve
 
 from neon.data.lerobot import EpisodeData, write_dataset
@@ -71,10 +71,7 @@ def setup(backbones, tmp_path_factory):
     cfg = tiny_config("neon-tiny/qwen2.5-omni", use_audio=True, use_lidar=True, use_eef=True, fps=FPS)
     cfg.backbone.load_in_4bit = False
     model = attach(NeonVLA(cfg), backbones)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_weights(model, 0)
     tmp = tmp_path_factory.mktemp("parity")
     ckpt = model.save_pretrained(tmp / "ckpt")
     export_heads(model, ckpt / ONNX_DIR)

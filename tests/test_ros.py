@@ -18,7 +18,7 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(10, 200)))
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
-from conftest import as_trained, tiny_config  # noqa: E402
+from conftest import as_trained, random_weights, tiny_config  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
@@ -35,15 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    import torch
 
     cfg = tiny_config("neon-tiny/qwen2.5-vl")
     cfg.backbone.load_in_4bit = False
     model = NeonVLA(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_weights(model, 0)
     return as_trained(model).save_pretrained(tmp_path_factory.mktemp("ros") / "ckpt")
 
 

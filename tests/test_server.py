@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import websockets.sync.client as ws_client
-from conftest import as_trained, attach, tiny_config
+from conftest import as_trained, attach, random_weights, tiny_config
 from PIL import Image
 from serving import runner_for, serve
 
@@ -29,13 +29,9 @@ TOKEN = "s3cret-token"
 
 
 def make_model(backbones, seed=0, **config):
-    import torch
 
     model = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", **config)), backbones))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_weights(model, seed)
     return model
 
 

@@ -6,9 +6,8 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 import websockets.sync.client as ws_client
-from conftest import as_trained, attach, tiny_config
+from conftest import as_trained, attach, random_weights, tiny_config
 from serving import runner_for, serve
 
 from neon.model import NeonVLA
@@ -30,10 +29,7 @@ SAFE = SafetyConfig(max_joint_velocity=100.0, max_hand_velocity=100.0, max_obser
 
 def make_model(backbones, seed=0, **config):
     model = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", **config)), backbones))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_weights(model, seed)
     return model
 
 
