@@ -92,6 +92,14 @@ _DEX3_LEFT = [
     ("middle_1", -1.7453, 0.0),
 ]
 _INSPIRE = ["pinky", "ring", "middle", "index", "thumb_bend", "thumb_rotation"]  # 0..1000 each
+ARM_JOINTS = tuple(j.name for j in BODY_JOINTS if j.group == "arms")  # the 14 arm joints, left then right
+
+
+def missing_arm_joints(names) -> list[str]:
+    """The arm joints (ARM_JOINTS order) not among `names`: a policy that cannot drive the arms (neon-g1 and the
+    simulation refuse it)."""
+    have = set(names)
+    return [n for n in ARM_JOINTS if n not in have]
 
 
 def _hand_joints(hand: str) -> tuple[Joint, ...]:

@@ -61,16 +61,17 @@ class _Remote:
     """A neon-serve as a sim policy: chunks in physical units for the current observation."""
 
     def __init__(self, url: str, token: str | None = None, ablation: str = "none"):
-        from neon.action_space import G1ActionSpace
+        from neon.action_space import G1ActionSpace, missing_arm_joints
         from neon_runtime.client import RemotePolicy
 
         self.policy = RemotePolicy(url, token)
         meta = self.policy.metadata()
-        space = G1ActionSpace.from_dict(meta["action_space"])
-        missing = [f"{s}_{j}" for s in ("left", "right") for j in ("shoulder_pitch", "elbow") if f"{s}_{j}" not in space.names]
+        # Checked on the joint names as served, before they are parsed as Neon's G1 action space (which needs arms).
+        missing = missing_arm_joints(j.get("name") for j in meta.get("action_space", {}).get("joints", []))
         if missing:
             self.policy.close()
             raise SimError(f"{url} serves an action space without the arm joints ({', '.join(missing)} missing)")
+        space = G1ActionSpace.from_dict(meta["action_space"])
         if meta["dry_run"]:
             self.policy.close()
             raise SimError(f"{url} is dry-run only (a --dry-run server or untrained heads): nothing would be executed")

@@ -134,6 +134,27 @@ def test_eval_closes_the_loop_through_neon_serve_and_refuses_what_cannot_run(bac
         evaluate("oracle", episodes=1, progress=False, ablation="no-arms")
 
 
+def test_eval_refuses_a_server_without_arm_joints_before_anything_moves():
+    """A stand-in server whose action space has no arms (neon-serve cannot serve one): a clear SimError at start."""
+    import threading
+
+    from websockets.sync.server import serve
+
+    from neon_runtime import wire
+    from neon_sim.evaluate import evaluate
+
+    hands_only = {"action_space": {"control_mode": "hands_only", "joints": [{"name": "left_hand_thumb_0"}]},
+                  "dry_run": False}
+    requests = []
+    with serve(lambda ws: (ws.send(wire.packb(hands_only)), requests.extend(ws)), "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        with pytest.raises(SimError, match="without the arm joints .*left_shoulder_pitch.*right_wrist_yaw missing"):
+            evaluate(f"ws://127.0.0.1:{port}", episodes=1, progress=False)
+        server.shutdown()
+    assert requests == []  # no observation was ever sent
+
+
 # ---------------------------------------------------------------------- latency
 
 

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neon.action_space import BODY_JOINTS, G1ActionSpace
+from neon.action_space import ARM_JOINTS, BODY_JOINTS, G1ActionSpace, missing_arm_joints
 from neon_runtime.executor import ChunkExecutor
 from neon_runtime.safety import SafetyConfig
 
 SAFE = SafetyConfig()  # the speed limits every chunk already met on the server: neon-g1's defaults too
 WEIGHT_SLOT = 29  # LowCmd_.motor_cmd[29].q on rt/arm_sdk: 1 = the SDK has the arms, 0 = the robot's own controller
-ARM_JOINTS = tuple(j.name for j in BODY_JOINTS if j.group == "arms")
 WAIST_JOINTS = tuple(j.name for j in BODY_JOINTS if j.group == "torso")
 # Dex3-1 motor order on rt/dex3/{side}/cmd and /state (xr_teleoperate Dex3_1_{Left,Right}_JointIndex; Unitree's
 # LeRobot G1 datasets list the hands the same way): the left hand has middle before index, the right index first.
@@ -51,8 +50,7 @@ class BridgeError(ValueError):
 
 def require_arms(names, what: str) -> None:
     """Refuse a joint list (a server's action space, a trajectory) without every arm joint."""
-    have = set(names)
-    missing = [n for n in ARM_JOINTS if n not in have]
+    missing = missing_arm_joints(names)
     if missing:
         raise BridgeError(f"{what} lacks arm joint(s) {', '.join(missing)}: neon-g1 drives the arms through "
                           f"rt/arm_sdk and needs all {len(ARM_JOINTS)} ({', '.join(ARM_JOINTS[:2])}, ...)")
