@@ -39,6 +39,8 @@ Not executable chunks (dry run, untrained heads, no state) are refused on arriva
 from __future__ import annotations
 
 import collections
+import math
+import numbers
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +110,13 @@ class _Layer:
         return ((1.0 - a) * x[k - 1] + a * x[k]).astype(np.float32)
 
 
+def check_blend_s(blend_s: float, name: str = "blend_s") -> float:
+    """A blend window in seconds (finite, >= 0), or ValueError naming it as `name` (a caller's flag)."""
+    if not (isinstance(blend_s, numbers.Real) and math.isfinite(blend_s) and blend_s >= 0):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {blend_s!r}")
+    return float(blend_s)
+
+
 class ChunkExecutor:
     """Holds the chunks in force and answers `target(now)`. Thread-safe: one thread accepts, another reads.
 
@@ -116,9 +125,7 @@ class ChunkExecutor:
     """
 
     def __init__(self, dim: int, blend_s: float = 0.0, safety: SafetyHook | None = None):
-        if not (np.isfinite(blend_s) and blend_s >= 0):
-            raise ValueError(f"blend_s must be a finite number of seconds >= 0, got {blend_s}")
-        self.dim, self.blend_s, self.safety = dim, float(blend_s), safety
+        self.dim, self.blend_s, self.safety = dim, check_blend_s(blend_s), safety
         self._layers: tuple[_Layer, ...] = ()  # oldest first; the last is the newest chunk, the one in force
         self._lock = threading.Lock()
         self.accepted = 0

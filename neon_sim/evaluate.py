@@ -414,8 +414,12 @@ def _fmt(x: float | None) -> str:
 def _check_executor(executor: str, blend_s: float) -> None:
     if executor not in EXECUTORS:
         raise SimError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if not (isinstance(blend_s, numbers.Real) and math.isfinite(blend_s) and blend_s >= 0):
-        raise SimError(f"blend_s must be a finite number of seconds >= 0, got {blend_s!r}")
+    from neon_runtime.executor import check_blend_s
+
+    try:
+        check_blend_s(blend_s)
+    except ValueError as e:
+        raise SimError(str(e)) from None
     if executor == "plain" and blend_s:
         raise SimError(f"plain chunking does not blend: blend_s {blend_s:g} needs the executor")
 

@@ -277,6 +277,8 @@ def test_the_executor_report_has_mode_blend_requests_and_the_jerk_ratio(tmp_path
         evaluate("oracle", episodes=1, executor="rtc", progress=False)
     with pytest.raises(SimError, match="plain chunking does not blend"):
         evaluate("oracle", episodes=1, blend_s=0.2, progress=False)
+    with pytest.raises(SimError, match="blend_s must be a finite number of seconds >= 0, got -0.1"):
+        evaluate("oracle", episodes=1, executor="executor", blend_s=-0.1, progress=False)
 
 
 # ---------------------------------------------------------------------- where the G1 model comes from

@@ -98,8 +98,12 @@ def _check(args) -> None:
     for name in ("max_vel", "max_hand_vel", "request_hz", "state_timeout", "log_every_s"):
         if not getattr(args, name) > 0:
             raise BridgeError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not args.blend_s >= 0 or args.blend_s == float("inf"):
-        raise BridgeError(f"--blend-s must be a finite number of seconds >= 0, got {args.blend_s}")
+    from neon_runtime.executor import check_blend_s
+
+    try:
+        check_blend_s(args.blend_s, "--blend-s")
+    except ValueError as e:
+        raise BridgeError(str(e)) from None
     if args.heads_hz != 0 and not (10 <= args.heads_hz < float("inf")):
         raise BridgeError(f"--heads-hz must be >= 10 (the heads re-run at the control rate), or 0 for one full request "
                           f"per chunk at --request-hz; got {args.heads_hz:g}")
