@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import random
 import signal
 import socket
@@ -57,23 +56,6 @@ ENGAGE_TIMEOUT_S = 30.0  # an episode whose bridge never engages ends after this
 # keeps its cores for the bridge; on a shared 2-core machine that also runs the sim and neon-serve, scheduling alone
 # trips them. Appended to neon-g1's argv unless --bridge-args says otherwise ("" for neon-g1's defaults).
 LOADED_MACHINE = "--state-stale-s 0.5 --watchdog-s 1.0 --hold-s 2.0"
-
-
-def next_event(sim: DdsG1, kinds: tuple[str, ...], timeout: float, seen: list | None = None):
-    """The sim's next event of one of `kinds` (others go to `seen`); TimeoutError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            event = sim.events.get(timeout=left)
-        except queue.Empty:
-            break
-        if event is None:
-            raise RuntimeError(f"the sim ended while waiting for {'/'.join(kinds)}")
-        if event.kind in kinds:
-            return event
-        if seen is not None:
-            seen.append(event.kind)
-    raise TimeoutError(f"no {'/'.join(kinds)} event within {timeout:g} s")
 
 
 # ------------------------------------------------------------------------------------------- the oracle over DDS
@@ -131,7 +113,7 @@ class ExpertCommander:
             goal = {**start, **{name: float(q[space.index(name)]) for name in arms}}
             self.send(1.0, goal)
             try:
-                if next_event(sim, ("finished",), self.period).kind == "finished":
+                if sim.next_event(("finished",), self.period).kind == "finished":
                     break
             except TimeoutError:
                 pass
@@ -144,10 +126,10 @@ def oracle_over_dds(episodes: int, seed: int, domain: int) -> dict:
     commander, walls = ExpertCommander(domain), []
     try:
         for _ in range(episodes):
-            ready = next_event(sim, ("ready",), 60)
+            ready = sim.next_event(("ready",), 60)
             t0 = time.monotonic()
             commander.episode(sim, ready.seed)
-            next_event(sim, ("released",), 30)
+            sim.next_event(("released",), 30)
             walls.append(time.monotonic() - t0)
     finally:
         sim.stop()
@@ -188,12 +170,12 @@ def policy_over_dds(url: str, episodes: int, seed: int, domain: int, extra: list
     walls, bridges = [], []
     try:
         for _ in range(episodes):
-            ready = next_event(sim, ("ready",), 60)
+            ready = sim.next_event(("ready",), 60)
             t0 = time.monotonic()
             bridge = Bridge(url, domain, ready.instruction, extra)
-            next_event(sim, ("finished",), ENGAGE_TIMEOUT_S + 60)
+            sim.next_event(("finished",), ENGAGE_TIMEOUT_S + 60)
             rc = bridge.stop()
-            next_event(sim, ("released",), 30)
+            sim.next_event(("released",), 30)
             walls.append(time.monotonic() - t0)
             bridges.append({"seed": ready.seed, "exit_code": rc, "tick_stats": bridge.line("neon-g1: tick period"),
                             "released": bridge.line("neon-g1: released"), "error": bridge.line("neon-g1: error")})

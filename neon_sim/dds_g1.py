@@ -290,6 +290,24 @@ class DdsG1:
         self._ros = None
 
     # ------------------------------------------------------------------ life cycle
+    def next_event(self, kinds: str | tuple[str, ...], timeout: float = 30.0, seen: list | None = None) -> EpisodeEvent:
+        """The next event of one of `kinds` from `events` (the kinds of the others skipped go to `seen`);
+        TimeoutError after `timeout` s, RuntimeError when the sim ends first."""
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            if event is None:
+                raise RuntimeError(f"the sim ended while waiting for {'/'.join(kinds)}")
+            if event.kind in kinds:
+                return event
+            if seen is not None:
+                seen.append(event.kind)
+        raise TimeoutError(f"no {'/'.join(kinds)} event within {timeout:g} s")
+
     def start(self) -> DdsG1:
         """Join the DDS domain (SimError for a bad interface or domain 0 not allowed) and ROS 2, then simulate."""
         c = self.config

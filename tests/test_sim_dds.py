@@ -4,7 +4,6 @@ An in-test commander plays the bridge: LowCmd_ on rt/arm_sdk with the weight in 
 """
 
 import os
-import queue
 import random
 import time
 
@@ -110,25 +109,12 @@ def at_hold(sim: DdsG1, tol: float = 0.02) -> bool:
     return max(abs(q) for q in sim.joint_positions().values()) < tol  # the start pose is the model's zero pose
 
 
-def next_event(sim: DdsG1, kind: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            event = sim.events.get(timeout=left)
-        except queue.Empty:
-            break
-        assert event is not None, f"the sim ended before {kind!r}"
-        if event.kind == kind:
-            return event
-    raise AssertionError(f"no {kind!r} event within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def idle():
     """A sim that never engages here (weights stay below 1) and its commander; tests leave it holding."""
     sim = DdsG1(DdsG1Config(domain=fresh_domain(), seed=4242, episodes=1, camera_hz=10.0)).start()
     commander = Commander(sim.config.domain)
-    assert next_event(sim, "ready").seed == 4242
+    assert sim.next_event("ready").seed == 4242
     commander.state()
     yield sim, commander
     sim.stop()
@@ -199,7 +185,7 @@ def test_weight_ramped_to_one_moves_the_arm_weight_zero_does_not_and_a_silent_br
     sim = DdsG1(DdsG1Config(domain=fresh_domain(), seed=5, episodes=1, ros=False)).start()
     try:
         commander = Commander(sim.config.domain)
-        assert next_event(sim, "ready").seed == 5
+        assert sim.next_event("ready").seed == 5
         commander.state()
         commander.hold(0.6, 0.0, POSE)  # weight 0: the robot's own controller keeps the start pose
         assert at_hold(sim), sim.joint_positions()
@@ -211,7 +197,7 @@ def test_weight_ramped_to_one_moves_the_arm_weight_zero_does_not_and_a_silent_br
             return all(abs(joints[name] - target) < 0.03 for name, target in POSE.items())
 
         assert commander.hold_until(there, 1.0, POSE), sim.joint_positions()
-        assert next_event(sim, "engaged", timeout=1).seed == 5
+        assert sim.next_event("engaged", timeout=1).seed == 5
         commander.hold(0.3, 1.0, POSE)
         state = commander.state()
         for name, target in POSE.items():
@@ -250,7 +236,7 @@ def replay_expert(sim: DdsG1, commander: Commander, episodes: int, hz: float = 1
     the scripted expert's targets (planned on the same seed's scene) at weight 1 until "finished", ramp out."""
     arm = [j.name for j in UPPER if j.group == "arms"]
     for _ in range(episodes):
-        ready = next_event(sim, "ready")
+        ready = sim.next_event("ready")
         scene = G1Tabletop(sample_task(np.random.default_rng(ready.seed)))
         expert, space = Expert(scene), scene.space
         state = commander.state()
@@ -267,7 +253,7 @@ def replay_expert(sim: DdsG1, commander: Commander, episodes: int, hz: float = 1
                 finished = event if event.kind == "finished" else None
         last = {name: float(expert.targets(time.monotonic() - t0)[space.index(name)]) for name in arm}
         commander.hold(0.4, lambda t: max(0.0, 1.0 - t / 0.3), {**start, **last}, hz=hz)
-        assert next_event(sim, "released", timeout=5).result is finished.result
+        assert sim.next_event("released", timeout=5).result is finished.result
 
 
 def test_the_scripted_expert_succeeds_through_dds_and_the_report_says_so(tmp_path):
