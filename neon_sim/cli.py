@@ -4,6 +4,8 @@
     neon-sim eval --policy oracle|hold|ws://127.0.0.1:8000/ws --episodes 50 --seed 10000 --out eval_sim/
     neon-sim eval --policy oracle --episodes 20 --latency-ms 0,100,200,300 --out eval_lat/   # success vs latency
     neon-sim eval --policy oracle --latency-ms 300 --executor blend --blend-s 0.2   # request-ahead, skip, blend
+    neon-sim eval --policy oracle --moving-block --executor blend --control two-rate --latency-ms 200
+        # the named block moves once; features every 1 / --feature-hz s, heads at --heads-hz on the fresh state
     neon-sim g1 --interface lo --domain 1 --seed 10000 --episodes 10 --out eval_g1/   # the G1 on its DDS topics:
         # rt/lowstate out, rt/arm_sdk in, head camera and instruction on ROS 2; driven by a bridge (neon-g1)
 
@@ -64,6 +66,22 @@ def main(argv: list[str] | None = None) -> int:
                         "velocity limits per tick)")
     p.add_argument("--blend-s", type=float, default=None,
                    help="with --executor blend: seconds over which a new chunk takes over (default 0.2; 0: at once)")
+    p.add_argument("--moving-block", action="store_true",
+                   help="the task variant in which the named block jumps once, 1-2 s in, to a spot >= 10 cm away on "
+                        "the same side (per seed; the static task is otherwise the same)")
+    p.add_argument("--control", choices=["chunk", "two-rate"], default="chunk",
+                   help="chunk: a full request (image, instruction, state) per chunk, run open loop for "
+                        "--execute-steps; two-rate (needs --executor blend): backbone features refreshed at "
+                        "--feature-hz from a full observation usable --latency-ms later, the heads at --heads-hz on "
+                        "the fresh joint state (a light reuse_features request to a server), each reply blended in")
+    p.add_argument("--feature-hz", type=float, default=None, help="with --control two-rate: feature refreshes a "
+                                                                   "second of sim time (default 5)")
+    p.add_argument("--heads-hz", type=float, default=None, help="with --control two-rate: heads ticks a second of "
+                                                                 "sim time, at most the 50 Hz control rate (default 30)")
+    p.add_argument("--heads-latency-ms", type=float, default=None,
+                   help="with --control two-rate: sim time from a heads tick to its reply being usable (default 5, "
+                        "a small figure for the heads alone on a GPU; on a 2-core CPU with neon-tiny bench_two_rate "
+                        "measured 23-24 ms p50 from a state step to the first command reflecting it)")
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--token", default=os.environ.get("NEON_TOKEN"))
     p.add_argument("--out", help="folder for sim_report.json/.md and episodes.mp4 (head | third-person view)")
@@ -118,23 +136,33 @@ def latencies(text: str) -> list[float]:
 
 
 def _eval(args) -> int:
-    from neon_sim.evaluate import describe_executor, evaluate, evaluate_latencies
+    from neon_sim.evaluate import HEADS_LATENCY_MS, describe_control, describe_executor, evaluate, evaluate_latencies
 
     if args.blend_s is not None and (args.executor != "blend" or not (math.isfinite(args.blend_s) and args.blend_s >= 0)):
         print(f"error: --blend-s needs --executor blend and a finite value >= 0, got {args.blend_s:g} with "
               f"--executor {args.executor}", file=sys.stderr)
         return 2
+    two_rate = {"feature_hz": args.feature_hz, "heads_hz": args.heads_hz, "heads_latency_ms": args.heads_latency_ms}
+    given = [f"--{k.replace('_', '-')}" for k, v in two_rate.items() if v is not None]
+    if given and args.control != "two-rate":
+        print(f"error: {', '.join(given)} {'needs' if len(given) == 1 else 'need'} --control two-rate", file=sys.stderr)
+        return 2
     blend_s = (0.2 if args.blend_s is None else args.blend_s) if args.executor == "blend" else 0.0
     kwargs = {"episodes": args.episodes, "seed": args.seed, "execute_steps": args.execute_steps, "token": args.token,
               "progress": True, "ablation": args.ablation, "mjcf": args.mjcf, "video_episodes": args.video_episodes,
-              "executor": "plain" if args.executor == "plain" else "executor", "blend_s": blend_s}
+              "executor": "plain" if args.executor == "plain" else "executor", "blend_s": blend_s,
+              "moving_block": args.moving_block, "control": args.control,
+              "feature_hz": 5.0 if args.feature_hz is None else args.feature_hz,
+              "heads_hz": 30.0 if args.heads_hz is None else args.heads_hz,
+              "heads_latency_ms": HEADS_LATENCY_MS if args.heads_latency_ms is None else args.heads_latency_ms}
     if len(args.latency_ms) > 1:
         if not args.out:
             print("error: a --latency-ms list writes a report per latency and a plot: give --out", file=sys.stderr)
             return 2
         report = evaluate_latencies(args.policy, args.latency_ms, args.out, **kwargs)
         print(f"{args.policy} over {args.episodes} episodes, {args.execute_steps} steps a chunk, "
-              f"{describe_executor(report['executor'], report['blend_s'])}:")
+              f"{describe_executor(report['executor'], report['blend_s'])}, {describe_control(report)}"
+              f"{', moving block' if args.moving_block else ''}:")
         print(f"{'latency ms':>10}  {'success':>7}  {'95% CI':>9}  {'median s to success':>19}  {'jerk ratio':>10}")
         for row in report["rows"]:
             lo, hi = row["success_ci95"]
@@ -149,7 +177,8 @@ def _eval(args) -> int:
     cj = report["control_jerk"]
     ratio = "-" if cj["ratio_max"] is None else f"{cj['ratio_max']:.2f}"
     print(f"{args.policy}: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {args.episodes} "
-          f"episodes at {args.latency_ms[0]:g} ms latency; {report['seconds_per_episode']} s per episode")
+          f"episodes{' of the moving-block task' if args.moving_block else ''} at {args.latency_ms[0]:g} ms latency; "
+          f"{report['seconds_per_episode']} s per episode; {describe_control(report)}")
     print(f"{describe_executor(report['executor'], report['blend_s'])}: {report['requests']} requests; jerk at "
           f"{report['control_hz']:g} Hz (median of each episode's largest) within chunks {cj['within_max']:.0f}, "
           f"at hand-overs {cj['boundary_max']:.0f} rad/s^3, ratio {ratio}")

@@ -23,6 +23,19 @@ steps already past on arrival are skipped, the hand-over is blended over `blend_
 the safety layer's limits at the control rate (`_run_executor`).
 
 Both report jerk within chunks and at hand-overs on the commanded target stream (`tick_jerk`).
+
+Control (`control`): "chunk" (default) is the above: a full request (image, instruction, state) per chunk,
+executed open loop for `execute_steps` steps. "two-rate" is `neon_runtime.two_rate`'s split on the sim clock
+(`_run_two_rate`, executor only): backbone features refreshed every 1 / `feature_hz` s from a full observation
+taken then and usable `latency_ms` later, the heads every 1 / `heads_hz` s on the fresh joint state and the newest
+usable features, each reply usable `heads_latency_ms` later and blended in as a new chunk. Against a neon-serve
+a refresh is a full `RemotePolicy.infer` request (its features stay on the server under the client's id; its
+chunk is not used, as in `TwoRateRunner`), sent when it would land, with the observation taken `latency_ms`
+earlier; a heads tick is a light request (`reuse_features`: state and timestamp only). The oracle's "features"
+are the block's position at the refresh's tick: it re-plans from the block as seen (`Expert.see`), at each
+request with chunk-rate control, at each heads tick from the newest usable refresh with two-rate control.
+
+`moving_block`: the task variant in which the named block jumps once mid-episode (`scene.sample_move`).
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ import numpy as np
 
 from neon_sim.collect import CONTROL_HZ, FPS, step
 from neon_sim.expert import Expert
-from neon_sim.scene import EPISODE_S, G1Tabletop, SimError, sample_task
+from neon_sim.scene import EPISODE_S, G1Tabletop, SimError, episode_task
 
 
 def _oracle_chunk_steps() -> int:
@@ -76,19 +89,52 @@ class _Remote:
             self.policy.close()
             raise SimError(f"{url} is dry-run only (a --dry-run server or untrained heads): nothing would be executed")
         self.names, self.round_trips, self.interventions, self.ablation = space.names, [], 0, ablation
+        self.heads_round_trips, self.light_requests, self.reused_replies = [], 0, 0  # two-rate's light requests
 
-    def chunk(self, sim: G1Tabletop) -> tuple[np.ndarray, float]:
-        """(Float[(T, D)] joint targets in the sim's action-space order, the chunk's fps)."""
-        image, instruction, state = sim.render("head"), sim.task.instruction, sim.state()
+    def observation(self, sim: G1Tabletop) -> dict:
+        """This instant's full observation as sent: head frame, instruction, state (the server's joint order)."""
+        image, instruction = sim.render("head"), sim.task.instruction
         if self.ablation == "blank-image":  # does vision matter? the same grey frame every step
             image = np.full_like(image, 128)
         elif self.ablation == "other-block":  # does language matter? the instruction names another block
             task = sim.task
             instruction = instruction.replace(task.colors[task.target], task.colors[(task.target + 1) % len(task.colors)])
+        return {"image": image, "instruction": instruction, "state": self._to_server(sim.state(), sim)}
+
+    def chunk(self, sim: G1Tabletop) -> tuple[np.ndarray, float]:
+        """A full request on this instant's observation -> (Float[(T, D)] joint targets in the sim's action-space
+        order, the chunk's fps)."""
+        state = sim.state()
+        return self._actions(self._send({**self.observation(sim), "timestamp": time.time()}, self.round_trips),
+                             state, sim)
+
+    def refresh(self, observation: dict) -> None:
+        """A full request on `observation` (taken earlier): the server keeps its backbone features under this
+        client's id for the light requests; its chunk is not executed (as `TwoRateRunner` does)."""
+        self._send({**observation, "timestamp": time.time()}, self.round_trips)
+
+    def heads(self, sim: G1Tabletop) -> tuple[np.ndarray, float]:
+        """A light request (`reuse_features`: this instant's state and timestamp, no image): the heads on the
+        features of this client's newest full request -> as `chunk`."""
+        state = sim.state()
+        reply = self._send({"state": self._to_server(state, sim), "timestamp": time.time()}, self.heads_round_trips,
+                           reuse_features=True)
+        self.light_requests += 1
+        self.reused_replies += bool((reply.get("features") or {}).get("reused"))
+        return self._actions(reply, state, sim)
+
+    def _send(self, request: dict, round_trips: list, reuse_features: bool = False) -> dict:
+        from neon_runtime.client import RemoteError
+
         t0 = time.perf_counter()
-        reply = self.policy.infer({"image": image, "instruction": instruction,
-                                   "state": self._to_server(state, sim), "timestamp": time.time()})
-        self.round_trips.append((time.perf_counter() - t0) * 1e3)
+        try:
+            reply = self.policy.infer(request, reuse_features=reuse_features)
+        except RemoteError as e:
+            raise SimError(f"neon-serve refused a {'light' if reuse_features else 'full'} request: {e}") from None
+        round_trips.append((time.perf_counter() - t0) * 1e3)
+        return reply
+
+    def _actions(self, reply: dict, state: np.ndarray, sim: G1Tabletop) -> tuple[np.ndarray, float]:
         if reply["dry_run"]:
             raise SimError(f"the server marked a chunk not executable: {reply['safety']['notes']}")
         self.interventions += int(reply["safety"]["rate_limited"]) + int(reply["safety"]["clamped_to_limits"])
@@ -135,46 +181,78 @@ class _Ticks:
 
 
 EXECUTORS = ("plain", "executor")
+CONTROLS = ("chunk", "two-rate")
+HEADS_LATENCY_MS = 5.0  # a small figure for the heads alone on a GPU. On the 2-core CPU with neon-tiny,
+# bench_two_rate measured 23-24 ms p50 from a state step to the first command reflecting it (heads at 30 Hz,
+# in-process and over loopback): bench_moving_block passes 23
 
 
 def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_steps: int = 8,
                 frames: list | None = None, latency_ms: float = 0.0, mjcf=None, executor: str = "plain",
-                blend_s: float = 0.0) -> dict:
+                blend_s: float = 0.0, moving_block: bool = False, control: str = "chunk", feature_hz: float = 5.0,
+                heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS) -> dict:
     """One episode; `frames` collects head | third-person views for a video when given.
 
     executor "plain": synchronous chunking: each request waits out `latency_ms` on the previous chunk's leftover
     steps, then its reply runs from its first step, with neither skipping the steps that are already stale nor
     blending into the old chunk. "executor": `neon_runtime.executor.ChunkExecutor` at CONTROL_HZ on the sim clock
-    (see `_run_executor`), blending over `blend_s`.
+    (see `_run_executor`), blending over `blend_s`. control "two-rate" (executor only): `_run_two_rate`.
     """
     _check_executor(executor, blend_s)
-    sim = G1Tabletop(sample_task(np.random.default_rng(seed)), mjcf)
+    _check_control(control, executor, feature_hz, heads_hz, heads_latency_ms)
+    sim = G1Tabletop(episode_task(seed, moving_block), mjcf)
     expert = Expert(sim) if policy == "oracle" else None
     start = sim.state()
     horizon = max(execute_steps, _oracle_chunk_steps())  # oracle and hold chunks
 
+    def local_chunk(t: float, top: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """The oracle's chunk at t from the block as seen (`top`), or hold's: (Float[(T, D)] joint targets, fps)."""
+        if expert is None:
+            return np.tile(start, (horizon, 1)), FPS
+        expert.see(top, t)  # planned from the observation's time, as a served policy's chunk is
+        return np.stack([expert.targets(t + (k + 1) / FPS) for k in range(horizon)]), FPS
+
     def plan(t_request: float) -> tuple[np.ndarray, float]:
-        """The policy's chunk for the observation of this instant: (Float[(T, D)] joint targets, its fps)."""
+        """The policy's chunk for a full observation of this instant."""
+        return remote.chunk(sim) if remote is not None else local_chunk(t_request, sim.block_top())
+
+    def observe() -> object:
+        """A feature refresh's observation, taken now (the oracle's features: where the block is)."""
+        return remote.observation(sim) if remote is not None else sim.block_top().copy()
+
+    def land(features: object) -> None:
+        """A refresh's features become usable: a served policy's full request goes now."""
         if remote is not None:
-            return remote.chunk(sim)
-        if expert is not None:  # planned from the request time, as a served policy's chunk is
-            return np.stack([expert.targets(t_request + (k + 1) / FPS) for k in range(horizon)]), FPS
-        return np.tile(start, (horizon, 1)), FPS
+            remote.refresh(features)
+
+    def heads(t: float, features: object) -> tuple[np.ndarray, float]:
+        """The heads on the fresh state and the newest usable features."""
+        return remote.heads(sim) if remote is not None else local_chunk(t, features)
 
     def over() -> bool:
         return sim.success() or sim.time >= EPISODE_S - 1e-9
 
     ticks = [(sim.time, start)]  # (time, the joint target commanded up to then) at every control tick
-    run = _run_plain if executor == "plain" else _run_executor
-    info = run(sim, plan, over, ticks, frames, latency_ms / 1e3, execute_steps, blend_s)
+    if control == "two-rate":
+        info = _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_ms / 1e3, blend_s, feature_hz,
+                             heads_hz, heads_latency_ms / 1e3)
+    else:
+        run = _run_plain if executor == "plain" else _run_executor
+        info = run(sim, plan, over, ticks, frames, latency_ms / 1e3, execute_steps, blend_s)
     within, boundary = frame_jerk(np.asarray(info["step_targets"]), info["step_boundaries"])
+    move = sim.task.move
     result = {"seed": seed, "instruction": sim.task.instruction, "success": sim.success(),
               "time_to_success_s": round(sim.time, 3) if sim.success() else None,
               "joint_limit_violation": sim.limit_violation > 1e-3, "table_contact": sim.table_contact,
               "final_distance_m": round(sim.distance(), 4), "jerk_within": within, "jerk_boundary": boundary,
               "control_jerk": control_jerk(ticks, info["handovers"], info["fps"], blend_s),
               "requests": info["requests"], "skipped_steps": info.get("skipped_steps", 0),
-              "safety_limited": info.get("safety_limited", 0)}
+              "safety_limited": info.get("safety_limited", 0),
+              "move_at_s": None if move is None else round(move.at_s, 3), "moved": sim.moved_at_s is not None,
+              "replans": None if expert is None else [round(p[0], 3) for p in expert.replans]}
+    if control == "two-rate":
+        result.update(feature_refreshes=info["feature_refreshes"], heads_ticks_s=info["heads_ticks_s"],
+                      refreshes_s=info["refreshes_s"])
     sim.close()
     return result
 
@@ -264,6 +342,70 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
             "safety_limited": ex.safety_limited, "step_targets": executed, "step_boundaries": boundaries}
 
 
+def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, blend_s, feature_hz, heads_hz,
+                  heads_latency_s) -> dict:
+    """Two-rate control at CONTROL_HZ on the sim clock, through the ChunkExecutor as `_run_executor` runs it.
+
+    Feature refreshes on the 1 / feature_hz grid, one in flight: `observe()` at the refresh's tick t, usable (and
+    `land`ed) at t + latency_s; one in flight still at a grid point delays the next to its landing (as
+    `TwoRateRunner`'s thread, which refreshes back to back when a pass is slower than its period). Heads ticks on the
+    1 / heads_hz grid, once features are usable, at the first control tick at or after each grid point (grid
+    points with no tick of their own are dropped): `heads(t, newest usable features)` with step k due at
+    t + (k + 1) / fps, accepted at t + heads_latency_s, blended over `blend_s`."""
+    from neon_runtime.executor import Chunk, ChunkExecutor, safety_hook
+    from neon_runtime.safety import SafetyLayer
+
+    ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)))
+    ex.hold(ticks[0][1], sim.time)  # the first reply takes over from the start pose
+    dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
+    features, refreshing, pending = None, None, None  # newest usable features; (usable_s, obs) in flight; a reply
+    next_refresh = next_heads = sim.time
+    refreshes_s, heads_s, handovers, fps, n = [], [], [], FPS, 0
+    executed, boundaries = [ticks[0][1]], []
+
+    def next_on_grid(now: float, hz: float) -> float:
+        return (math.floor((now + half_tick) * hz) + 1) / hz
+
+    def accept_if_due(now: float) -> None:
+        nonlocal pending
+        if pending is not None and pending.received_s <= now + half_tick:
+            ex.accept(pending)
+            handovers.append(pending.received_s)
+            boundaries.append(len(executed))
+            pending = None
+
+    while not over():
+        now = sim.time
+        accept_if_due(now)  # the last tick's reply, before this tick's heads
+        for _ in range(2):  # land what is due; a refresh leaves; with no latency it lands at once
+            if refreshing is not None and refreshing[0] <= now + half_tick:
+                features = refreshing[1]
+                land(features)
+                refreshing = None
+            if refreshing is None and now >= next_refresh - half_tick:
+                refreshing = (now + latency_s, observe())
+                refreshes_s.append(now)
+                next_refresh = next_on_grid(now, feature_hz)
+        if features is not None and pending is None and now >= next_heads - half_tick:
+            chunk, fps = heads(now, features)
+            pending = Chunk.at_fps(chunk, fps, start_s=now + 1.0 / fps, received_s=now + heads_latency_s)
+            heads_s.append(now)
+            next_heads = next_on_grid(now, heads_hz)
+        accept_if_due(now)  # with no heads latency: at once
+        q = ex.execute(now + dt)
+        sim.run(q, dt)
+        ticks.append((sim.time, q))
+        n += 1
+        if n % per_frame == 0:
+            executed.append(q)
+            if frames is not None:
+                frames.append(np.concatenate([sim.render("head"), sim.render("third_person")], axis=1))
+    return {"requests": len(heads_s), "feature_refreshes": len(refreshes_s), "handovers": handovers, "fps": fps,
+            "skipped_steps": ex.skipped, "safety_limited": ex.safety_limited, "step_targets": executed,
+            "step_boundaries": boundaries, "heads_ticks_s": [round(t, 3) for t in heads_s],
+            "refreshes_s": [round(t, 3) for t in refreshes_s]}
+
+
 def frame_jerk(q: np.ndarray, boundaries: list[int]) -> tuple[float, float]:
     """Float[(N, D)] targets one frame (1 / FPS) apart -> the largest jerk (rad/s^3) within chunks and around
     hand-overs: every window q[i..i+3] that spans the step into a new chunk (`boundaries`: the index of its first
@@ -309,14 +451,17 @@ ABLATIONS = ("none", "blank-image", "other-block")
 def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Path | None = None,
              execute_steps: int = 8, token: str | None = None, video_episodes: int = 1,
              progress: bool | None = None, ablation: str = "none", latency_ms: float = 0.0, mjcf=None,
-             executor: str = "plain", blend_s: float = 0.0) -> dict:
+             executor: str = "plain", blend_s: float = 0.0, moving_block: bool = False, control: str = "chunk",
+             feature_hz: float = 5.0, heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS) -> dict:
     """Success rate of `policy` (oracle | hold | ws://... URL) over seeds seed .. seed + episodes - 1.
 
     `ablation` (a served policy only): "blank-image" sends a grey frame, "other-block" an instruction naming
     another block, while success is still judged on the named block: vision and language must both matter.
-    `latency_ms`: sim time between an observation and its reply being usable (see the module docstring).
+    `latency_ms`: sim time between an observation and its reply being usable (see the module docstring); with
+    two-rate control, between a feature refresh's observation and its features being usable.
     `executor`: "plain" synchronous chunking, or "executor" (request-ahead, stale steps skipped, blending over
-    `blend_s`; see `run_episode`).
+    `blend_s`; see `run_episode`). `moving_block`: the named block moves once mid-episode. `control`: "chunk" or
+    "two-rate" (executor only; `feature_hz`, `heads_hz`, `heads_latency_ms`; see the module docstring).
     """
     if ablation not in ABLATIONS:
         raise SimError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
@@ -326,6 +471,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         raise SimError(f"episodes and execute_steps must be >= 1, got {episodes}, {execute_steps}")
     _check_latency(latency_ms)
     _check_executor(executor, blend_s)
+    _check_control(control, executor, feature_hz, heads_hz, heads_latency_ms)
     remote = None
     if policy not in ("oracle", "hold"):
         if not policy.startswith(("ws://", "wss://")):
@@ -342,15 +488,18 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
                       disable=None if progress is None else not progress):
             video = frames if out is not None and k < video_episodes else None  # no --out: no frames to render
             results.append(run_episode(seed + k, policy, remote, execute_steps, video, latency_ms, mjcf, executor,
-                                       blend_s))
+                                       blend_s, moving_block, control, feature_hz, heads_hz, heads_latency_ms))
     finally:
         if remote is not None:
             remote.close()
     wins = sum(r["success"] for r in results)
     times = [r["time_to_success_s"] for r in results if r["success"]]
+    two_rate = control == "two-rate"
     report = {
         "policy": policy, "ablation": ablation, "episodes": episodes, "seeds": [seed, seed + episodes - 1],
         "execute_steps": execute_steps, "latency_ms": latency_ms, "executor": executor, "blend_s": blend_s,
+        "moving_block": moving_block, "control": control, "feature_hz": feature_hz if two_rate else None,
+        "heads_hz": heads_hz if two_rate else None, "heads_latency_ms": heads_latency_ms if two_rate else None,
         "fps": FPS, "control_hz": CONTROL_HZ, "success_rate": wins / episodes, "success_ci95": wilson(wins, episodes),
         "time_to_success_s": float(np.median(times)) if times else None,
         "joint_limit_violations": sum(r["joint_limit_violation"] for r in results),
@@ -358,6 +507,13 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         "safety_interventions": remote.interventions if remote else 0,
         "round_trip_ms": ({"p50": float(np.percentile(remote.round_trips, 50)),
                            "p99": float(np.percentile(remote.round_trips, 99))} if remote and remote.round_trips else None),
+        "heads_round_trip_ms": ({"p50": float(np.percentile(remote.heads_round_trips, 50)),
+                                 "p99": float(np.percentile(remote.heads_round_trips, 99))}
+                                if remote and remote.heads_round_trips else None),
+        "full_requests": len(remote.round_trips) if remote else 0,
+        "light_requests": remote.light_requests if remote else 0,
+        "light_replies_on_reused_features": remote.reused_replies if remote else 0,
+        "feature_refreshes": sum(r.get("feature_refreshes", 0) for r in results),
         **jerk_summary(results), "requests": sum(r["requests"] for r in results),
         "skipped_steps": sum(r["skipped_steps"] for r in results),
         "executor_safety_limited": sum(r["safety_limited"] for r in results),
@@ -378,6 +534,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         (out / "sim_report.md").write_text(
             f"# neon-sim eval: {policy}\n\n- success rate {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over "
             f"{episodes} seeds from {seed}, {execute_steps} steps a chunk, {latency_ms:g} ms latency\n"
+            f"- {describe_task(moving_block)}; {describe_control(report)}\n"
             f"- {describe_executor(executor, blend_s)}: {report['requests']} requests, {report['skipped_steps']} stale "
             f"steps skipped, {report['executor_safety_limited']} values limited at the control rate\n"
             f"- jerk of the {CONTROL_HZ:g} Hz target stream, rad/s^3, medians over episodes (hand-over windows: "
@@ -401,6 +558,17 @@ def jerk_summary(results: list[dict]) -> dict:
     return out
 
 
+def describe_task(moving_block: bool) -> str:
+    return "moving-block task (the named block moves once mid-episode)" if moving_block else "static task"
+
+
+def describe_control(report: dict) -> str:
+    if report["control"] == "chunk":
+        return "chunk-rate control (a full request per chunk)"
+    return (f"two-rate control (features every {1 / report['feature_hz']:g} s, usable {report['latency_ms']:g} ms "
+            f"later; heads at {report['heads_hz']:g} Hz, usable {report['heads_latency_ms']:g} ms later)")
+
+
 def describe_executor(executor: str, blend_s: float) -> str:
     if executor == "plain":
         return "plain synchronous chunking"
@@ -422,6 +590,21 @@ def _check_executor(executor: str, blend_s: float) -> None:
         raise SimError(str(e)) from None
     if executor == "plain" and blend_s:
         raise SimError(f"plain chunking does not blend: blend_s {blend_s:g} needs the executor")
+
+
+def _check_control(control: str, executor: str, feature_hz: float, heads_hz: float, heads_latency_ms: float) -> None:
+    if control not in CONTROLS:
+        raise SimError(f"control must be one of {', '.join(CONTROLS)}, got {control!r}")
+    if control == "two-rate" and executor != "executor":
+        raise SimError(f"two-rate control blends every heads reply in through the ChunkExecutor: it needs executor "
+                       f"'executor' (neon-sim eval --executor blend), got {executor!r}")
+    for name, hz in (("feature_hz", feature_hz), ("heads_hz", heads_hz)):
+        if not (isinstance(hz, numbers.Real) and math.isfinite(hz) and 0 < hz <= CONTROL_HZ):
+            raise SimError(f"{name} (--{name.replace('_', '-')}) must be a rate in (0, {CONTROL_HZ:g}] Hz (at most the "
+                           f"sim's control rate), got {hz!r}")
+    if not (isinstance(heads_latency_ms, numbers.Real) and math.isfinite(heads_latency_ms) and heads_latency_ms >= 0):
+        raise SimError(f"heads_latency_ms (--heads-latency-ms) must be a finite number of milliseconds >= 0, got "
+                       f"{heads_latency_ms!r}")
 
 
 def _check_latency(latency_ms: float) -> None:
@@ -451,7 +634,9 @@ def evaluate_latencies(policy: str, latencies_ms: list[float], out: str | Path, 
                      "time_to_success_s": r["time_to_success_s"], "control_jerk": r["control_jerk"],
                      "requests": r["requests"], "report": str(folder / "sim_report.json")})
     report = {"policy": policy, "episodes": r["episodes"], "seeds": r["seeds"], "execute_steps": r["execute_steps"],
-              "ablation": r["ablation"], "executor": r["executor"], "blend_s": r["blend_s"], "fps": FPS, "rows": rows,
+              "ablation": r["ablation"], "executor": r["executor"], "blend_s": r["blend_s"],
+              "moving_block": r["moving_block"], "control": r["control"], "feature_hz": r["feature_hz"],
+              "heads_hz": r["heads_hz"], "heads_latency_ms": r["heads_latency_ms"], "fps": FPS, "rows": rows,
               "plot": str(out / "success_vs_latency.png")}
     plot_success_vs_latency(report, out / "success_vs_latency.png")
     (out / "latency_report.json").write_text(json.dumps(report, indent=2) + "\n")

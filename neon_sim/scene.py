@@ -19,6 +19,14 @@ Task ("touch"): the instruction names a block by colour (and sometimes the hand)
 hand's palm (10 cm beyond the wrist) within SUCCESS_RADIUS_M of the top centre of the named block within
 EPISODE_S of sim time, with no joint outside its limits and no robot contact with the table (a palm below
 the table top, over the table, counts: the model's hands have no collision geometry).
+
+Moving-block variant (`moving_task`, `neon-sim eval --moving-block`): the same task, and at sim time `Move.at_s`
+(uniform in MOVE_AT_S) the named block jumps to a spot on the same side of BLOCK_AREA (so the hand named stays
+right), at least MOVE_MIN_M from where it was and MOVE_CLEAR_M from the other blocks, drawn uniformly from a 5 mm
+grid. About 1% of tasks (a block near the middle of its side, the other block close by) have no such spot: the
+block then goes to the clear spot farthest from where it was (8.8-10 cm over seeds 0-1999). The move is drawn from
+its own random stream (seed, MOVE_STREAM), so a seed's static task is the same with or without it. The moving
+block is a mocap body; success and distance use its new position from the move on.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ BLOCK_HALF = 0.02  # m
 BLOCK_AREA = ((0.22, 0.34), (0.06, 0.20))  # x and |y| ranges of block centres (m, pelvis frame), each side of the middle
 SUCCESS_RADIUS_M = 0.03
 EPISODE_S = 6.0
+MOVE_AT_S = (1.0, 2.0)  # s: when the named block moves (the oracle's static median time to success is about 3 s)
+MOVE_MIN_M = 0.10  # how far it moves at least
+MOVE_CLEAR_M = 0.06  # centre to centre from the other blocks: 2 cm between the 4 cm blocks (10 cm leaves no spot in 16%)
+MOVE_STREAM = 1  # the move's random stream is default_rng((seed, MOVE_STREAM)); the task's is default_rng(seed)
 KP, KD = 120.0, 6.0  # N m / rad, N m s / rad: every joint's PD loop
 ARM_JOINTS = ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw")
 
@@ -95,15 +107,24 @@ def _as_torque_motors(spec) -> None:
         act.ctrlrange, act.ctrllimited = joint.actfrcrange, mujoco.mjtLimited.mjLIMITED_TRUE
 
 
+@dataclass(frozen=True)
+class Move:
+    """The named block jumps to `position` (Float[(2,)] x, y, m) when sim time reaches `at_s`."""
+
+    at_s: float
+    position: np.ndarray
+
+
 @dataclass
 class Task:
-    """Three blocks on the table and which one to touch, with which hand."""
+    """Three blocks on the table and which one to touch, with which hand (and, perhaps, when it moves)."""
 
     colors: tuple[str, ...]  # block i's colour
-    positions: np.ndarray  # Float[(3, 2)] block centres x, y (m)
+    positions: np.ndarray  # Float[(3, 2)] block centres x, y (m) at the start
     target: int  # index of the named block
     arm: str  # "left" | "right": the hand that must touch it
     instruction: str
+    move: Move | None = None
 
 
 def sample_task(rng: np.random.Generator) -> Task:
@@ -121,6 +142,30 @@ def sample_task(rng: np.random.Generator) -> Task:
     else:
         instruction = f"reach for the {colors[target]} block with your {arm} hand"
     return Task(colors, pos, target, arm, instruction)
+
+
+def sample_move(task: Task, rng: np.random.Generator) -> Move:
+    """When and where the named block moves (module docstring): same side, MOVE_MIN_M away, clear of the others."""
+    (x0, x1), (y0, y1) = BLOCK_AREA
+    old = task.positions[task.target]
+    xs, ys = np.meshgrid(np.linspace(x0, x1, round((x1 - x0) / 0.005) + 1), np.linspace(y0, y1, round((y1 - y0) / 0.005) + 1))
+    spots = np.c_[xs.ravel(), np.sign(old[1]) * ys.ravel()]
+    others = np.delete(task.positions, task.target, axis=0)
+    clear = (np.linalg.norm(spots[:, None] - others[None], axis=2) >= MOVE_CLEAR_M).all(axis=1)
+    away = np.linalg.norm(spots - old, axis=1)
+    at_s = float(rng.uniform(*MOVE_AT_S))
+    good = np.flatnonzero(clear & (away >= MOVE_MIN_M))
+    if len(good):
+        return Move(at_s, spots[rng.choice(good)].copy())
+    return Move(at_s, spots[np.flatnonzero(clear)[np.argmax(away[clear])]].copy())
+
+
+def episode_task(seed: int, moving_block: bool = False) -> Task:
+    """Seed `seed`'s task (sample_task(default_rng(seed))), with its move when `moving_block`."""
+    task = sample_task(np.random.default_rng(seed))
+    if moving_block:
+        task.move = sample_move(task, np.random.default_rng((seed, MOVE_STREAM)))
+    return task
 
 
 class G1Tabletop:
@@ -143,7 +188,8 @@ class G1Tabletop:
         table.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_BOX, size=list(TABLE_HALF), rgba=[0.45, 0.33, 0.22, 1])
         top = TABLE_POS[2] + TABLE_HALF[2]
         for i, (color, (x, y)) in enumerate(zip(task.colors, task.positions, strict=True)):
-            block = world.add_body(name=f"block{i}", pos=[x, y, top + BLOCK_HALF])
+            moves = task.move is not None and i == task.target  # a mocap body: its pose is set while it runs
+            block = world.add_body(name=f"block{i}", pos=[x, y, top + BLOCK_HALF], mocap=moves)
             block.add_geom(name=f"block{i}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[BLOCK_HALF] * 3, rgba=list(COLORS[color]))
         for side in ("left", "right"):
             spec.body(f"{side}_wrist_yaw_link").add_site(name=f"{side}_palm", pos=[0.10, 0, 0], size=[0.01] * 3)
@@ -171,6 +217,7 @@ class G1Tabletop:
         self.table_contact = False
         self.image_size = image_size
         self._renderer = None
+        self.moved_at_s: float | None = None  # when the named block moved (None: not yet, or a static task)
         mujoco.mj_forward(m, self.data)
 
     # ------------------------------------------------------------------ state and targets
@@ -189,12 +236,22 @@ class G1Tabletop:
             if len(hit):
                 goal[k] = float(np.clip(targets[self.dims[hit[0]]], *m.jnt_range[j]))
         lo, hi = m.actuator_ctrlrange[:, 0], m.actuator_ctrlrange[:, 1]
+        move = self.task.move if self.moved_at_s is None else None
         for k in range(max(1, round(seconds / m.opt.timestep))):
             d.ctrl[:] = np.clip(KP * (goal - d.qpos[self.act_q]) - KD * d.qvel[self.act_d] + d.qfrc_bias[self.act_d], lo, hi)
             self.mj.mj_step(m, d)
+            if move is not None and d.time >= move.at_s - m.opt.timestep / 2:
+                self._move_block(move)
+                move = None
             if k % 5 == 4:  # every 10 ms
                 self._check()
         self._check()
+
+    def _move_block(self, move) -> None:
+        m, d = self.model, self.data
+        d.mocap_pos[m.body_mocapid[m.body(f"block{self.task.target}").id], :2] = move.position
+        self.mj.mj_forward(m, d)
+        self.moved_at_s = float(d.time)
 
     def _check(self) -> None:
         d = self.data

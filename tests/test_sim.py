@@ -352,3 +352,168 @@ def test_menagerie_offline_is_a_clear_error_and_a_menagerie_checkout_runs_the_ta
     assert (sim.model.actuator_biastype == 0).all() and (sim.model.actuator_gainprm[:, 0] == 1).all()
     assert sim.model.actuator_ctrlrange[sim.model.actuator("left_elbow_joint").id].tolist() == [-25.0, 25.0]  # N m
     assert run(sim, Expert(sim).targets) and not sim.table_contact
+
+
+# ---------------------------------------------------------------------- the moving block and two-rate control
+
+
+def test_the_named_block_moves_once_on_its_side_far_enough_and_the_static_task_is_unchanged():
+    from neon_sim.scene import BLOCK_AREA, MOVE_AT_S, MOVE_CLEAR_M, MOVE_MIN_M, episode_task
+
+    (x0, x1), (y0, y1) = BLOCK_AREA
+    far = 0
+    for seed in range(10_000, 10_200):
+        static, moving = episode_task(seed), episode_task(seed, moving_block=True)
+        task = sample_task(np.random.default_rng(seed))  # what the seed's static task has always been
+        assert static.move is None and moving.instruction == static.instruction == task.instruction
+        assert np.array_equal(moving.positions, task.positions) and moving.target == task.target
+        move, old = moving.move, task.positions[task.target]
+        assert MOVE_AT_S[0] <= move.at_s <= MOVE_AT_S[1]
+        assert x0 <= move.position[0] <= x1 and y0 <= abs(move.position[1]) <= y1
+        assert np.sign(move.position[1]) == np.sign(old[1])  # the hand named stays right
+        others = np.delete(task.positions, task.target, axis=0)
+        assert np.linalg.norm(others - move.position, axis=1).min() >= MOVE_CLEAR_M - 1e-9
+        away = np.linalg.norm(move.position - old)
+        assert away >= 0.085 and (away >= MOVE_MIN_M - 1e-9 or seed in FALLBACK_SEEDS)
+        far += away >= MOVE_MIN_M - 1e-9
+        again = episode_task(seed, moving_block=True).move
+        assert again.at_s == move.at_s and np.array_equal(again.position, move.position)  # deterministic per seed
+    assert far == 200 - len(FALLBACK_SEEDS)
+    # In the sim: the block is where it was until move_at_s, then at its new place, for distance and success too.
+    task = episode_task(10_000, moving_block=True)
+    sim = G1Tabletop(task)
+    start, old_top = sim.state(), sim.block_top().copy()
+    while sim.time < task.move.at_s - 0.03:
+        sim.run(start, 0.02)
+    assert sim.moved_at_s is None and np.allclose(sim.block_top(), old_top)
+    while sim.time < task.move.at_s + 0.03:
+        sim.run(start, 0.02)
+    assert abs(sim.moved_at_s - task.move.at_s) <= sim.model.opt.timestep
+    assert np.allclose(sim.block_top()[:2], task.move.position) and sim.block_top()[2] == old_top[2]
+    assert sim.distance() == pytest.approx(np.linalg.norm(sim.palm(task.arm) - sim.block_top()))
+    fixed = G1Tabletop(episode_task(10_000))
+    fixed.run(start, task.move.at_s + 0.1)
+    assert fixed.moved_at_s is None and np.allclose(fixed.block_top(), old_top)
+
+
+FALLBACK_SEEDS = {10008, 10146}  # no spot 10 cm away and clear of the other blocks: the farthest clear one
+
+
+def test_the_oracle_replans_from_the_block_as_seen_smoothly_from_where_it_is():
+    from neon_sim.expert import REACH_S, Expert
+
+    task = episode_task_for(10_001)
+    sim = G1Tabletop(task)
+    expert = Expert(sim)
+    first = [expert.targets(t) for t in (0.5, 1.5, 2.5)]
+    assert not expert.see(sim.block_top(), 1.0)  # the block where it was planned for: the plan stands
+    assert all(np.array_equal(a, expert.targets(t)) for a, t in zip(first, (0.5, 1.5, 2.5), strict=True))
+    new_top = np.array([*task.move.position, sim.block_top()[2]])
+    t0 = 1.3  # mid-reach, the arm moving fast
+    assert expert.see(new_top, t0) and expert.replans[0][0] == t0
+    assert np.array_equal(expert.targets(0.5), first[0])  # before t0: the old plan
+    h = 1e-3
+    q = np.stack([expert.targets(t0 + k * h) for k in range(-3, 4)]).astype(np.float64)
+    v, a = np.diff(q, axis=0) / h, np.diff(q, n=2, axis=0) / h**2
+    assert np.abs(np.diff(v, axis=0)).max() < 0.05 and np.abs(np.diff(a, axis=0)).max() < 0.5  # no jump in q, v, a
+    assert np.abs(v).max() > 0.1  # it was moving: a plan from rest there would have jumped in velocity
+    end = expert.targets(t0 + REACH_S + 2.0)
+    assert np.allclose(end, expert.replans[0][5])  # ends on the new block's touch pose
+    old_top = sim.block_top().copy()
+    sim.run(end, 2.5)  # past the move: the block is at its new place
+    assert sim.distance() <= 0.03 and np.linalg.norm(sim.palm(task.arm) - old_top) > 0.08
+
+
+def episode_task_for(seed: int):
+    from neon_sim.scene import episode_task
+
+    return episode_task(seed, moving_block=True)
+
+
+def test_two_rate_oracle_follows_the_moving_block_and_chunk_rate_sees_it_later():
+    """Two-rate: the oracle re-plans at the first heads tick after features showing the move are usable (a refresh
+    every 0.2 s, usable 0.2 s later); chunk-rate only at its next full request (every 1.3 s with 16-step chunks here:
+    this seed's block moves at 1.58 s, just after one). Success comes as much later as the re-plan does."""
+    from neon_sim.evaluate import run_episode
+
+    kw = {"executor": "executor", "blend_s": 0.2, "latency_ms": 200, "moving_block": True}
+    two = run_episode(10_000, "oracle", control="two-rate", **kw)
+    chunk = run_episode(10_000, "oracle", execute_steps=16, **kw)
+    assert two["moved"] and two["success"] and not two["table_contact"] and not two["joint_limit_violation"]
+    assert len(two["replans"]) == 1 and 0 < two["replans"][0] - two["move_at_s"] <= 0.2 + 0.2 + 0.02 + 1e-6
+    assert chunk["moved"] and len(chunk["replans"]) == 1 and chunk["replans"][0] - chunk["move_at_s"] > 0.8
+    late = chunk["replans"][0] - two["replans"][0]
+    assert chunk["success"] and abs(chunk["time_to_success_s"] - two["time_to_success_s"] - late) <= 0.1
+    static = run_episode(10_000, "oracle", control="two-rate", **{**kw, "moving_block": False})
+    assert static["success"] and static["replans"] == [] and not static["moved"]
+
+
+def test_two_rate_ticks_the_heads_at_heads_hz_and_refreshes_features_at_feature_hz():
+    from neon_sim.evaluate import run_episode
+
+    r = run_episode(101, "hold", executor="executor", control="two-rate", latency_ms=100, feature_hz=5, heads_hz=30)
+    assert not r["success"] and r["feature_refreshes"] == 30  # 6 s of sim time, one every 0.2 s
+    assert np.allclose(np.diff(r["refreshes_s"]), 0.2, atol=1e-3)
+    heads = np.array(r["heads_ticks_s"])  # from the first features (usable at 0.1 s), on the 50 Hz control ticks
+    assert heads[0] == pytest.approx(0.1, abs=1e-3) and r["requests"] == len(heads)
+    assert abs(len(heads) - 30 * (6.0 - 0.1)) <= 2 and np.diff(heads).mean() == pytest.approx(1 / 30, rel=0.02)
+    assert set(np.round(np.diff(heads), 3)) <= {0.02, 0.04}
+    slow = run_episode(101, "hold", executor="executor", control="two-rate", latency_ms=300, feature_hz=5, heads_hz=10)
+    assert slow["feature_refreshes"] == 20 and np.allclose(np.diff(slow["refreshes_s"]), 0.3, atol=1e-3)  # back to back
+    assert abs(slow["requests"] - 10 * (6.0 - 0.3)) <= 2
+
+
+def test_two_rate_against_neon_serve_sends_light_requests_on_the_stored_features(backbones, tmp_path):
+    import json
+
+    from conftest import as_trained, attach, tiny_config
+    from serving import runner_for, serve
+
+    from neon.model import NeonVLA
+    from neon_runtime.server import ServerSettings, create_app
+    from neon_sim.evaluate import evaluate
+
+    model = as_trained(attach(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", fps=10.0)), backbones))
+    runner = runner_for(model, max_batch=1, max_wait_ms=0)
+    with serve(create_app(runner, ServerSettings())) as addr:
+        report = evaluate(f"ws://{addr}/ws", episodes=1, seed=101, progress=False, out=tmp_path, video_episodes=0,
+                          executor="executor", blend_s=0.2, latency_ms=200, moving_block=True, control="two-rate",
+                          feature_hz=5, heads_hz=10)
+    runner.close()
+    r = report["results"][0]
+    assert report["light_requests"] == report["requests"] == len(r["heads_ticks_s"]) >= 50  # one per heads tick
+    assert report["light_replies_on_reused_features"] == report["light_requests"]  # the server said: reused
+    assert r["feature_refreshes"] - 1 <= report["full_requests"] <= r["feature_refreshes"]  # the last may not land
+    assert report["full_requests"] >= 25 and report["heads_round_trip_ms"]["p50"] > 0
+    assert r["moved"] and report["joint_limit_violations"] == 0
+    saved = json.loads((tmp_path / "sim_report.json").read_text())
+    assert saved["control"] == "two-rate" and saved["moving_block"] is True and saved["heads_hz"] == 10
+    assert "two-rate control" in (tmp_path / "sim_report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--executor", "blend", "--control", "two-rate", "--feature-hz", "0"], r"feature_hz \(--feature-hz\) must be a rate"),
+    (["--executor", "blend", "--control", "two-rate", "--heads-hz", "-30"], r"heads_hz \(--heads-hz\) must be a rate"),
+    (["--executor", "blend", "--control", "two-rate", "--heads-hz", "100"], r"in \(0, 50\] Hz"),
+    (["--executor", "blend", "--control", "two-rate", "--heads-latency-ms", "nan"], "heads_latency_ms"),
+    (["--control", "two-rate"], "two-rate control .* needs executor 'executor' .*--executor blend"),
+    (["--heads-hz", "20"], "--heads-hz needs --control two-rate"),
+])
+def test_bad_two_rate_settings_exit_2_naming_what_is_wrong(argv, message, capsys):
+    import re
+
+    from neon_sim.cli import main as sim_main
+
+    assert sim_main(["eval", "--policy", "oracle", "--episodes", "1", *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_two_rate_errors_outside_the_cli():
+    from neon_sim.evaluate import evaluate, run_episode
+
+    with pytest.raises(SimError, match="control must be one of chunk, two-rate, got 'fast'"):
+        evaluate("oracle", episodes=1, control="fast", progress=False)
+    with pytest.raises(SimError, match="needs executor 'executor'"):
+        run_episode(101, "oracle", control="two-rate")
+    with pytest.raises(SimError, match="heads_latency_ms .* >= 0, got -1"):
+        evaluate("oracle", episodes=1, executor="executor", control="two-rate", heads_latency_ms=-1, progress=False)
