@@ -51,6 +51,9 @@ class SafetyConfig:
         return self
 
 
+DRY_RUN_REFUSAL = "the policy runs in dry-run mode"  # the note of a chunk refused only for the dry-run setting
+
+
 @dataclass
 class SafetyReport:
     clamped_to_limits: int = 0  # values moved into the joint limits
@@ -104,7 +107,7 @@ class SafetyLayer:
         """
         report = SafetyReport()
         if self.config.dry_run:
-            report.refuse("the policy runs in dry-run mode")
+            report.refuse(DRY_RUN_REFUSAL)
         if state is None:
             report.refuse("no joint state was given, so the first step could be anywhere inside the limits")
         chunk = np.array(chunk, dtype=np.float32, copy=True)

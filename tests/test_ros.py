@@ -53,10 +53,12 @@ class G1Sim:
         self.joints = node.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
         self.instr = node.create_publisher(String, "/neon/instruction", QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.trajs, self.diags = [], []
+        self.trajs, self.diags, self.commands, self.command_previews = [], [], [], []
         node.create_subscription(JointTrajectory, "/neon/joint_trajectory", self.trajs.append, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 10)
-        self.camera_on = True
+        node.create_subscription(JointState, "/neon/joint_command", self.commands.append, 100)
+        node.create_subscription(JointState, "/neon/joint_command_preview", self.command_previews.append, 100)
+        self.camera_on = self.joints_on = True
         self.img = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
         node.create_timer(1 / 30, self.tick)
         self.instr.publish(String(data="pick up the red block"))
@@ -64,6 +66,8 @@ class G1Sim:
     def tick(self):
         if self.camera_on:
             self.cam.publish(array_to_image(self.img))
+        if not self.joints_on:
+            return
         js = JointState()
         js.name = [f"{n}_joint" for n in self.names]
         js.position = [0.0] * len(self.names)
@@ -409,3 +413,136 @@ def _ready(httpx, port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _reply(space, joint: str, value: float) -> dict:
+    """An executable 16-step chunk that puts one joint at `value` (all the others at 0), as a policy replies."""
+    actions = np.zeros((16, space.dim), np.float32)
+    actions[:, space.index(joint)] = value
+    return {"actions": actions, "dry_run": False, "safety": {"rate_limited": 0, "notes": []}, "speech": ""}
+
+
+def _velocities(msgs, joint: str, since: float) -> np.ndarray:
+    """rad/s between consecutive JointState commands stamped after `since` (ROS time, s)."""
+    stamp = np.array([m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in msgs])
+    q = np.array([m.position[list(m.name).index(joint)] for m in msgs])
+    keep = stamp >= since
+    return np.diff(q[keep]) / np.diff(stamp[keep])
+
+
+@pytest.mark.parametrize("blend_s", [0.0, 0.3])
+def test_command_stream_hands_over_through_the_executor(graph, checkpoint, blend_s):
+    """control_hz streams the executor's target: a new chunk takes over from the one in force over blend_s (a
+    min-jerk blend: here under 1 rad/s), or at once at blend_s 0 (the speed limit, 2 rad/s, is all that smooths it);
+    every command within the speed limit of the one before."""
+    neon = graph(make_node(f"neon_cmd_{int(blend_s * 10)}", model=str(checkpoint), dry_run=False, rate_hz=0.001,
+                           control_hz=50.0, blend_s=blend_s))
+    neon._last_request = time.monotonic()  # rate_hz 0.001: its first request is 1000 s away
+    sim = G1Sim(graph(rclpy.create_node(f"g1_sim_cmd_{int(blend_s * 10)}")), neon.space.names)
+    assert wait_for(lambda: neon.latest["joints"].value is not None and neon.latest["image"].value is not None)
+    with neon._busy:  # and no request-ahead either: the test hands the node its chunks
+        neon._publish(_reply(neon.space, "left_elbow", 0.3), time.time())
+        time.sleep(0.7)  # 0.3 rad at <= 2 rad/s, then held (the chunk lasts 0.53 s; max_chunk_age_s is 1)
+        elbow = [m.position[list(m.name).index("left_elbow")] for m in sim.commands]
+        assert elbow[-1] == pytest.approx(0.3, abs=1e-4)
+        handover = neon.get_clock().now().nanoseconds * 1e-9
+        neon._publish(_reply(neon.space, "left_elbow", 0.2), time.time())
+        n = len(sim.commands)
+        assert wait_for(lambda: len(sim.commands) >= n + 30)
+    v = np.abs(_velocities(sim.commands, "left_elbow", handover - 0.1))
+    assert v.max() <= 2.0 * 1.05  # the speed limit, from the last command, at the control rate
+    if blend_s:
+        assert v.max() < 1.0  # 0.1 rad over 0.3 s of min-jerk: 0.63 rad/s at most
+    else:
+        assert v.max() > 1.5  # a 0.1 rad jump, taken at the speed limit
+    assert neon.chunk_executor.accepted == 2 and sim.command_previews == []
+
+
+def test_command_stream_stops_on_stale_state_and_restarts_from_the_measured_pose(graph, checkpoint):
+    """No commands while joint_states is stale or the newest chunk is older than max_chunk_age_s; after a watchdog
+    trip the next chunk starts from the measured pose (not from the chunk of before). Dry run: preview topic only."""
+    neon = graph(make_node("neon_cmd_stale", model=str(checkpoint), dry_run=False, rate_hz=0.001, control_hz=50.0,
+                           max_chunk_age_s=0.6))
+    neon._last_request = time.monotonic()  # rate_hz 0.001: its first request is 1000 s away
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_cmd_stale")), neon.space.names)
+    assert wait_for(lambda: neon.latest["joints"].value is not None and neon.latest["image"].value is not None)
+    with neon._busy:
+        time.sleep(0.3)
+        assert sim.commands == [] and neon.published == 0  # nothing streamed before the first executable chunk
+        neon._publish(_reply(neon.space, "left_elbow", 0.3), time.time())
+        assert wait_for(lambda: len(sim.commands) >= 5)
+        first = sim.commands[0].position[list(sim.commands[0].name).index("left_elbow")]
+        assert 0 < first <= 2.0 * 0.05  # from the measured 0, at the speed limit
+        assert wait_for(lambda: neon.chunk_executor.age(time.monotonic()) > 0.7, timeout=5)
+        time.sleep(0.1)
+        n = len(sim.commands)
+        time.sleep(0.3)
+        assert len(sim.commands) == n  # the chunk is too old: the robot holds its own last command
+        neon._publish(_reply(neon.space, "left_elbow", 0.3), time.time())
+        assert wait_for(lambda: len(sim.commands) > n + 5)
+        sim.joints_on = False  # joint_states goes silent
+        assert wait_for(lambda: neon._problems() != [], timeout=5)
+        time.sleep(0.1)
+        n = len(sim.commands)
+        time.sleep(0.4)
+        assert len(sim.commands) == n and neon._restart
+        sim.joints_on = True
+        assert wait_for(lambda: neon._problems() == [])
+        neon._publish(_reply(neon.space, "left_elbow", 0.3), time.time())
+        assert wait_for(lambda: len(sim.commands) > n + 3)
+    first = sim.commands[n].position[list(sim.commands[n].name).index("left_elbow")]
+    assert 0 < first <= 2.0 * 0.05  # from the measured 0 again, at the speed limit: not from the held 0.3
+
+
+def test_dry_run_streams_previews_and_untrained_heads_stream_nothing(graph, checkpoint):
+    neon = graph(make_node("neon_cmd_dry", model=str(checkpoint), rate_hz=5.0, control_hz=30.0))  # dry_run default
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_cmd_dry")), neon.space.names)
+    assert wait_for(lambda: len(sim.command_previews) >= 5)
+    assert sim.commands == [] and sim.trajs == []
+    fresh = graph(make_node("neon_cmd_fresh", backbone="neon-tiny/qwen2.5-vl", dry_run=False, rate_hz=5.0,
+                            control_hz=30.0, joint_states_topic="/joint_states"))
+    assert wait_for(lambda: fresh.published >= 2)  # previews of chunks that must not run
+    time.sleep(0.3)
+    assert fresh.chunk_executor.accepted == 0 and fresh.chunk_executor.refused >= 2 and fresh.commanded == 0
+    assert sim.commands == []
+
+
+def test_two_rate_control_in_the_node(graph, checkpoint):
+    """heads_hz: the heads re-run on fresh joint state many times per backbone pass; the chunks say the features
+    were reused, and request-ahead plans on the measured latency."""
+    neon = graph(make_node("neon_two_rate", model=str(checkpoint), dry_run=False, rate_hz=2.0, heads_hz=20.0,
+                           control_hz=30.0))
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_two_rate")), neon.space.names)
+    assert wait_for(lambda: neon.published >= 12), [d.status[0].message for d in sim.diags[-3:]]
+    refreshes = neon.runner.refreshes
+    assert 1 <= refreshes <= neon.published / 3  # backbone passes: a few; heads passes: many
+    ok = [d.status[0] for d in sim.diags if d.status[0].level == b"\x00"]
+    assert any(dict((v.key, v.value) for v in st.values)["features"] == "reused" for st in ok)
+    assert len(sim.commands) > 10 and neon.latency.estimate() > 0
+
+
+@pytest.mark.parametrize("bad, match", [({"heads_hz": 5.0}, "heads_hz must be 0 .off. or 10..1000"),
+                                        ({"heads_hz": 30.0, "rate_hz": 0.0}, "rate_hz must be > 0"),
+                                        ({"control_hz": 2.0}, "control_hz must be 0"),
+                                        ({"blend_s": -0.1}, "blend_s must be a finite number"),
+                                        ({"rate_hz": -1.0}, "rate_hz must be a finite number >= 0"),
+                                        ({"request_ahead_steps": -1}, "request_ahead_steps must be >= 0")])
+def test_bad_scheduling_parameters_are_refused(graph, bad, match):
+    with pytest.raises(ValueError, match=match):
+        make_node("neon_bad", backbone="neon-tiny/qwen2.5-vl", **bad)
+
+
+def test_prefix_conditioned_model_in_the_node(graph, tmp_path):
+    """A model trained with committed steps is sent the ones that run while its request is under way, end to end:
+    the replies' committed_steps follow the measured latency."""
+    cfg = tiny_config("neon-tiny/qwen2.5-vl", prefix_max_steps=6)
+    cfg.backbone.load_in_4bit = False
+    ckpt = as_trained(random_weights(NeonVLA(cfg), 1)).save_pretrained(tmp_path / "prefix")
+    neon = graph(make_node("neon_prefix", model=str(ckpt), dry_run=False, rate_hz=10.0))
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_prefix")), neon.space.names)
+    assert wait_for(lambda: neon.published >= 6), [d.status[0].message for d in sim.diags[-3:]]
+    ok = [dict((v.key, v.value) for v in d.status[0].values) for d in sim.diags if d.status[0].level == b"\x00"]
+    committed = [int(v["committed_steps"]) for v in ok]
+    assert committed[0] == 0 and max(committed) >= 1  # none before a chunk is in force; then the latency's steps
+    latency_steps = int(neon.latency.estimate() * neon.fps)
+    assert max(committed) <= min(6, latency_steps + 1)

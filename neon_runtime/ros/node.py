@@ -6,11 +6,25 @@ poses. Publishes each action chunk as a JointTrajectory (16 points,
 time_from_start at the policy's fps), the locomotion command as a Twist
 (whole-body), the speech response, and diagnostics. Inference runs on a worker
 thread (in-process, or as a client of a running neon-serve), so callbacks never
-block; it starts at `rate_hz` or when the chunk being executed runs low
-(`request_ahead_steps`). A watchdog publishes nothing that moves the robot
-while a required input is missing or stale, says why in diagnostics, and
-resumes by itself. Every chunk passes the same safety layer as the server.
-With `dry_run` (the launch file's default) trajectories go to a preview topic only.
+block; it starts at `rate_hz`, or earlier when what is left of the chunk in
+force covers only the measured latency plus `request_ahead_steps` (request-ahead).
+
+Every chunk goes through one `ChunkExecutor` (neon_runtime.executor), as in
+neon-g1 and neon-sim: steps already past on arrival are dropped, a new chunk
+takes over from the one in force over `blend_s` (min-jerk), and the trajectory
+published is the executor's plan from now on, re-anchored on the freshest joint
+state. With `control_hz` > 0 the executor's target is also streamed as a
+JointState position command at that rate, each one inside the joint limits and
+the speed limit from the last. With `heads_hz` > 0, two-rate control: the
+backbone's features are refreshed `rate_hz` times a second in the background
+(`TwoRateRunner`) and the heads re-run `heads_hz` times a second on the newest
+features and the fresh joint state.
+
+A watchdog publishes nothing that moves the robot while a required input is
+missing or stale, says why in diagnostics, and resumes by itself (from the
+robot's measured pose). Every chunk passes the same safety layer as the server.
+With `dry_run` (the launch file's default) trajectories and commands go to
+preview topics only.
 """
 
 from __future__ import annotations
@@ -32,8 +46,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from neon.action_space import ActionSpaceError, G1ActionSpace
 from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, EEF_SIDES
+from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, check_blend_s, safety_hook
 from neon_runtime.ros.convert import MessageError, cloud_to_array, compressed_to_array, image_to_array, pose_to_array
-from neon_runtime.safety import SafetyConfig, SafetyLayer
+from neon_runtime.safety import DRY_RUN_REFUSAL, SafetyConfig, SafetyLayer
 
 PARAMETERS: dict[str, object] = {
     "model": "",  # checkpoint folder or Hub id; "" = the embedded default (or fresh heads on `backbone`)
@@ -45,9 +60,13 @@ PARAMETERS: dict[str, object] = {
     "server_url": "",  # ws://host:port/ws of a neon-serve: run as its client instead of in-process
     "token": "",
     "token_file": "",  # a file holding the server's token (`NEON_TOKEN=...` lines, as neon-serve's, work too)
-    "rate_hz": 5.0,  # inference rate; 0 = only when the current chunk runs low
-    "request_ahead_steps": 4,  # start the next inference when this few steps of the chunk remain
-    "dry_run": True,  # publish trajectories on the preview topic only
+    "rate_hz": 5.0,  # full requests per second (with heads_hz: feature refreshes); 0 = only request-ahead
+    "request_ahead_steps": 2,  # request-ahead margin: the next request leaves when the chunk covers latency + this
+    "heads_hz": 0.0,  # two-rate control: heads-only passes per second on fresh joint state (>= 10); 0 = off
+    "blend_s": 0.2,  # seconds over which a new chunk takes over from the one in force (min-jerk); 0 = at once
+    "control_hz": 0.0,  # stream the executor's target as a JointState command at this rate (>= 10); 0 = off
+    "max_chunk_age_s": 1.0,  # the command stream stops when the newest chunk is older than this
+    "dry_run": True,  # publish trajectories and commands on the preview topics only
     "camera_topic": "/camera/color/image_raw",
     "camera_compressed_topic": "",  # set to use a CompressedImage topic instead
     "joint_states_topic": "/joint_states",
@@ -59,6 +78,8 @@ PARAMETERS: dict[str, object] = {
     "eef_right_topic": "/neon/eef/right",
     "trajectory_topic": "/neon/joint_trajectory",
     "preview_topic": "/neon/joint_trajectory_preview",
+    "command_topic": "/neon/joint_command",  # sensor_msgs/JointState positions at control_hz
+    "command_preview_topic": "/neon/joint_command_preview",
     "cmd_vel_topic": "/neon/cmd_vel",
     "speech_topic": "/neon/speech",
     "diagnostics_topic": "/diagnostics",
@@ -125,6 +146,7 @@ class NeonNode(Node):
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
         self.p = p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        check_rates(p)
         self.policy, self.source = make_policy(p, self.get_logger())
         meta = self.policy.metadata()
         self.space = space = G1ActionSpace.from_dict(meta["action_space"])
@@ -144,19 +166,38 @@ class NeonNode(Node):
         self.pub_twist = self.create_publisher(Twist, p["cmd_vel_topic"], reliable) if self.loco else None
         self.pub_speech = self.create_publisher(String, p["speech_topic"], reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], 10)
+        self.pub_command = self.create_publisher(
+            JointState, p["command_preview_topic" if p["dry_run"] else "command_topic"], reliable)
+        self._joint_idx = [i for i, j in enumerate(space.joints) if j.group != "locomotion"]
+        # One executor for every chunk: request-ahead, stale steps skipped, blended hand-over, limits at control rate.
+        self.chunk_executor = ChunkExecutor(space.dim, p["blend_s"], safety_hook(self.safety))
+        self._exec_lock = threading.Lock()  # accept / hold (inference thread) vs execute (control timer)
+        self._restart = True  # nothing in force: the next chunk starts from the measured pose (executor.hold)
+        self.latency = LatencyEstimator()  # observation -> chunk usable, seconds: what request-ahead plans for
+        self.prefix_max_steps = int(meta.get("prefix_max_steps") or 0)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neon-infer")
         self._busy = threading.Lock()
         self._last_request = 0.0
-        self._chunk_started = None
-        self.published = 0
+        self._frame = None  # (image, instruction) last handed to the two-rate runner
+        self.published = self.commanded = 0
         self.policy.warm_up()  # the first forward is the slow one: never on a chunk meant for the robot
-        self.create_timer(0.05, self._tick)
+        self.runner = None
+        if p["heads_hz"] > 0:  # two-rate control: the backbone in the background, the heads on the worker
+            from neon_runtime.two_rate import TwoRateRunner
+
+            self.runner = TwoRateRunner(self.policy, feature_hz=p["rate_hz"])
+        self.create_timer(min(0.05, 1.0 / p["heads_hz"]) if p["heads_hz"] > 0 else 0.05, self._tick)
+        if p["control_hz"] > 0:
+            self.create_timer(1.0 / p["control_hz"], self._control)
         optional = ("audio", "lidar", "eef")
         self.get_logger().info(
             f"neon-ros ready: {space.describe()}, {self.source}, dry_run={p['dry_run']} (policy: dry_run="
             f"{meta['dry_run']}, safety {meta['safety']}); inputs used: camera, joint_states, instruction"
             + "".join(f", {m}" for m in optional if self.uses[m])
-            + "".join(f"; {m} topic unused (the model has no {m} input)" for m in optional if not self.uses[m]))
+            + "".join(f"; {m} topic unused (the model has no {m} input)" for m in optional if not self.uses[m])
+            + (f"; two-rate control: features at {p['rate_hz']:g} Hz, heads at {p['heads_hz']:g} Hz" if self.runner
+               else "") + f"; blend {p['blend_s']:g} s"
+            + (f"; commands at {p['control_hz']:g} Hz on {self.pub_command.topic_name}" if p["control_hz"] > 0 else ""))
         if meta["dry_run"]:
             self.get_logger().warning("the policy is dry-run only (see its log or /metadata): previews only")
 
@@ -248,13 +289,16 @@ class NeonNode(Node):
 
     def _tick(self):
         now = time.monotonic()
-        rate = float(self.p["rate_hz"])
-        due = rate > 0 and now - self._last_request >= 1.0 / rate
-        if self._chunk_started is not None:
-            remaining = self.steps - (now - self._chunk_started) * self.fps
-            due = due or remaining <= int(self.p["request_ahead_steps"])
-        elif rate <= 0:
-            due = True
+        p = self.p
+        if self.runner is not None:  # two-rate: a heads pass every 1 / heads_hz s
+            due = now - self._last_request >= 1.0 / p["heads_hz"]
+        else:  # at rate_hz, or earlier when the chunk in force no longer covers the latency (request-ahead)
+            due = p["rate_hz"] > 0 and now - self._last_request >= 1.0 / p["rate_hz"]
+            if not self._restart:  # an executable chunk is in force
+                due = due or self.chunk_executor.should_request(now, self.latency.estimate(),
+                                                          margin_s=p["request_ahead_steps"] / self.fps)
+            elif p["rate_hz"] <= 0:  # request-ahead only, and nothing in force: ask now
+                due = True
         if not due or self._busy.locked():
             return
         problems, request = self._problems(), None
@@ -265,25 +309,52 @@ class NeonNode(Node):
                 problems.append(str(e))
         self._last_request = now
         if problems:
-            self._chunk_started = None  # nothing to execute: the robot holds its own last command
-            self._stop_walking()
-            self._diagnose(2, "; ".join(problems), {})
+            self._halt("; ".join(problems))
             return
         self._busy.acquire()
         self._worker.submit(self._infer, request)
 
+    def _halt(self, why: str) -> None:
+        """Nothing to execute: the command stream stops (the robot holds its own last command), walking stops, and
+        the next chunk starts again from the measured pose."""
+        self._restart = True
+        self._stop_walking()
+        self._diagnose(2, why, {})
+
     # ---------------------------------------------------------- inference thread
     def _infer(self, request: dict):
         try:
-            self._publish(self.policy.infer(request), request["timestamp"])
+            if self.prefix_max_steps > 0 and not self._restart:  # the steps that run while this request is under way
+                committed = self.chunk_executor.committed(time.monotonic(), self.latency.estimate(), self.fps,
+                                                    self.prefix_max_steps)
+                if len(committed):
+                    request["prefix"] = committed
+            if self.runner is None:
+                reply = self.policy.infer(request)
+            else:
+                reply = self._heads(request)
+            self._publish(reply, request["timestamp"])
         except Exception as e:
-            self._diagnose(2, f"inference failed: {type(e).__name__}: {e}", {})
+            self._halt(f"inference failed: {type(e).__name__}: {e}")
         finally:
             self._busy.release()
 
+    def _heads(self, request: dict) -> dict:
+        """Two-rate control: hand the runner the newest camera frame (encoded once, in the background), then run
+        the heads on the newest features and this request's fresh joint state."""
+        image, instruction = request.pop("image"), request.pop("instruction")
+        audio = request.pop("audio", None)
+        if self._frame is None or self._frame[0] is not image or self._frame[1] != instruction:
+            self.runner.observe(image, instruction, audio, timestamp=time.time() - self.latest["image"].age(),
+                                state=request["state"])
+            self._frame = (image, instruction)
+        request["timestamp"] = time.time() - self.latest["joints"].age()  # the state's time: the chunk starts there
+        return self.runner.tick(**request)
+
     def _publish(self, reply: dict, sensed: float):
-        """Publish a chunk against the world as it is now: re-anchored on the freshest joint state, the steps
-        already past dropped, nothing from an observation older than the policy's max_observation_age_s."""
+        """Publish a chunk against the world as it is now: through the executor (steps already past dropped, the
+        hand-over blended), re-anchored on the freshest joint state, nothing from an observation older than the
+        policy's max_observation_age_s."""
         age, limit = time.time() - sensed, self.safety.config.max_observation_age_s
         problems = self._problems() + ([f"the chunk's observation is {age:.3f} s old at publish time (limit {limit} s)"]
                                        if age > limit else [])
@@ -296,19 +367,33 @@ class NeonNode(Node):
             except MessageError as e:
                 problems.append(str(e))
         if problems:
-            self._stop_walking()
-            self._diagnose(2, "not published: " + "; ".join(problems), {})
+            self._halt("not published: " + "; ".join(problems))
             return
-        keep = times > 0
-        actions, _ = self.safety.apply(np.asarray(reply["actions"], np.float32)[keep], state, self.fps,
-                                       first_dt=float(times[keep][0]))
+        self.latency.add(age)
+        keep, now = times > 0, time.monotonic()
+        raw = np.asarray(reply["actions"], np.float32)
+        refusals = [n for n in reply["safety"]["notes"] if n.startswith("not executable")]
+        why = "; ".join(refusals)
+        # In dry run the executor still runs (to preview topics) a chunk refused for that reason alone.
+        previewable = self.p["dry_run"] and refusals == [f"not executable: {DRY_RUN_REFUSAL}"]
+        chunk = Chunk(raw, now + times, received_s=now, executable=not reply["dry_run"] or previewable, why_not=why,
+                      source=self.source)
+        with self._exec_lock:
+            try:
+                if self._restart:  # start from where the robot is, not from a chunk of before the watchdog tripped
+                    self.chunk_executor.hold(state, now)
+                self.chunk_executor.accept(chunk)
+                self._restart = False
+                planned = np.stack([self.chunk_executor.target(now + t) for t in times[keep]])
+            except ChunkRefused:  # not executable (dry-run policy): previewed as it came, never executed
+                self._restart, planned = True, raw[keep]
+        actions, _ = self.safety.apply(planned, state, self.fps, first_dt=float(times[keep][0]))
         preview = self.p["dry_run"] or bool(reply["dry_run"])
         msg = JointTrajectory()
         msg.header.stamp = self.get_clock().now().to_msg()
-        joint_idx = [i for i, j in enumerate(self.space.joints) if j.group != "locomotion"]
-        msg.joint_names = [self.space.names[i] for i in joint_idx]
+        msg.joint_names = [self.space.names[i] for i in self._joint_idx]
         for row, secs in zip(actions, times[keep], strict=True):
-            pt = JointTrajectoryPoint(positions=[float(row[i]) for i in joint_idx])
+            pt = JointTrajectoryPoint(positions=[float(row[i]) for i in self._joint_idx])
             pt.time_from_start.sec, pt.time_from_start.nanosec = int(secs), int(round((secs - int(secs)) * 1e9))
             msg.points.append(pt)
         (self.pub_preview if preview else self.pub_traj).publish(msg)
@@ -318,13 +403,34 @@ class NeonNode(Node):
                                          angular=Vector3(z=float(self.command[2]))))
         if reply.get("speech"):
             self.pub_speech.publish(String(data=reply["speech"]))
-        self._chunk_started = time.monotonic()
         self.published += 1
-        why = "; ".join(n for n in reply["safety"]["notes"] if n.startswith("not executable")) or "dry_run parameter"
+        why = why or "dry_run parameter"
         self._diagnose(0, "ok" + (f" (dry run, preview only: {why})" if preview else ""),
                        {"observation_age_ms": f"{age * 1e3:.1f}", "steps_dropped": str(int((~keep).sum())),
                         "rate_limited": str(reply["safety"]["rate_limited"]),
+                        "latency_estimate_ms": f"{self.latency.estimate() * 1e3:.1f}",
+                        "committed_steps": str(reply.get("committed_steps", 0)),
+                        "features": "reused" if (reply.get("features") or {}).get("reused") else "fresh",
                         **{f"{k}_age_s": f"{self.latest[k].age():.3f}" for k in ("image", "joints")}})
+
+    # ---------------------------------------------------------- control timer (control_hz > 0)
+    def _control(self):
+        """Stream the executor's target now, inside the limits and the speed limit from the last command; nothing
+        while an input is stale, before the first executable chunk, or once the newest is max_chunk_age_s old."""
+        now = time.monotonic()
+        age = self.chunk_executor.age(now)
+        if self._restart or age is None or age > self.p["max_chunk_age_s"]:
+            return
+        if self._problems():  # the next chunk starts again from the measured pose (the tick says why)
+            self._restart = True
+            return
+        with self._exec_lock:
+            q = self.chunk_executor.execute(now)
+        msg = JointState(name=[self.space.names[i] for i in self._joint_idx],
+                         position=[float(q[i]) for i in self._joint_idx])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_command.publish(msg)
+        self.commanded += 1
 
     def _stop_walking(self) -> None:
         """A zero Twist (whole body): on every watchdog trip, refused chunk and shutdown."""
@@ -345,9 +451,28 @@ class NeonNode(Node):
             self._worker.shutdown(wait=True)
             self._stop_walking()
             self._diagnose(1, "stopped: neon-ros is shutting down", {})
+        if getattr(self, "runner", None) is not None:
+            self.runner.close()
         if hasattr(getattr(self, "policy", None), "close"):
             self.policy.close()
         super().destroy_node()
+
+
+def check_rates(p: dict) -> None:
+    """The scheduling parameters, or ValueError naming the bad one."""
+    for name in ("rate_hz", "heads_hz", "control_hz", "max_chunk_age_s"):
+        if not (np.isfinite(p[name]) and p[name] >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {p[name]}")
+    for name in ("heads_hz", "control_hz"):
+        if p[name] and not 10 <= p[name] <= 1000:
+            raise ValueError(f"{name} must be 0 (off) or 10..1000 Hz, got {p[name]:g}")
+    if p["heads_hz"] and not p["rate_hz"]:
+        raise ValueError("heads_hz (two-rate control) refreshes the backbone's features at rate_hz: rate_hz must be > 0")
+    if p["control_hz"] and not p["max_chunk_age_s"]:
+        raise ValueError("control_hz streams commands only from a chunk younger than max_chunk_age_s: it must be > 0")
+    if p["request_ahead_steps"] < 0:
+        raise ValueError(f"request_ahead_steps must be >= 0, got {p['request_ahead_steps']}")
+    check_blend_s(p["blend_s"], "blend_s")
 
 
 make_node = NeonNode  # make_node(name, **parameters), rclpy initialised: parameters as a launch file sets them
