@@ -438,6 +438,55 @@ def test_two_rate_runs_the_heads_on_fresh_state_between_feature_refreshes(robot,
     assert w[-1] == 0.0
 
 
+def test_request_ahead_keeps_chunks_coming_below_the_request_rate(robot, server, camera):
+    """--request-hz 0.5 would leave the arms without a chunk for 1.5 s of every 2 (a chunk lasts 0.53 s; the watchdog
+    holds after 0.5 s and releases 1 s later, exit 1): request-ahead asks again as each chunk runs low, so the arms
+    run on until SIGTERM."""
+    before = passes(server)
+    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, "--request-hz", 0.5,
+                   domain=robot.domain)
+    try:
+        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 500 or proc.poll() is not None, 40)  # ~2 s engaged
+        assert proc.poll() is None, finish(proc)
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "released (SIGTERM)" in out and "watchdog" not in out, out
+    requests = passes(server)["backbone"] - before["backbone"]
+    assert requests >= 6, requests  # over >= 3 s (ramp + 2 s engaged): 2 at 0.5 Hz
+
+
+def test_request_ahead_follows_the_measured_latency(server):
+    """ServerSource._due: before a chunk only the rate; then once the chunk in force covers only the latency estimate
+    plus 2 steps; never in two-rate mode (the heads run at their own rate)."""
+    from neon_runtime.client import RemotePolicy
+    from neon_runtime.executor import Chunk, ChunkExecutor
+    from neon_runtime.g1.inputs import ServerSource
+
+    ex = ChunkExecutor(SPACE.dim)
+    source = ServerSource(RemotePolicy(server), SPACE, None, None, ex, request_hz=0.1, instruction="wave")
+    try:
+        now = time.monotonic()
+        assert source._due(now - 11) and not source._due(now)  # the 10 s period; no chunk in force yet
+        source._fps = 30.0
+        ex.accept(Chunk.at_fps(np.zeros((16, SPACE.dim)), 30.0, start_s=now + 0.5, received_s=now))  # ends in 1 s
+        source.latency.add(0.1)
+        assert not source._due(now)  # 1 s left - 1 step - 2 steps of margin > 0.1 s
+        source.latency.add(0.95)
+        source.latency.add(0.95)
+        assert source.latency.estimate() > 0.9 and source._due(now)  # the reply would come after the chunk ran out
+    finally:
+        source.close()
+    two_rate = ServerSource(RemotePolicy(server), SPACE, None, None, ex, request_hz=0.1, instruction="wave",
+                            heads_hz=10)
+    try:
+        two_rate._fps, two_rate.latency = 30.0, source.latency
+        assert not two_rate._due(time.monotonic())  # two-rate: the heads' own rate only
+    finally:
+        two_rate.close()
+
+
 def test_heads_hz_below_the_control_rate_is_refused_before_anything_opens(capsys):
     from neon_runtime.g1.cli import main
 

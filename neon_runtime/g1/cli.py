@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--instruction", help="what to do (a message on --instruction-topic replaces it)")
     srv.add_argument("--instruction-topic", default="/neon/instruction", help="std_msgs/String (default: %(default)s)")
     srv.add_argument("--camera-topic", default="/camera/color/image_raw", help="sensor_msgs/Image (default: %(default)s)")
-    srv.add_argument("--request-hz", type=float, default=5.0, help="chunk requests per second; with --heads-hz, "
-                     "feature refreshes (camera + instruction) per second (default: %(default)s)")
+    srv.add_argument("--request-hz", type=float, default=5.0, help="chunk requests per second, or sooner when the "
+                     "chunk in force covers only the measured latency (request-ahead); with --heads-hz, feature "
+                     "refreshes (camera + instruction) per second (default: %(default)s)")
     srv.add_argument("--heads-hz", type=float, default=0.0, help="two-rate control: a heads-only request on the newest "
                      "features and the fresh rt/lowstate this many times a second, >= 10, each reply the new chunk "
                      "(default: 0, off: one full request per chunk at --request-hz)")

@@ -1,7 +1,9 @@
 """Where neon-g1's chunks come from, and its ROS side.
 
-- Server mode: `ServerSource` asks a running neon-serve (`RemotePolicy`) for chunks at `request_hz`, with the head
-  camera image from ROS, the instruction from --instruction or /neon/instruction, and the joint state from rt/lowstate.
+- Server mode: `ServerSource` asks a running neon-serve (`RemotePolicy`) for chunks at `request_hz`, or sooner when
+  what is left of the chunk in force covers only the measured latency (request-ahead, `ChunkExecutor.should_request`),
+  with the head camera image from ROS, the instruction from --instruction or /neon/instruction, and the joint state
+  from rt/lowstate.
   With `heads_hz` (two-rate control, `TwoRateRunner`): features are refreshed at `request_hz` from the newest camera
   frame + instruction, and at `heads_hz` a light request (heads only) on the newest rt/lowstate becomes the chunk.
 - ROS mode: neon-ros's /neon/joint_trajectory (`trajectory_to_chunk`), while rt/lowstate goes back out on
@@ -83,9 +85,13 @@ def state_vector(space: G1ActionSpace, link: RobotLink) -> np.ndarray:
 
 class ServerSource:
     """A thread feeding the executor from neon-serve once camera, instruction and state are there: a full request every
-    1 / request_hz s, or (heads_hz > 0) a light request every 1 / heads_hz s on features a `TwoRateRunner` refreshes
-    every 1 / request_hz s. Light requests carry the executor's committed steps as `prefix` when the server's model
-    takes one (its metadata's prefix_max_steps > 0)."""
+    1 / request_hz s, or sooner once the chunk in force covers only the measured latency (observation to reply, the
+    `LatencyEstimator`'s 90th percentile) plus `margin_steps` (request-ahead); or (heads_hz > 0) a light request every
+    1 / heads_hz s on features a `TwoRateRunner` refreshes every 1 / request_hz s. Requests carry the executor's
+    committed steps as `prefix` when the server's model takes one (its metadata's prefix_max_steps > 0)."""
+
+    margin_steps = 2  # request-ahead: a reply should arrive with this many steps of the chunk in force still ahead
+    poll_s = 0.005  # how often request-ahead is checked between requests
 
     def __init__(self, policy, space: G1ActionSpace, link: RobotLink, ros: RosIO, executor: ChunkExecutor,
                  request_hz: float, instruction: str | None, heads_hz: float = 0.0):
@@ -114,7 +120,8 @@ class ServerSource:
         self.policy.close()  # first: a request still waiting on the server ends with the connection
         if self.runner is not None:
             self.runner.close()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _missing(self) -> str:
         image_age = self.ros.image_age()
@@ -125,14 +132,26 @@ class ServerSource:
             return f"waiting for an instruction (--instruction or {self.ros.instruction_topic})"
         return ""
 
+    def _prefix(self, observed_mono: float) -> np.ndarray | None:
+        """The executor's steps that run while a request observed at `observed_mono` is under way (prefix-conditioned
+        models only), or None."""
+        if not (self.prefix_max_steps > 0 and self._fps):
+            return None
+        prefix = self.executor.committed(observed_mono, self.latency.estimate(), self._fps, self.prefix_max_steps)
+        return prefix if len(prefix) else None
+
     def _full_request(self) -> dict:
         """One full request: the newest camera image, instruction and state."""
         image, image_age = self.ros.image, self.ros.image_age()
-        state_age = time.monotonic() - self.link.state_at
+        age = max(image_age, time.monotonic() - self.link.state_at)  # the older of the two
+        observed = time.monotonic() - age
         request = {"image": image, "instruction": self.ros.instruction or self.instruction,
-                   "state": state_vector(self.space, self.link),
-                   "timestamp": time.time() - max(image_age, state_age)}  # the older of the two
-        return self.policy.infer(request)
+                   "state": state_vector(self.space, self.link), "timestamp": time.time() - age,
+                   "prefix": self._prefix(observed)}
+        reply = self.policy.infer({k: v for k, v in request.items() if v is not None})
+        self.latency.add(time.monotonic() - observed)  # observation -> chunk usable: what request-ahead plans for
+        self._fps = float(reply["fps"])
+        return reply
 
     def _tick(self) -> dict:
         """Hand the runner a new camera frame (if one came), then one light request on the newest rt/lowstate."""
@@ -143,19 +162,26 @@ class ServerSource:
                                 state=state_vector(self.space, self.link))
             self._frame = (image, instruction)
         state, state_age = state_vector(self.space, self.link), time.monotonic() - self.link.state_at
-        prefix = None
-        if self.prefix_max_steps > 0 and self._fps:  # the steps that run while this request is under way
-            prefix = self.executor.committed(time.monotonic() - state_age, self.latency.estimate(), self._fps,
-                                             self.prefix_max_steps)
-            prefix = prefix if len(prefix) else None
-        t0 = time.monotonic()
-        reply = self.runner.tick(state, time.time() - state_age, prefix=prefix)
-        self.latency.add(time.monotonic() - t0)
+        observed = time.monotonic() - state_age
+        reply = self.runner.tick(state, time.time() - state_age, prefix=self._prefix(observed))
+        self.latency.add(time.monotonic() - observed)
         self._fps = float(reply["fps"])
         return reply
 
+    def _due(self, last: float) -> bool:
+        """A request is due: 1 / rate after the last one, or (one full request per chunk) request-ahead."""
+        now = time.monotonic()
+        if now - last >= self.period:
+            return True
+        return (self.runner is None and self.executor.chunk is not None and self._fps is not None
+                and self.executor.should_request(now, self.latency.estimate(), margin_s=self.margin_steps / self._fps))
+
     def _run(self) -> None:
+        t0 = -float("inf")
         while not self._stop.is_set():
+            if not self._due(t0):
+                self._stop.wait(self.poll_s)
+                continue
             t0 = time.monotonic()
             self.status = self._missing()
             if not self.status:
@@ -170,7 +196,8 @@ class ServerSource:
                     refresh = self.runner.last_error if self.runner is not None else None
                     if refresh is not None:  # e.g. no_features: say why there are none
                         self.status += f" (feature refresh: {type(refresh).__name__}: {refresh})"
-            self._stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
+            if self.status != "ok":  # nothing in force to plan ahead from: wait out the period
+                self._stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
 
 
 # ---------------------------------------------------------------------------------------------------------- ROS mode
