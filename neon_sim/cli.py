@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=10_000, help="episode k uses seed + k (collect's seeds start at 0)")
     p.add_argument("--execute-steps", type=int, default=8, help="chunk steps executed before the next request")
     p.add_argument("--latency-ms", type=latencies, default=[0.0], metavar="L[,L...]",
-                   help="sim time from observation to usable reply, during which the previous chunk goes on; "
+                   help="sim time from observation to usable reply, during which the previous chunk goes on (with "
+                        "--control two-rate: from a feature refresh's observation to its features being usable); "
                         "a list (0,100,200) runs each over the same seeds and plots success against it (needs --out)")
     p.add_argument("--executor", choices=["plain", "blend"], default="plain",
                    help="plain: synchronous chunking (each reply runs from its first step); blend: the ChunkExecutor "
@@ -67,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blend-s", type=float, default=None,
                    help="with --executor blend: seconds over which a new chunk takes over (default 0.2; 0: at once)")
     p.add_argument("--moving-block", action="store_true",
-                   help="the task variant in which the named block jumps once, 1-2 s in, to a spot >= 10 cm away on "
-                        "the same side (per seed; the static task is otherwise the same)")
+                   help="the task variant in which the named block jumps once, 1-2 s in, to a spot on the same side "
+                        ">= 10 cm away (in about 1%% of tasks none is clear of the other blocks: the farthest clear "
+                        "one, 8.8-10 cm); drawn per seed, the static task otherwise the same")
     p.add_argument("--control", choices=["chunk", "two-rate"], default="chunk",
                    help="chunk: a full request (image, instruction, state) per chunk, run open loop for "
                         "--execute-steps; two-rate (needs --executor blend): backbone features refreshed at "

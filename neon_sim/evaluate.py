@@ -565,8 +565,8 @@ def describe_task(moving_block: bool) -> str:
 def describe_control(report: dict) -> str:
     if report["control"] == "chunk":
         return "chunk-rate control (a full request per chunk)"
-    return (f"two-rate control (features every {1 / report['feature_hz']:g} s, usable {report['latency_ms']:g} ms "
-            f"later; heads at {report['heads_hz']:g} Hz, usable {report['heads_latency_ms']:g} ms later)")
+    return (f"two-rate control (features every {1 / report['feature_hz']:g} s, usable the latency later; heads at "
+            f"{report['heads_hz']:g} Hz, usable {report['heads_latency_ms']:g} ms later)")
 
 
 def describe_executor(executor: str, blend_s: float) -> str:

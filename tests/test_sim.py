@@ -517,3 +517,26 @@ def test_two_rate_errors_outside_the_cli():
         run_episode(101, "oracle", control="two-rate")
     with pytest.raises(SimError, match="heads_latency_ms .* >= 0, got -1"):
         evaluate("oracle", episodes=1, executor="executor", control="two-rate", heads_latency_ms=-1, progress=False)
+
+
+def test_the_cli_runs_two_rate_control_on_the_moving_block_and_records_both(tmp_path, capsys):
+    import json
+
+    from neon_sim.cli import main as sim_main
+
+    argv = ["eval", "--policy", "oracle", "--episodes", "1", "--seed", "10000", "--moving-block", "--executor", "blend",
+            "--control", "two-rate", "--heads-hz", "20", "--video-episodes", "0"]
+    assert sim_main([*argv, "--out", str(tmp_path / "one")]) == 0
+    report = json.loads((tmp_path / "one" / "sim_report.json").read_text())
+    assert report["moving_block"] is True and report["control"] == "two-rate" and report["success_rate"] == 1.0
+    assert (report["feature_hz"], report["heads_hz"], report["heads_latency_ms"]) == (5.0, 20.0, 5.0)
+    assert report["results"][0]["moved"] and report["feature_refreshes"] >= 20
+    assert "moving-block task" in capsys.readouterr().out
+    assert sim_main([*argv, "--latency-ms", "0,200", "--out", str(tmp_path / "two")]) == 0  # a latency list too
+    combined = json.loads((tmp_path / "two" / "latency_report.json").read_text())
+    assert combined["control"] == "two-rate" and combined["moving_block"] is True and len(combined["rows"]) == 2
+    assert "two-rate control" in capsys.readouterr().out
+    chunk = ["eval", "--policy", "oracle", "--episodes", "1", "--seed", "10000", "--video-episodes", "0"]
+    assert sim_main([*chunk, "--out", str(tmp_path / "static")]) == 0  # the default: static task, chunk-rate
+    report = json.loads((tmp_path / "static" / "sim_report.json").read_text())
+    assert report["moving_block"] is False and report["control"] == "chunk" and report["heads_hz"] is None
