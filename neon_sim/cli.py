@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --control two-rate: sim time from a heads tick to its reply being usable (default 5, "
                         "a small figure for the heads alone on a GPU; on a 2-core CPU with neon-tiny bench_two_rate "
                         "measured 23-24 ms p50 from a state step to the first command reflecting it)")
+    p.add_argument("--no-prefix", action="store_true",
+                   help="with --executor blend: do not send a prefix-conditioned model (prefix_max_steps > 0) the "
+                        "steps committed while its request is under way (by default they are sent)")
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--token", default=os.environ.get("NEON_TOKEN"))
     p.add_argument("--out", help="folder for sim_report.json/.md and episodes.mp4 (head | third-person view)")
@@ -156,7 +159,8 @@ def _eval(args) -> int:
               "moving_block": args.moving_block, "control": args.control,
               "feature_hz": 5.0 if args.feature_hz is None else args.feature_hz,
               "heads_hz": 30.0 if args.heads_hz is None else args.heads_hz,
-              "heads_latency_ms": HEADS_LATENCY_MS if args.heads_latency_ms is None else args.heads_latency_ms}
+              "heads_latency_ms": HEADS_LATENCY_MS if args.heads_latency_ms is None else args.heads_latency_ms,
+              "prefix": not args.no_prefix}
     if len(args.latency_ms) > 1:
         if not args.out:
             print("error: a --latency-ms list writes a report per latency and a plot: give --out", file=sys.stderr)
@@ -184,6 +188,10 @@ def _eval(args) -> int:
     print(f"{describe_executor(report['executor'], report['blend_s'])}: {report['requests']} requests; jerk at "
           f"{report['control_hz']:g} Hz (median of each episode's largest) within chunks {cj['within_max']:.0f}, "
           f"at hand-overs {cj['boundary_max']:.0f} rad/s^3, ratio {ratio}")
+    if report["prefix"] and report["prefix"]["model_takes"]:
+        pre = report["prefix"]
+        sent = f"sent, {pre['mean_committed_steps']:.2f} committed steps a reply on average" if pre["sent"] else "not sent"
+        print(f"prefix-conditioned model (up to {pre['model_takes']} steps): prefix {sent}")
     return 0
 
 

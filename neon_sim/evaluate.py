@@ -90,6 +90,8 @@ class _Remote:
             raise SimError(f"{url} is dry-run only (a --dry-run server or untrained heads): nothing would be executed")
         self.names, self.round_trips, self.interventions, self.ablation = space.names, [], 0, ablation
         self.heads_round_trips, self.light_requests, self.reused_replies = [], 0, 0  # two-rate's light requests
+        self.prefix_max_steps = int(meta.get("prefix_max_steps") or 0)  # committed steps its model takes (0: none)
+        self.committed_steps: list[int] = []  # per reply: how many of its steps were the prefix sent
 
     def observation(self, sim: G1Tabletop) -> dict:
         """This instant's full observation as sent: head frame, instruction, state (the server's joint order)."""
@@ -101,24 +103,28 @@ class _Remote:
             instruction = instruction.replace(task.colors[task.target], task.colors[(task.target + 1) % len(task.colors)])
         return {"image": image, "instruction": instruction, "state": self._to_server(sim.state(), sim)}
 
-    def chunk(self, sim: G1Tabletop) -> tuple[np.ndarray, float]:
+    def chunk(self, sim: G1Tabletop, prefix: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """A full request on this instant's observation -> (Float[(T, D)] joint targets in the sim's action-space
-        order, the chunk's fps)."""
-        state = sim.state()
-        return self._actions(self._send({**self.observation(sim), "timestamp": time.time()}, self.round_trips),
-                             state, sim)
+        order, the chunk's fps). `prefix`: Float[(d, D)] committed steps in the sim's order (a prefix-conditioned
+        model's; d >= 1), sent along."""
+        state, request = sim.state(), {**self.observation(sim), "timestamp": time.time()}
+        if prefix is not None and len(prefix):
+            request["prefix"] = np.stack([self._to_server(row, sim) for row in prefix])
+        return self._actions(self._send(request, self.round_trips), state, sim)
 
     def refresh(self, observation: dict) -> None:
         """A full request on `observation` (taken earlier): the server keeps its backbone features under this
         client's id for the light requests; its chunk is not executed (as `TwoRateRunner` does)."""
         self._send({**observation, "timestamp": time.time()}, self.round_trips)
 
-    def heads(self, sim: G1Tabletop) -> tuple[np.ndarray, float]:
+    def heads(self, sim: G1Tabletop, prefix: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """A light request (`reuse_features`: this instant's state and timestamp, no image): the heads on the
-        features of this client's newest full request -> as `chunk`."""
+        features of this client's newest full request -> as `chunk` (`prefix` too)."""
         state = sim.state()
-        reply = self._send({"state": self._to_server(state, sim), "timestamp": time.time()}, self.heads_round_trips,
-                           reuse_features=True)
+        request = {"state": self._to_server(state, sim), "timestamp": time.time()}
+        if prefix is not None and len(prefix):
+            request["prefix"] = np.stack([self._to_server(row, sim) for row in prefix])
+        reply = self._send(request, self.heads_round_trips, reuse_features=True)
         self.light_requests += 1
         self.reused_replies += bool((reply.get("features") or {}).get("reused"))
         return self._actions(reply, state, sim)
@@ -138,6 +144,7 @@ class _Remote:
         if reply["dry_run"]:
             raise SimError(f"the server marked a chunk not executable: {reply['safety']['notes']}")
         self.interventions += int(reply["safety"]["rate_limited"]) + int(reply["safety"]["clamped_to_limits"])
+        self.committed_steps.append(int(reply.get("committed_steps") or 0))
         actions = np.asarray(reply["actions"], np.float32)
         out = np.tile(state, (len(actions), 1))
         for k, name in enumerate(self.names):
@@ -190,8 +197,9 @@ HEADS_LATENCY_MS = 5.0  # a small figure for the heads alone on a GPU. On the 2-
 def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_steps: int = 8,
                 frames: list | None = None, latency_ms: float = 0.0, mjcf=None, executor: str = "plain",
                 blend_s: float = 0.0, moving_block: bool = False, control: str = "chunk", feature_hz: float = 5.0,
-                heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS) -> dict:
-    """One episode; `frames` collects head | third-person views for a video when given.
+                heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS, prefix: bool = True) -> dict:
+    """One episode; `frames` collects head | third-person views for a video when given. `prefix`: with the
+    executor, send a prefix-conditioned served model the committed steps (see `_run_executor`).
 
     executor "plain": synchronous chunking: each request waits out `latency_ms` on the previous chunk's leftover
     steps, then its reply runs from its first step, with neither skipping the steps that are already stale nor
@@ -212,9 +220,10 @@ def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_s
         expert.see(top, t)  # planned from the observation's time, as a served policy's chunk is
         return np.stack([expert.targets(t + (k + 1) / FPS) for k in range(horizon)]), FPS
 
-    def plan(t_request: float) -> tuple[np.ndarray, float]:
-        """The policy's chunk for a full observation of this instant."""
-        return remote.chunk(sim) if remote is not None else local_chunk(t_request, sim.block_top())
+    def plan(t_request: float, committed: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """The policy's chunk for a full observation of this instant (`committed`: the steps that run while the
+        request is under way, for a prefix-conditioned model)."""
+        return remote.chunk(sim, committed) if remote is not None else local_chunk(t_request, sim.block_top())
 
     def observe() -> object:
         """A feature refresh's observation, taken now (the oracle's features: where the block is)."""
@@ -225,9 +234,9 @@ def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_s
         if remote is not None:
             remote.refresh(features)
 
-    def heads(t: float, features: object) -> tuple[np.ndarray, float]:
-        """The heads on the fresh state and the newest usable features."""
-        return remote.heads(sim) if remote is not None else local_chunk(t, features)
+    def heads(t: float, features: object, committed: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """The heads on the fresh state and the newest usable features (`committed`: as for `plan`)."""
+        return remote.heads(sim, committed) if remote is not None else local_chunk(t, features)
 
     def over() -> bool:
         return sim.success() or sim.time >= EPISODE_S - 1e-9
@@ -235,10 +244,11 @@ def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_s
     ticks = [(sim.time, start)]  # (time, the joint target commanded up to then) at every control tick
     if control == "two-rate":
         info = _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_ms / 1e3, blend_s, feature_hz,
-                             heads_hz, heads_latency_ms / 1e3)
+                             heads_hz, heads_latency_ms / 1e3, remote.prefix_max_steps if remote and prefix else 0)
     else:
+        extra = {} if executor == "plain" else {"prefix_max_steps": remote.prefix_max_steps if remote and prefix else 0}
         run = _run_plain if executor == "plain" else _run_executor
-        info = run(sim, plan, over, ticks, frames, latency_ms / 1e3, execute_steps, blend_s)
+        info = run(sim, plan, over, ticks, frames, latency_ms / 1e3, execute_steps, blend_s, **extra)
     within, boundary = frame_jerk(np.asarray(info["step_targets"]), info["step_boundaries"])
     move = sim.task.move
     result = {"seed": seed, "instruction": sim.task.instruction, "success": sim.success(),
@@ -297,7 +307,7 @@ def _run_plain(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s
             "step_boundaries": boundaries}
 
 
-def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s) -> dict:
+def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s, prefix_max_steps=0) -> dict:
     """The control loop a robot runs, at CONTROL_HZ on the sim clock: each tick commands `executor.execute` at the
     tick's end (as `collect.step` commands each tick's end), every target through the safety layer's limits
     (max_joint_velocity per tick) relative to the last one.
@@ -308,7 +318,8 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
     step k due at t + (k + 1) / fps, accepted at t + latency (from the first tick starting then), so the steps
     already due are skipped by time (the chunk runs steps d .. d + execute_steps - 1, d = those skipped) and it
     blends over `blend_s`. The round trip fed to the latency estimator is the injected latency (sim time stands still
-    during a real one)."""
+    during a real one). With `prefix_max_steps` > 0 (a prefix-conditioned model) each request carries the steps the
+    executor will run while it is under way (`committed`, at most that many), which the reply's first steps repeat."""
     from neon_runtime.executor import Chunk, ChunkExecutor, LatencyEstimator, safety_hook
     from neon_runtime.safety import SafetyLayer
 
@@ -321,7 +332,8 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
     while not over():
         now = sim.time
         if pending is None and ex.should_request(now, latency.estimate(), execute_steps):
-            chunk, fps = plan(now)
+            committed = ex.committed(now, latency.estimate(), fps, prefix_max_steps) if prefix_max_steps else None
+            chunk, fps = plan(now, committed)
             pending = Chunk.at_fps(chunk, fps, start_s=now + 1.0 / fps, received_s=now + latency_s)
             requests += 1
         if pending is not None and pending.received_s <= now + half_tick:
@@ -343,7 +355,7 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
 
 
 def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, blend_s, feature_hz, heads_hz,
-                  heads_latency_s) -> dict:
+                  heads_latency_s, prefix_max_steps=0) -> dict:
     """Two-rate control at CONTROL_HZ on the sim clock, through the ChunkExecutor as `_run_executor` runs it.
 
     Feature refreshes on the 1 / feature_hz grid, one in flight: `observe()` at the refresh's tick t, usable (and
@@ -351,7 +363,8 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
     `TwoRateRunner`'s thread, which refreshes back to back when a pass is slower than its period). Heads ticks on the
     1 / heads_hz grid, once features are usable, at the first control tick at or after each grid point (grid
     points with no tick of their own are dropped): `heads(t, newest usable features)` with step k due at
-    t + (k + 1) / fps, accepted at t + heads_latency_s, blended over `blend_s`."""
+    t + (k + 1) / fps, accepted at t + heads_latency_s, blended over `blend_s`; a prefix-conditioned model is sent the
+    steps that run meanwhile (at most `prefix_max_steps`)."""
     from neon_runtime.executor import Chunk, ChunkExecutor, safety_hook
     from neon_runtime.safety import SafetyLayer
 
@@ -387,7 +400,8 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
                 refreshes_s.append(now)
                 next_refresh = next_on_grid(now, feature_hz)
         if features is not None and pending is None and now >= next_heads - half_tick:
-            chunk, fps = heads(now, features)
+            committed = ex.committed(now, heads_latency_s, fps, prefix_max_steps) if prefix_max_steps else None
+            chunk, fps = heads(now, features, committed)
             pending = Chunk.at_fps(chunk, fps, start_s=now + 1.0 / fps, received_s=now + heads_latency_s)
             heads_s.append(now)
             next_heads = next_on_grid(now, heads_hz)
@@ -452,7 +466,8 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
              execute_steps: int = 8, token: str | None = None, video_episodes: int = 1,
              progress: bool | None = None, ablation: str = "none", latency_ms: float = 0.0, mjcf=None,
              executor: str = "plain", blend_s: float = 0.0, moving_block: bool = False, control: str = "chunk",
-             feature_hz: float = 5.0, heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS) -> dict:
+             feature_hz: float = 5.0, heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS,
+             prefix: bool = True) -> dict:
     """Success rate of `policy` (oracle | hold | ws://... URL) over seeds seed .. seed + episodes - 1.
 
     `ablation` (a served policy only): "blank-image" sends a grey frame, "other-block" an instruction naming
@@ -488,7 +503,8 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
                       disable=None if progress is None else not progress):
             video = frames if out is not None and k < video_episodes else None  # no --out: no frames to render
             results.append(run_episode(seed + k, policy, remote, execute_steps, video, latency_ms, mjcf, executor,
-                                       blend_s, moving_block, control, feature_hz, heads_hz, heads_latency_ms))
+                                       blend_s, moving_block, control, feature_hz, heads_hz, heads_latency_ms,
+                                       prefix))
     finally:
         if remote is not None:
             remote.close()
@@ -505,6 +521,10 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         "joint_limit_violations": sum(r["joint_limit_violation"] for r in results),
         "table_contacts": sum(r["table_contact"] for r in results),
         "safety_interventions": remote.interventions if remote else 0,
+        "prefix": {"model_takes": remote.prefix_max_steps, "sent": bool(prefix and remote.prefix_max_steps
+                                                                           and executor != "plain"),
+                   "mean_committed_steps": float(np.mean(remote.committed_steps)) if remote.committed_steps else 0.0}
+        if remote else None,
         "round_trip_ms": ({"p50": float(np.percentile(remote.round_trips, 50)),
                            "p99": float(np.percentile(remote.round_trips, 99))} if remote and remote.round_trips else None),
         "heads_round_trip_ms": ({"p50": float(np.percentile(remote.heads_round_trips, 50)),

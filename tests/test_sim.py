@@ -463,6 +463,31 @@ def test_two_rate_ticks_the_heads_at_heads_hz_and_refreshes_features_at_feature_
     assert abs(slow["requests"] - 10 * (6.0 - 0.3)) <= 2
 
 
+def test_a_prefix_conditioned_model_is_sent_the_committed_steps_end_to_end(backbones):
+    """Through the executor, a served model trained with committed steps gets the ones that run while its request is
+    under way (200 ms at 10 fps: 2), as the replies' committed_steps say; prefix=False (--no-prefix) sends none."""
+    from conftest import as_trained, attach, random_weights, tiny_config
+    from serving import runner_for, serve
+
+    from neon.model import NeonVLA
+    from neon_runtime.server import ServerSettings, create_app
+    from neon_sim.evaluate import evaluate
+
+    model = as_trained(attach(random_weights(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl", fps=10.0,
+                                                                    prefix_max_steps=4)), 3), backbones))
+    runner = runner_for(model, max_batch=1, max_wait_ms=0)
+    with serve(create_app(runner, ServerSettings())) as addr:
+        kw = {"episodes": 1, "seed": 101, "progress": False, "executor": "executor", "blend_s": 0.2, "latency_ms": 200}
+        sent = evaluate(f"ws://{addr}/ws", **kw)
+        unsent = evaluate(f"ws://{addr}/ws", prefix=False, **kw)
+    runner.close()
+    assert sent["prefix"]["model_takes"] == 4 and sent["prefix"]["sent"] and not unsent["prefix"]["sent"]
+    # The first request has no latency measured yet (nothing committed); every later one carries 2 steps.
+    assert sent["requests"] >= 5 and sent["prefix"]["mean_committed_steps"] == pytest.approx(
+        2 * (sent["requests"] - 1) / sent["requests"])
+    assert unsent["prefix"]["mean_committed_steps"] == 0.0
+
+
 def test_two_rate_against_neon_serve_sends_light_requests_on_the_stored_features(backbones, tmp_path):
     import json
 
