@@ -15,7 +15,8 @@ Both ways run chunks through the ChunkExecutor (request-ahead, steps already pas
                  --heads-latency-ms later (default 23: bench_two_rate's p50 from a state step to the first
                  command reflecting it, 2-core CPU, neon-tiny) and blended in
 
-One table per run: success with its Wilson 95% interval and the median time to success on the moving-block task, the
+One table per run: success with its Wilson 95% interval, the median time to success and how many successes came
+after the move (the others touched the block before it moved) on the moving-block task, the
 same on the static task (the same seeds without the move) for reference, two-rate minus each chunk-rate row in
 percentage points, and (the oracle) the median seconds from the move to the first plan made from the new position.
 With --policy oracle the policy is the scripted expert re-planning from perfect snapshots of the block's position
@@ -73,15 +74,18 @@ def main() -> None:
     print(f"\n# {who}\n# {args.episodes} seeds from {args.seed}; ChunkExecutor blending over {args.blend_s:g} s; "
           f"two-rate: features at {args.feature_hz:g} Hz, heads at {args.heads_hz:g} Hz usable "
           f"{args.heads_latency_ms:g} ms later; {time.perf_counter() - t0:.0f} s in all")
-    print("| latency ms | control | moving: success | 95% CI | median s to success | s from move to re-plan "
-          "| static: success | 95% CI | median s to success | two-rate minus this, moving (points) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| latency ms | control | moving: success | 95% CI | median s to success | of them after the move "
+          "| s from move to re-plan | static: success | 95% CI | median s to success "
+          "| two-rate minus this, moving (points) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (latency, name, moving), r in reports.items():
         if not moving:
             continue
         s = None if args.no_static else reports[(latency, name, False)]
         two = reports[(latency, "two-rate", True)]["success_rate"]
-        cells = [f"{latency:g}", name, *_cells(r), _reaction(r), *(_cells(s) if s else ["-"] * 3),
+        after = sum(e["success"] and e["time_to_success_s"] > e["move_at_s"] for e in r["results"])
+        cells = [f"{latency:g}", name, *_cells(r), f"{after}/{sum(e['success'] for e in r['results'])}", _reaction(r),
+                 *(_cells(s) if s else ["-"] * 3),
                  "-" if name == "two-rate" else f"{100 * (two - r['success_rate']):+.0f}"]
         print("| " + " | ".join(cells) + " |")
     print("chunk-rate K: a full request per chunk, run open loop for K steps of 0.1 s; two-rate: heads replies at the "
@@ -89,7 +93,12 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{"latency_ms": k[0], "mode": k[1], "moving_block": k[2],
-                        **{a: b for a, b in r.items() if a != "results"}} for k, r in reports.items()], f, indent=2)
+                        **{a: b for a, b in r.items() if a != "results"},
+                        "episodes_summary": [{a: e[a] for a in EPISODE_KEYS} for e in r["results"]]}
+                       for k, r in reports.items()], f, indent=2)
+
+
+EPISODE_KEYS = ("seed", "success", "time_to_success_s", "move_at_s", "final_distance_m", "table_contact")
 
 
 def _reaction(r: dict) -> str:
