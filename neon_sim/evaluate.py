@@ -327,7 +327,7 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
     ex.hold(ticks[0][1], sim.time)  # the first reply takes over from the start pose
     latency = LatencyEstimator()
     dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
-    pending, handovers, requests, fps, n = None, [], 0, FPS, 0
+    pending, handovers, requests, fps = None, [], 0, FPS
     executed, boundaries = [ticks[0][1]], []  # the target every 1 / FPS; where each chunk took over
     while not over():
         now = sim.time
@@ -342,16 +342,21 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
             handovers.append(pending.received_s)
             boundaries.append(len(executed))
             pending = None
-        q = ex.execute(now + dt)
-        sim.run(q, dt)
-        ticks.append((sim.time, q))
-        n += 1
-        if n % per_frame == 0:
-            executed.append(q)
-            if frames is not None:
-                frames.append(np.concatenate([sim.render("head"), sim.render("third_person")], axis=1))
+        _control_tick(sim, ex, dt, ticks, executed, frames, per_frame)
     return {"requests": requests, "handovers": handovers, "fps": fps, "skipped_steps": ex.skipped,
             "safety_limited": ex.safety_limited, "step_targets": executed, "step_boundaries": boundaries}
+
+
+def _control_tick(sim, ex, dt: float, ticks: list, executed: list, frames: list | None, per_frame: int) -> None:
+    """One control tick of `_run_executor` / `_run_two_rate`: command the executor's target for the tick's end, run
+    the physics to it and log it; every `per_frame` ticks (one policy step) keep the target, and a video frame."""
+    q = ex.execute(sim.time + dt)
+    sim.run(q, dt)
+    ticks.append((sim.time, q))
+    if (len(ticks) - 1) % per_frame == 0:
+        executed.append(q)
+        if frames is not None:
+            frames.append(np.concatenate([sim.render("head"), sim.render("third_person")], axis=1))
 
 
 def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, blend_s, feature_hz, heads_hz,
@@ -373,7 +378,7 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
     dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
     features, refreshing, pending = None, None, None  # newest usable features; (usable_s, obs) in flight; a reply
     next_refresh = next_heads = sim.time
-    refreshes_s, heads_s, handovers, fps, n = [], [], [], FPS, 0
+    refreshes_s, heads_s, handovers, fps = [], [], [], FPS
     executed, boundaries = [ticks[0][1]], []
 
     def next_on_grid(now: float, hz: float) -> float:
@@ -406,14 +411,7 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
             heads_s.append(now)
             next_heads = next_on_grid(now, heads_hz)
         accept_if_due(now)  # with no heads latency: at once
-        q = ex.execute(now + dt)
-        sim.run(q, dt)
-        ticks.append((sim.time, q))
-        n += 1
-        if n % per_frame == 0:
-            executed.append(q)
-            if frames is not None:
-                frames.append(np.concatenate([sim.render("head"), sim.render("third_person")], axis=1))
+        _control_tick(sim, ex, dt, ticks, executed, frames, per_frame)
     return {"requests": len(heads_s), "feature_refreshes": len(refreshes_s), "handovers": handovers, "fps": fps,
             "skipped_steps": ex.skipped, "safety_limited": ex.safety_limited, "step_targets": executed,
             "step_boundaries": boundaries, "heads_ticks_s": [round(t, 3) for t in heads_s],
