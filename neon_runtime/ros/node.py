@@ -314,12 +314,12 @@ class NeonNode(Node):
         self._busy.acquire()
         self._worker.submit(self._infer, request)
 
-    def _halt(self, why: str) -> None:
+    def _halt(self, why: str, level: int = 2) -> None:
         """Nothing to execute: the command stream stops (the robot holds its own last command), walking stops, and
-        the next chunk starts again from the measured pose."""
+        the next chunk starts again from the measured pose; diagnostics say why (ERROR, or `level`)."""
         self._restart = True
         self._stop_walking()
-        self._diagnose(2, why, {})
+        self._diagnose(level, why, {})
 
     # ---------------------------------------------------------- inference thread
     def _infer(self, request: dict):
@@ -335,7 +335,15 @@ class NeonNode(Node):
                 reply = self._heads(request)
             self._publish(reply, request["timestamp"])
         except Exception as e:
-            self._halt(f"inference failed: {type(e).__name__}: {e}")
+            starting = self.runner is not None and self.runner.refreshes == 0
+            if starting:  # (two_rate has imported the policy module already)
+                from neon_runtime.policy import FeaturesUnavailable
+
+                starting = isinstance(e, FeaturesUnavailable) or getattr(e, "reason", "") == "no_features"
+            if starting:  # two-rate start-up: the first backbone pass has not landed yet (a warning, not an error)
+                self._halt("two-rate control: waiting for the first backbone features", level=1)
+            else:
+                self._halt(f"inference failed: {type(e).__name__}: {e}")
         finally:
             self._busy.release()
 
@@ -417,7 +425,7 @@ class NeonNode(Node):
     def _control(self):
         """Stream the executor's target now, inside the limits and the speed limit from the last command; nothing
         while an input is stale, before the first executable chunk, or once the newest is max_chunk_age_s old."""
-        now = time.monotonic()
+        now, stamp = time.monotonic(), self.get_clock().now()  # the command is for this instant: stamped with it
         age = self.chunk_executor.age(now)
         if self._restart or age is None or age > self.p["max_chunk_age_s"]:
             return
@@ -428,7 +436,7 @@ class NeonNode(Node):
             q = self.chunk_executor.execute(now)
         msg = JointState(name=[self.space.names[i] for i in self._joint_idx],
                          position=[float(q[i]) for i in self._joint_idx])
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = stamp.to_msg()
         self.pub_command.publish(msg)
         self.commanded += 1
 
