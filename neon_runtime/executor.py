@@ -204,13 +204,17 @@ class ChunkExecutor:
         layers = self._layers
         return None if not layers else self._blend(layers, now)
 
-    def execute(self, now: float) -> np.ndarray | None:
+    def execute(self, now: float, max_dt_s: float | None = None) -> np.ndarray | None:
         """`target(now)` as executed: NaN joints keep the last executed target, then the safety hook, relative to
-        the last executed target and the time since it. -> Float[(D,)] (the last executed, or None, before a chunk)."""
+        the last executed target and the time since it, counted as at most `max_dt_s` (a control loop's bound, e.g.
+        two periods: after a stall the command still moves one bounded step, not all the way at once).
+        -> Float[(D,)] (the last executed, or None, before a chunk)."""
         q = self.target(now)
         if q is None:
             return None if self._last is None else self._last.copy()
         last, dt = self._last, (None if self._last_s is None else max(0.0, now - self._last_s))
+        if dt is not None and max_dt_s is not None:
+            dt = min(dt, max_dt_s)
         if last is not None:
             q = np.where(np.isfinite(q), q, last).astype(np.float32)
         if self.safety is not None:

@@ -192,3 +192,12 @@ def test_a_bad_blend_window_is_refused():
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="blend_s"):
             ChunkExecutor(2, blend_s=bad)
+
+
+def test_execute_bounds_the_step_after_a_stall():
+    """A control loop that stalls for 0.5 s moves at most max_dt_s worth of the speed limit on its next tick."""
+    ex = ChunkExecutor(1, safety=lambda q, last, dt: q if last is None else np.clip(q, last - 2.0 * dt, last + 2.0 * dt))
+    ex.hold(np.zeros(1, np.float32), 0.0)
+    ex.accept(Chunk.at_fps(np.ones((4, 1), np.float32), 10.0, start_s=0.0, received_s=0.0))
+    assert ex.execute(0.5, max_dt_s=0.04)[0] == pytest.approx(0.08)  # 2 rad/s x 0.04 s, not 2 x 0.5
+    assert ex.execute(0.52)[0] == pytest.approx(0.12)  # no bound given: the time since, 0.02 s

@@ -472,7 +472,7 @@ def test_command_stream_stops_on_stale_state_and_restarts_from_the_measured_pose
         neon._publish(_reply(neon.space, "left_elbow", 0.3), time.time())
         assert wait_for(lambda: len(sim.commands) >= 5)
         first = sim.commands[0].position[list(sim.commands[0].name).index("left_elbow")]
-        assert 0 < first <= 2.0 * 0.05  # from the measured 0, at the speed limit
+        assert 0 < first <= 2.0 * 0.04 + 1e-6  # from the measured 0, at the speed limit over at most 2 control periods
         assert wait_for(lambda: neon.chunk_executor.age(time.monotonic()) > 0.7, timeout=5)
         time.sleep(0.1)
         n = len(sim.commands)
@@ -491,7 +491,7 @@ def test_command_stream_stops_on_stale_state_and_restarts_from_the_measured_pose
         neon._publish(_reply(neon.space, "left_elbow", 0.3), time.time())
         assert wait_for(lambda: len(sim.commands) > n + 3)
     first = sim.commands[n].position[list(sim.commands[n].name).index("left_elbow")]
-    assert 0 < first <= 2.0 * 0.05  # from the measured 0 again, at the speed limit: not from the held 0.3
+    assert 0 < first <= 2.0 * 0.04 + 1e-6  # from the measured 0 again (not from the held 0.3), one bounded step
 
 
 def test_dry_run_streams_previews_and_untrained_heads_stream_nothing(graph, checkpoint):
