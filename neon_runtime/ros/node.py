@@ -324,13 +324,8 @@ class NeonNode(Node):
     # ---------------------------------------------------------- inference thread
     def _infer(self, request: dict):
         try:
-            if self.prefix_max_steps > 0 and not self._restart:  # the steps that run while this request is under way
-                committed = self.chunk_executor.committed(time.monotonic(), self.latency.estimate(), self.fps,
-                                                    self.prefix_max_steps)
-                if len(committed):
-                    request["prefix"] = committed
             if self.runner is None:
-                reply = self.policy.infer(request)
+                reply = self.policy.infer(self._with_prefix(request))
             else:
                 reply = self._heads(request)
             self._publish(reply, request["timestamp"])
@@ -357,7 +352,17 @@ class NeonNode(Node):
                                 state=request["state"])
             self._frame = (image, instruction)
         request["timestamp"] = time.time() - self.latest["joints"].age()  # the state's time: the chunk starts there
-        return self.runner.tick(**request)
+        return self.runner.tick(**self._with_prefix(request))
+
+    def _with_prefix(self, request: dict) -> dict:
+        """For a prefix-conditioned model: the steps the executor will run from the request's observation until its
+        chunk can arrive (the latency estimate), on the grid of the chunk it asks for."""
+        if self.prefix_max_steps > 0 and not self._restart:
+            observed = time.monotonic() - (time.time() - request["timestamp"])
+            committed = self.chunk_executor.committed(observed, self.latency.estimate(), self.fps, self.prefix_max_steps)
+            if len(committed):
+                request["prefix"] = committed
+        return request
 
     def _publish(self, reply: dict, sensed: float):
         """Publish a chunk against the world as it is now: through the executor (steps already past dropped, the
