@@ -42,6 +42,7 @@ import collections
 import math
 import numbers
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,6 +109,12 @@ class _Layer:
             return x[-1].copy()
         a = (now - t[k - 1]) / (t[k] - t[k - 1])
         return ((1.0 - a) * x[k - 1] + a * x[k]).astype(np.float32)
+
+
+def wall_to_mono(t_wall: float) -> float:
+    """A time.time() instant (an observation timestamp, a ROS header stamp) on the time.monotonic() clock, the one
+    the G1 bridge and neon-ros run their executors on."""
+    return time.monotonic() - (time.time() - t_wall)
 
 
 def check_blend_s(blend_s: float, name: str = "blend_s") -> float:

@@ -21,15 +21,10 @@ import time
 import numpy as np
 
 from neon.action_space import G1ActionSpace
-from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator
+from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, wall_to_mono
 from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, RobotLink, require_arms
 
 MAX_IMAGE_AGE_S = 0.5  # an older camera frame counts as none (neon-ros's max_image_age_s)
-
-
-def wall_to_mono(t_wall: float) -> float:
-    """A time.time() instant on the time.monotonic() clock."""
-    return time.monotonic() - (time.time() - t_wall)
 
 
 # ------------------------------------------------------------------------------------------------------- server mode

@@ -46,7 +46,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from neon.action_space import ActionSpaceError, G1ActionSpace
 from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, EEF_SIDES
-from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, check_blend_s, safety_hook
+from neon_runtime.executor import (Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, check_blend_s, safety_hook,
+                                   wall_to_mono)
 from neon_runtime.ros.convert import MessageError, cloud_to_array, compressed_to_array, image_to_array, pose_to_array
 from neon_runtime.safety import DRY_RUN_REFUSAL, SafetyConfig, SafetyLayer
 
@@ -358,8 +359,8 @@ class NeonNode(Node):
         """For a prefix-conditioned model: the steps the executor will run from the request's observation until its
         chunk can arrive (the latency estimate), on the grid of the chunk it asks for."""
         if self.prefix_max_steps > 0 and not self._restart:
-            observed = time.monotonic() - (time.time() - request["timestamp"])
-            committed = self.chunk_executor.committed(observed, self.latency.estimate(), self.fps, self.prefix_max_steps)
+            committed = self.chunk_executor.committed(wall_to_mono(request["timestamp"]), self.latency.estimate(),
+                                                      self.fps, self.prefix_max_steps)
             if len(committed):
                 request["prefix"] = committed
         return request
