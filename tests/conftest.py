@@ -4,6 +4,7 @@ import contextlib
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 # Before anything imports huggingface_hub: never touch the network, keep tiny builds in one place per machine.
@@ -96,3 +97,13 @@ def spinning_node(name: str):
         thread.join(timeout=5)
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def wait_for(cond, timeout: float = 60.0, poll_s: float = 0.05) -> bool:
+    """Poll `cond()` every `poll_s` until it is true (True) or `timeout` seconds have passed (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(poll_s)
+    return False

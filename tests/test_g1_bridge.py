@@ -19,6 +19,7 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(10, 200)))
 
 pytest.importorskip("cyclonedds", reason="the g1 extra (cyclonedds 0.10.x) is installed by scripts/setup.sh")
+from conftest import wait_for
 from neon.action_space import G1ActionSpace
 from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused
 from neon_runtime.g1.bridge import (
@@ -293,15 +294,6 @@ def finish(proc: subprocess.Popen, timeout: float = 30.0) -> str:
         proc.kill()
 
 
-def wait_for(cond, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.fixture(scope="module")
 def ros():
     """rclpy in this process: a node for the test's camera, trajectories and /joint_states listener."""
@@ -363,15 +355,21 @@ def server(model):
     runner.close()
 
 
-def test_engaged_against_a_live_server_ramps_moves_and_releases_on_sigterm(robot, server, camera):
-    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, domain=robot.domain)
+def engage_then_sigterm(robot, server: str, *flags, full_weight_ticks: int = 250) -> tuple[subprocess.Popen, str]:
+    """neon-g1 engaged on `server` (instruction "wave", a 1 s ramp, then `flags`), until `full_weight_ticks` commands at
+    weight 1 have reached the robot, then SIGTERM: (the process, its output)."""
+    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, *flags, domain=robot.domain)
     try:
-        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 250 or proc.poll() is not None, 40)  # engaged ~1 s
+        assert wait_for(lambda: (robot.weights() == 1.0).sum() > full_weight_ticks or proc.poll() is not None, 40)
         assert proc.poll() is None, finish(proc)
         proc.send_signal(signal.SIGTERM)
-        out = finish(proc)
+        return proc, finish(proc)
     finally:
         proc.kill()
+
+
+def test_engaged_against_a_live_server_ramps_moves_and_releases_on_sigterm(robot, server, camera):
+    proc, out = engage_then_sigterm(robot, server)  # engaged ~1 s
     assert proc.returncode == 0 and "released (SIGTERM)" in out and "tick period over" in out, out
     times = np.array([t for t, _ in robot.commands])
     cmds = [c for _, c in robot.commands]
@@ -413,15 +411,7 @@ def passes(server: str) -> dict[str, float]:
 
 def test_two_rate_runs_the_heads_on_fresh_state_between_feature_refreshes(robot, server, camera):
     before = passes(server)
-    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, "--heads-hz", 20,
-                   "--request-hz", 2, domain=robot.domain)
-    try:
-        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 250 or proc.poll() is not None, 40)  # engaged ~1 s
-        assert proc.poll() is None, finish(proc)
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc)
-    finally:
-        proc.kill()
+    proc, out = engage_then_sigterm(robot, server, "--heads-hz", 20, "--request-hz", 2)  # engaged ~1 s
     after = passes(server)
     assert proc.returncode == 0 and "released (SIGTERM)" in out, out
     assert "two-rate control: features refreshed at 2 Hz, heads at 20 Hz" in out, out
@@ -443,15 +433,7 @@ def test_request_ahead_keeps_chunks_coming_below_the_request_rate(robot, server,
     holds after 0.5 s and releases 1 s later, exit 1): request-ahead asks again as each chunk runs low, so the arms
     run on until SIGTERM."""
     before = passes(server)
-    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, "--request-hz", 0.5,
-                   domain=robot.domain)
-    try:
-        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 500 or proc.poll() is not None, 40)  # ~2 s engaged
-        assert proc.poll() is None, finish(proc)
-        proc.send_signal(signal.SIGTERM)
-        out = finish(proc)
-    finally:
-        proc.kill()
+    proc, out = engage_then_sigterm(robot, server, "--request-hz", 0.5, full_weight_ticks=500)  # ~2 s engaged
     assert proc.returncode == 0 and "released (SIGTERM)" in out and "watchdog" not in out, out
     requests = passes(server)["backbone"] - before["backbone"]
     assert requests >= 6, requests  # over >= 3 s (ramp + 2 s engaged): 2 at 0.5 Hz

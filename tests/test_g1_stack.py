@@ -25,6 +25,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("mujoco", reason="MuJoCo comes with the sim extra")
 pytest.importorskip("cyclonedds", reason="CycloneDDS 0.10 comes with the g1 extra")
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
+from conftest import wait_for  # noqa: E402
 
 from cyclonedds.core import Policy, Qos  # noqa: E402
 from cyclonedds.sub import DataReader  # noqa: E402
@@ -85,15 +86,6 @@ class Proc:
         finally:
             self.proc.kill()
             self._reader.join(timeout=10)
-
-
-def wait_for(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("mujoco", reason="MuJoCo comes with the sim extra")
 pytest.importorskip("cyclonedds", reason="CycloneDDS 0.10 comes with the g1 extra")
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
+from conftest import wait_for  # noqa: E402
 
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
@@ -96,15 +97,6 @@ class Commander:
         raise AssertionError(f"no rt/lowstate within {timeout} s")
 
 
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def at_hold(sim: DdsG1, tol: float = 0.02) -> bool:
     return max(abs(q) for q in sim.joint_positions().values()) < tol  # the start pose is the model's zero pose
 
@@ -124,7 +116,7 @@ def idle():
 @pytest.fixture
 def settled(idle):
     sim, commander = idle
-    assert wait_for(lambda: at_hold(sim)), sim.joint_positions()  # the last test's commands went stale
+    assert wait_for(lambda: at_hold(sim), timeout=10), sim.joint_positions()  # the last test's commands went stale
     return sim, commander
 
 
@@ -161,7 +153,7 @@ def test_a_command_with_a_wrong_crc_is_ignored_and_counted(settled):
     sim, commander = settled
     before = dict(sim.counts)
     commander.hold(1.0, 1.0, POSE, good_crc=False)
-    assert wait_for(lambda: sim.counts["rejected_crc"] - before["rejected_crc"] >= 10), sim.counts
+    assert wait_for(lambda: sim.counts["rejected_crc"] - before["rejected_crc"] >= 10, timeout=10), sim.counts
     assert at_hold(sim) and sim.counts["accepted"] == before["accepted"], sim.joint_positions()
     assert sim.events.empty()  # weight 1 never arrived intact: not engaged
 
@@ -203,7 +195,7 @@ def test_weight_ramped_to_one_moves_the_arm_weight_zero_does_not_and_a_silent_br
         for name, target in POSE.items():
             assert state.motor_state[SDK[name]].q == pytest.approx(target, abs=0.03), name
         stale = sim.counts["stale"]
-        assert wait_for(lambda: at_hold(sim))  # nothing more sent: after 0.2 s the own hold takes over
+        assert wait_for(lambda: at_hold(sim), timeout=10)  # nothing more sent: after 0.2 s the own hold takes over
         assert sim.counts["stale"] == stale + 1
     finally:
         sim.stop()
