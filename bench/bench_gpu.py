@@ -14,7 +14,7 @@ compute) applied by `from_pretrained`. Each backbone needs its bf16 size on disk
 Stages, p50/p99 over --iters runs after --warmup, each timed between torch.cuda.synchronize() calls, for one
 224x224 camera frame (batch 1, and 8 frames in one forward) and a typical instruction:
 
-    backbone   Backbone.encode: Qwen processor, vision tower + language model, token pooling
+    backbone   Backbone.encode: Qwen processor, vision tower + language model up to the layer read, grid pooling
     heads      NeonVLA's fusion and action/speech heads on the encoded inputs (the preset's real sizes)
     chunk      NeonPolicy.predict_batch end to end: encode, heads, decode, clamp, to host
     tick       the two-rate loop's fast path: predict_batch on cached backbone features with a fresh state
@@ -75,6 +75,7 @@ FULL = ("vl3b", "vl7b", "omni3b", "omni7b", "cosmos2b", "cosmos8b")
 PRECISIONS = ("nf4", "bf16")
 STAGES = ("backbone", "heads", "chunk", "tick")
 INSTRUCTION = "pick up the red cup and place it on the table"
+SMOKE_LAYERS = 2  # language-model depth of the scaled-down architectures
 TARGET = {"model_id": "Qwen/Qwen2.5-VL-3B-Instruct", "precision": "nf4", "batch": 1, "chunk": 25.0, "tick": 2.0}
 
 # The families' chat layouts. Qwen2.5-VL's and the Omni thinker's templates open with a default system turn;
@@ -88,8 +89,8 @@ def scaled_down(family: str, arch: dict) -> dict:
     """The same architecture at toy size for --smoke: 2 layers, 128-wide text, 64-wide towers (multiples of 64,
     which bitsandbytes' CPU 4-bit kernels need), every structural feature kept (window and full attention,
     deepstack, mrope, the audio tower)."""
-    text = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_window_layers=2, vocab_size=1024)
+    text = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=SMOKE_LAYERS, num_attention_heads=4,
+                num_key_value_heads=2, max_window_layers=SMOKE_LAYERS, vocab_size=1024)
     vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128)
     if family == "qwen2_5_vl":
         return {**arch, **text, "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
@@ -170,11 +171,13 @@ def build_folder(family: str, arch: dict, out: Path, device: torch.device) -> Pa
 
 
 def smoke_spec(spec: registry.BackboneSpec) -> str:
-    """Register a scaled-down twin of `spec` (same family, 128 wide) so NeonVLA's fusion reads the right width."""
+    """Register a scaled-down twin of `spec` (same family, 128 wide, SMOKE_LAYERS deep, read in the middle) so
+    NeonVLA's fusion reads the right width and the loader the right layer."""
     model_id = f"bench-smoke/{spec.model_id.split('/')[-1]}"
     audio_dim = 128 if spec.native_audio else registry.WHISPER_DIMS["neon-tiny/whisper"]
     registry.BACKBONES[model_id] = dataclasses.replace(spec, model_id=model_id, hidden_size=128, audio_dim=audio_dim,
-                                                       params_b=0.0, vram_4bit_gb=0.0, tiny=True)
+                                                       params_b=0.0, vram_4bit_gb=0.0, num_layers=SMOKE_LAYERS,
+                                                       feature_layer=SMOKE_LAYERS // 2, tiny=True)
     return model_id
 
 

@@ -19,6 +19,15 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
+def _describe_features(bb) -> str:
+    """What the heads read from the backbone: the layer, how many layers load, and the tokens."""
+    n = bb.spec.num_layers
+    layer = f"the last hidden layer (of {n})" if bb.hidden_layer in (-1, n) else f"hidden layer {bb.hidden_layer} of {n}"
+    tokens = {"grid": f"{bb.grid_size}x{bb.grid_size} image grid + {bb.text_tokens} text bins",
+              "tokens": f"{bb.token_budget} bins over all tokens", "mean": "the mean of all tokens"}[bb.pooling]
+    return f"{bb.num_tokens} tokens ({tokens}) from {layer}; {bb.layers_run} language-model layers loaded"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from neon.model import count_parameters
     from neon.presets import NAMED_MODEL_CONFIGS, TARGET_PARAMS, get_model_config, grid_model_configs
@@ -44,6 +53,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"preset {args.preset}: backbone {spec.model_id} (hidden {spec.hidden_size}, "
           f"{'native' if spec.native_audio else 'Whisper'} audio, frozen, 4-bit={cfg.backbone.load_in_4bit})")
     print(f"  {space.describe()}, {cfg.num_action_steps}-step chunks at {cfg.fps:g} fps")
+    print(f"  features: {_describe_features(cfg.backbone)}")
     print(f"  fusion_dim={cfg.fusion_dim} mlp_hidden={cfg.mlp_hidden} action_head_layers={cfg.action_head_layers} "
           f"proprioception_hidden={cfg.proprioception_hidden} audio={cfg.use_audio} lidar={cfg.use_lidar} eef={cfg.use_eef}")
     print("  trainable parameters:")

@@ -36,16 +36,32 @@ def _check(cond: bool, field_name: str, why: str) -> None:
         raise ConfigError(f"{field_name}: {why}")
 
 
+POOLINGS = ("grid", "tokens", "mean")
+
+
 @dataclass
 class BackboneConfig:
-    """Which frozen vision-language model sees, and how its features are read."""
+    """Which frozen vision-language model sees, and how its features are read.
+
+    `hidden_layer` L reads transformers' hidden_states[L]: for L < num_layers the output of the language model's
+    decoder layer L (the loader drops the layers after it, so they never run); L = num_layers or -1: the last
+    layer, after the final norm. None resolves to the registry's `feature_layer` (the middle) on `validate()`, so
+    a saved config always records the layer read.
+    `pooling` turns the read hidden states into K tokens (`num_tokens`):
+      "grid"   the image tokens on their 2-D patch grid, average-pooled to grid_size x grid_size (row-major),
+               then the other valid tokens (text, special) averaged into `text_tokens` bins: K = grid_size**2 + text_tokens
+      "tokens" every valid token averaged into `token_budget` bins along the sequence: K = token_budget
+      "mean"   one token: K = 1
+    """
 
     model_id: str = "Qwen/Qwen2.5-Omni-7B"
     load_in_4bit: bool = True  # bitsandbytes nf4 with double quantisation
     freeze_backbone: bool = True
-    hidden_layer: int = -1  # index into hidden_states (-1 = last layer)
-    pooling: str = "tokens"  # "tokens": average into `token_budget` bins; "mean": one token
-    token_budget: int = 16
+    hidden_layer: int | None = None  # decoder layer read (1..num_layers), -1 = last after the norm, None = the middle
+    pooling: str = "grid"  # "grid", "tokens" or "mean" (see above)
+    token_budget: int = 16  # K for pooling="tokens"
+    grid_size: int = 8  # image tokens pooled to grid_size x grid_size for pooling="grid"
+    text_tokens: int = 4  # bins for the non-image tokens for pooling="grid"
     image_size: int = 224  # square input, a multiple of 32 (valid for every registered family)
     dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU
     attn_implementation: str = "auto"  # "auto" = flash_attention_2 if installed, else sdpa
@@ -70,13 +86,32 @@ class BackboneConfig:
         enc = self.resolved_audio_encoder
         return self.spec.audio_dim if enc is None else WHISPER_DIMS.get(enc, self.spec.audio_dim)
 
+    @property
+    def num_tokens(self) -> int:
+        """K, the feature tokens per sample that the backbone gives for this pooling."""
+        return {"grid": self.grid_size**2 + self.text_tokens, "tokens": self.token_budget, "mean": 1}[self.pooling]
+
+    @property
+    def layers_run(self) -> int:
+        """Decoder layers of the language model that are loaded and run: up to the layer read."""
+        layer = self.spec.feature_layer if self.hidden_layer is None else self.hidden_layer
+        return self.spec.num_layers if layer == -1 else layer
+
     def validate(self) -> None:
         get_spec(self.model_id)  # raises with the list of known ids
         self.model_id = canonical_id(self.model_id)
         _check(self.freeze_backbone, "backbone.freeze_backbone",
                "Neon trains only the heads; an unfrozen backbone is not supported")
-        _check(self.pooling in ("tokens", "mean"), "backbone.pooling", f"must be 'tokens' or 'mean', got {self.pooling!r}")
+        n = self.spec.num_layers
+        if self.hidden_layer is None:
+            self.hidden_layer = self.spec.feature_layer
+        _check(isinstance(self.hidden_layer, int) and (self.hidden_layer == -1 or 1 <= self.hidden_layer <= n),
+               "backbone.hidden_layer", f"must be a decoder layer 1..{n} of {self.model_id}'s language model, or -1 "
+               f"(the last, after the final norm), got {self.hidden_layer!r}")
+        _check(self.pooling in POOLINGS, "backbone.pooling", f"must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         _check(1 <= self.token_budget <= 1024, "backbone.token_budget", f"must be in 1..1024, got {self.token_budget}")
+        _check(1 <= self.grid_size <= 32, "backbone.grid_size", f"must be in 1..32, got {self.grid_size}")
+        _check(1 <= self.text_tokens <= 256, "backbone.text_tokens", f"must be in 1..256, got {self.text_tokens}")
         _check(self.image_size >= 64 and self.image_size % 32 == 0, "backbone.image_size",
                f"must be a multiple of 32 and at least 64, got {self.image_size}")
         _check(self.dtype in ("auto", "bfloat16", "float16", "float32"), "backbone.dtype",

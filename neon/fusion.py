@@ -3,7 +3,9 @@
 Every optional modality (proprioception, EEF, LiDAR, audio) contributes one
 token. A sample that lacks one gets that modality's learned "absent"
 embedding instead, so the same model serves robots and datasets with
-different sensors.
+different sensors. Grid backbone features (`BackboneConfig.pooling="grid"`)
+carry learned positions: a 2-D one (row + column) on the image tokens and one
+per text bin; other poolings add no parameters.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from neon.layers import ReLU2MLP, rms_norm
 
 
 class Fusion(nn.Module):
-    def __init__(self, backbone_dim: int, d: int, heads: int, mlp_hidden: int, modalities: list[str]):
+    def __init__(self, backbone_dim: int, d: int, heads: int, mlp_hidden: int, modalities: list[str],
+                 grid_size: int = 0, text_tokens: int = 0):
+        """`grid_size` > 0: the backbone tokens are grid_size**2 image tokens (row-major) then `text_tokens` bins."""
         super().__init__()
         self.modalities = list(modalities)
         self.vl_proj = nn.Linear(backbone_dim, d)
@@ -24,6 +28,17 @@ class Fusion(nn.Module):
         self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.mlp = ReLU2MLP(d, mlp_hidden, d)
+        # Only for grid features: a model reading "tokens" or "mean" has exactly the parameters it always had.
+        self.grid_size = grid_size
+        if grid_size:
+            self.row_embed = nn.Parameter(torch.randn(grid_size, d) * 0.02)
+            self.col_embed = nn.Parameter(torch.randn(grid_size, d) * 0.02)
+            self.text_embed = nn.Parameter(torch.randn(text_tokens, d) * 0.02)
+
+    def positions(self) -> torch.Tensor:
+        """Float[(K, d)]: row + column embedding per image token (row-major), then one per text bin."""
+        grid = self.row_embed[:, None, :] + self.col_embed[None, :, :]  # (g, g, d)
+        return torch.cat([grid.flatten(0, 1), self.text_embed])
 
     def forward(
         self,
@@ -32,6 +47,12 @@ class Fusion(nn.Module):
         present: dict[str, torch.Tensor],  # name -> Bool[(B,)]
     ) -> torch.Tensor:  # Float[(B, d)]
         vl = self.vl_proj(rms_norm(vl_tokens)) + self.type_embed[0]
+        if self.grid_size:
+            pos = self.positions()
+            if vl.shape[1] != pos.shape[0]:
+                raise ValueError(f"vl_tokens: {pos.shape[0]} grid and text tokens expected "
+                                 f"({self.grid_size}x{self.grid_size} + {len(self.text_embed)}), got {vl.shape[1]}")
+            vl = vl + pos
         extra = []
         for i, name in enumerate(self.modalities):
             tok = torch.where(present[name][:, None], tokens[name], self.absent[i])

@@ -8,6 +8,10 @@
     committed steps --PrefixEncoder--> + token on the fused features the action heads read, + last step on
                                        their output (only with `prefix_max_steps` > 0)
 
+The K feature tokens are read from a middle layer of the backbone's language
+model: by default its image tokens pooled on their 2-D grid, then a few text
+bins (`BackboneConfig`), which the fusion gives learned positions.
+
 One road to the heads: observations -> `neon.observation.collate` -> an
 `ObservationBatch` -> `NeonVLA.inputs(batch, features)` -> `NeonInputs` ->
 `forward`. `features` provides the backbone's part: `BackboneFeatures` (the
@@ -50,7 +54,7 @@ class NeonInputs:
     `NeonVLA.inputs` fills every field; `prefix`/`prefix_len` may be left None by other callers (no prefix).
     """
 
-    vl_tokens: torch.Tensor  # Float[(B, K, H)] backbone feature tokens
+    vl_tokens: torch.Tensor  # Float[(B, K, H)] backbone feature tokens, K = config.backbone.num_tokens
     state: torch.Tensor  # Float[(B, D)] physical joint state (zeros where absent)
     state_present: torch.Tensor  # Bool[(B,)]
     eef: torch.Tensor  # Float[(B, 14)]
@@ -110,7 +114,9 @@ class NeonVLA(nn.Module):
         self.eef = EEFEncoder(c.eef_hidden, d) if c.use_eef else None
         self.lidar = PointNetEncoder(c.lidar_hidden, d) if c.use_lidar else None
         self.audio = AudioProjection(c.backbone.audio_dim, d) if c.use_audio else None
-        self.fusion = Fusion(c.backbone.spec.hidden_size, d, c.fusion_heads, c.mlp_hidden, self.modalities)
+        bb = c.backbone
+        grid = (bb.grid_size, bb.text_tokens) if bb.pooling == "grid" else (0, 0)  # positions for grid tokens only
+        self.fusion = Fusion(bb.spec.hidden_size, d, c.fusion_heads, c.mlp_hidden, self.modalities, *grid)
 
         self.head_index: dict[str, torch.Tensor] = {}
         heads = {}

@@ -2,14 +2,19 @@
 
 An offline tiny Qwen2.5-Omni backbone with heads trained once, on first use,
 on Neon's synthetic G1 dataset (about 75 s on 2 cores; the trainer's progress
-is shown), then cached in `neon.paths.default_model_dir()`. The training runs
-`neon_train` in a separate process: the runtime never imports the trainer.
+is shown), then cached in `neon.paths.default_model_dir()` in a folder named by
+`DEFAULT_VERSION` and a hash of the backbone settings the trainer uses (hidden
+layer, pooling, ...): when those defaults change, it is rebuilt, never reused.
+The training runs `neon_train` in a separate process: the runtime never
+imports the trainer.
 Only a trained result is cached: when the trainer is missing or fails, the
 error says why and the next start tries again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -19,12 +24,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from neon.config import BackboneConfig
 from neon.data.synthetic import SynthConfig, generate
 from neon.paths import default_model_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = 3  # 2: the manifest records the training steps; 3: relative actions, held-out score in the note
+# 2: the manifest records the training steps; 3: relative actions, held-out score in the note; 4: grid features from
+# the middle layer (the folder name also carries the backbone settings, see `backbone_digest`)
+DEFAULT_VERSION = 4
 DEFAULT_BACKBONE = "neon-tiny/qwen2.5-omni"
 DEFAULT_TRAIN_STEPS = 150
 
@@ -33,10 +41,17 @@ class DefaultModelError(RuntimeError):
     """The embedded default could not be built; the message says why and what to do."""
 
 
+def backbone_digest() -> str:
+    """A short hash of the backbone settings `neon-train --backbone DEFAULT_BACKBONE` uses (its defaults)."""
+    cfg = BackboneConfig(model_id=DEFAULT_BACKBONE)
+    cfg.validate()
+    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+
+
 def default_checkpoint() -> tuple[Path, str]:
     """The embedded default checkpoint: built on first use, then cached. Returns (folder, what it is)."""
     root = default_model_dir()
-    target = root / f"tiny-omni-arms-v{DEFAULT_VERSION}"
+    target = root / f"tiny-omni-arms-v{DEFAULT_VERSION}-{backbone_digest()}"
     note_file = target / "NEON_DEFAULT.txt"
     if note_file.is_file():
         return target, note_file.read_text().strip()

@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else directory / ONNX_DIR
     info = export_heads(model, out)
-    print(f"exported {info['trainable_parameters']:,} parameters to {out} in {info['seconds']} s; "
-          f"largest difference from PyTorch {max(info['max_abs_diff'].values()):.1e} (tolerance {info['tolerance']:.0e})")
+    k, h = info["vl_tokens"]
+    print(f"exported {info['trainable_parameters']:,} parameters (vl_tokens: {k} backbone tokens x {h}) to {out} in "
+          f"{info['seconds']} s; largest difference from PyTorch {max(info['max_abs_diff'].values()):.1e} "
+          f"(tolerance {info['tolerance']:.0e})")
     print(json.dumps(info["max_abs_diff"]))
     if args.push:
         from neon.hub import push_folder

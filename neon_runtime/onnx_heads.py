@@ -65,11 +65,12 @@ class _Heads(torch.nn.Module):
 
 
 def example_inputs(model: NeonVLA, batch: int = 2, points: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs of the right shapes for every NeonInputs field (unused modalities included; the prefix is
-    Float[(B, P, D)] normalised steps with d random in 0..P, P = 0 for a model without prefix conditioning)."""
+    """Random inputs of the right shapes for every NeonInputs field (unused modalities included; vl_tokens
+    Float[(B, K, H)] with K = config.backbone.num_tokens; the prefix is Float[(B, P, D)] normalised steps with d
+    random in 0..P, P = 0 for a model without prefix conditioning)."""
     g = torch.Generator().manual_seed(seed)
     c = model.config
-    k = c.backbone.token_budget if c.backbone.pooling == "tokens" else 1
+    k = c.backbone.num_tokens
     d = model.action_space.dim
     p = c.prefix_max_steps
     prefix_len = torch.randint(0, p + 1, (batch,), generator=g)
@@ -125,7 +126,8 @@ def export_heads(model: NeonVLA, out_dir: str | Path) -> dict:
         worst = max(diffs.values())
         if worst > TOLERANCE:
             raise RuntimeError(f"ONNX heads differ from PyTorch by {worst:.2e} (tolerance {TOLERANCE:.0e}); not written")
-        info = {"inputs": names, "outputs": OUTPUTS, "prefix_max_steps": model.config.prefix_max_steps,
+        info = {"inputs": names, "outputs": OUTPUTS, "vl_tokens": list(example["vl_tokens"].shape[1:]),
+                "prefix_max_steps": model.config.prefix_max_steps,
                 "max_abs_diff": diffs, "tolerance": TOLERANCE, "torch": torch.__version__,
                 "onnxruntime": ort.__version__, "seconds": round(time.perf_counter() - t0, 2),
                 "control_mode": model.config.control_mode, "trainable_parameters": model.parameter_counts()["total"]}

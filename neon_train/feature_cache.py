@@ -3,7 +3,8 @@
 The backbone never trains, so its features for a dataset frame only change
 when something that shapes them changes. The cache folder is keyed by all of
 it: backbone id and revision, 4-bit or not, dtype, hidden layer, pooling,
-token budget, image size, audio encoder, Neon's preprocessing version; inside,
+token budget, grid size and text bins, image size, audio encoder, Neon's
+preprocessing version; inside,
 one folder per source (keyed by the dataset's path and metadata, and the
 camera). Each row (a frame of the source) also records a hash of its
 instruction, so a row whose text changed is a miss, never a stale hit.
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neon.backbones.tiny import TINY_VERSION
+from neon.backbones.tiny import tiny_model_dir
 from neon.config import BackboneConfig
 from neon.observation import ObservationBatch
 
@@ -37,9 +38,16 @@ def backbone_key(cfg: BackboneConfig) -> dict:
     return {
         "model_id": cfg.model_id, "revision": cfg.revision, "load_in_4bit": cfg.load_in_4bit, "dtype": cfg.dtype,
         "hidden_layer": cfg.hidden_layer, "pooling": cfg.pooling, "token_budget": cfg.token_budget,
-        "image_size": cfg.image_size, "audio_encoder": cfg.resolved_audio_encoder,
-        "preprocessing": PREPROCESSING_VERSION, "tiny_version": TINY_VERSION if cfg.spec.tiny else None,
+        "grid_size": cfg.grid_size, "text_tokens": cfg.text_tokens, "image_size": cfg.image_size,
+        "audio_encoder": cfg.resolved_audio_encoder,
+        "preprocessing": PREPROCESSING_VERSION, "tiny_build": _tiny_build(cfg.model_id) if cfg.spec.tiny else None,
     }
+
+
+def _tiny_build(model_id: str) -> str:
+    """A tiny backbone's build record (recipe version; for the scenes backbone its pretraining run too): a rebuilt
+    or re-pretrained tiny backbone never reuses features cached from another build."""
+    return hashlib.sha256((tiny_model_dir(model_id) / "neon_tiny.json").read_bytes()).hexdigest()[:16]
 
 
 def _digest(obj) -> str:
@@ -122,7 +130,7 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "backbone.json").write_text(json.dumps(self.key, indent=2) + "\n")
         self.hidden = backbone.spec.hidden_size
-        self.tokens = backbone.token_budget if backbone.pooling == "tokens" else 1
+        self.tokens = backbone.num_tokens
         self.audio_dim = backbone.audio_dim
         self._sources: dict[str, SourceFeatureCache] = {}
 

@@ -19,16 +19,25 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 @pytest.fixture(scope="session")
 def backbones():
-    """Loaded tiny backbones, keyed by (model_id, load_in_4bit); loaded lazily and reused."""
+    """Loaded tiny backbones, keyed by their settings; loaded lazily and reused.
+
+    `get(model_id, load_in_4bit)` for the defaults, or `get(backbone_config)` for given settings.
+    """
+    import dataclasses
+
     from neon.backbones.loader import Backbone
     from neon.config import BackboneConfig
 
     cache = {}
 
-    def get(model_id: str, load_in_4bit: bool = False):
-        key = (model_id, load_in_4bit)
+    def get(model_id, load_in_4bit: bool = False):
+        cfg = model_id if isinstance(model_id, BackboneConfig) else BackboneConfig(model_id=model_id,
+                                                                                   load_in_4bit=load_in_4bit)
+        cfg = dataclasses.replace(cfg)
+        cfg.validate()
+        key = tuple(sorted(dataclasses.asdict(cfg).items()))
         if key not in cache:
-            cache[key] = Backbone(BackboneConfig(model_id=model_id, load_in_4bit=load_in_4bit))
+            cache[key] = Backbone(cfg)
         return cache[key]
 
     return get
@@ -61,8 +70,10 @@ def random_weights(model, seed: int = 0):
 
 
 def attach(model, backbones, load_in_4bit: bool = False):
-    """Give a model a (shared) tiny backbone instead of loading a new one."""
-    model.backbone = backbones(model.config.backbone.model_id, load_in_4bit)
+    """Give a model a (shared) tiny backbone with the model's feature settings instead of loading a new one."""
+    import dataclasses
+
+    model.backbone = backbones(dataclasses.replace(model.config.backbone, load_in_4bit=load_in_4bit))
     return model.eval()
 
 

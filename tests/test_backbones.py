@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import scene
 
-from neon.backbones.loader import Backbone, pool_tokens, resolve_attn_implementation
+from neon.backbones.loader import Backbone, pool_grid, pool_tokens, resolve_attn_implementation
 from neon.hub import HubUnavailableError
-from neon.backbones.registry import BACKBONES, UnknownBackboneError, get_spec
+from neon.backbones.registry import BACKBONES, UnknownBackboneError, canonical_id, get_spec
 from neon.config import BackboneConfig, ConfigError
 
 TINY = ["neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni"]
@@ -28,6 +28,22 @@ def test_registry_holds_the_six_backbones():
         get_spec("Qwen/Qwen9-Giant")
 
 
+def test_registry_reads_the_middle_layer_by_default():
+    """Language-model depths as published; the default layer read is the middle (GR00T N1.5: 12 of 28)."""
+    depth = {"Qwen/Qwen2.5-Omni-7B": 28, "Qwen/Qwen2.5-Omni-3B": 36, "nvidia/Cosmos-Reason2-8B": 36,
+             "nvidia/Cosmos-Reason2-2B": 28, "Qwen/Qwen2.5-VL-7B-Instruct": 28, "Qwen/Qwen2.5-VL-3B-Instruct": 36}
+    for model_id, n in depth.items():
+        assert (get_spec(model_id).num_layers, get_spec(model_id).feature_layer) == (n, n // 2), model_id
+    assert [(get_spec(t).num_layers, get_spec(t).feature_layer) for t in TINY] == [(2, 1), (2, 1)]
+    scenes = get_spec("tinyscenes")  # registered only: the model itself is built elsewhere
+    assert canonical_id("tiny-scenes") == scenes.model_id == "neon-tiny/qwen2.5-vl-scenes"
+    assert (scenes.family, scenes.hidden_size, scenes.num_layers, scenes.feature_layer, scenes.tiny) == (
+        "qwen2_5_vl", 128, 4, 2, True)
+    cfg = BackboneConfig(model_id="omni7b")
+    cfg.validate()
+    assert (cfg.hidden_layer, cfg.pooling, cfg.num_tokens, cfg.layers_run) == (14, "grid", 68, 14)
+
+
 @pytest.mark.parametrize("model_id", TINY)
 def test_tiny_backbones_load_through_from_pretrained(backbones, model_id):
     bb = backbones(model_id)
@@ -37,9 +53,43 @@ def test_tiny_backbones_load_through_from_pretrained(backbones, model_id):
     assert not hasattr(bb.processor, "video_processor")  # images and audio only: no torchvision needed
     assert all(not p.requires_grad for p in bb.model.parameters())
     feats = bb.encode([scene(0), scene(1, 480, 640)], ["pick up the red cup", "wave"])
-    assert feats.shape == (2, 16, bb.hidden_size) and feats.dtype == torch.float32
+    assert feats.shape == (2, 8 * 8 + 4, bb.hidden_size) and feats.dtype == torch.float32  # grid + text bins
     assert torch.isfinite(feats).all()
-    assert not torch.allclose(feats[0], feats[1])  # the image and text reach the features
+    assert not torch.allclose(feats[:, :64], feats[[1, 0], :64])  # the image reaches the grid tokens
+    assert not torch.allclose(feats[:, 64:], feats[[1, 0], 64:])  # the text reaches the text bins
+    assert (bb.cfg.hidden_layer, bb.info.layers_kept, bb.info.layers_total) == (1, 1, 2)
+    assert len(bb.model.model.language_model.layers) == 1  # the layer after the one read is not even loaded
+
+
+@pytest.mark.parametrize("model_id", TINY)
+def test_truncated_model_reads_the_full_models_hidden_state(backbones, model_id):
+    """Loading only layers 1..L gives exactly the full model's hidden_states[L] (un-normed), pooled alike."""
+    from PIL import Image
+
+    full = backbones(BackboneConfig(model_id=model_id, load_in_4bit=False, hidden_layer=-1))
+    cut = backbones(BackboneConfig(model_id=model_id, load_in_4bit=False, hidden_layer=1))
+    assert (full.info.layers_kept, cut.info.layers_kept) == (2, 1)
+    images, texts = [scene(0), scene(1, 480, 640)], ["pick up the red cup", "wave"]
+    pil = [Image.fromarray(im).resize((224, 224), Image.BILINEAR) for im in images]
+    inputs = full.processor(images=pil, text=[full._prompt(t) for t in texts], padding=True, return_tensors="pt")
+    hidden = full.model.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[1]
+    image = inputs["input_ids"] == cut.image_token_id
+    want = pool_grid(hidden, inputs["attention_mask"].bool(), image, [(8, 8)] * 2, 8, 4)
+    assert torch.allclose(cut.encode(images, texts), want, atol=1e-5)
+
+
+def test_old_settings_read_the_last_layer_in_16_tokens(backbones):
+    """hidden_layer -1 with pooling "tokens" (what every checkpoint before grid pooling recorded) is read as before:
+    the whole model, the last hidden state after the final norm, 16 bins over every valid token."""
+    from PIL import Image
+
+    bb = backbones(BackboneConfig(model_id="neon-tiny/qwen2.5-vl", load_in_4bit=False, hidden_layer=-1,
+                                  pooling="tokens"))
+    inputs = bb.processor(images=[Image.fromarray(scene(0)).resize((224, 224), Image.BILINEAR)],
+                          text=[bb._prompt("wave")], return_tensors="pt")
+    hidden = bb.model.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[-1]
+    want = pool_tokens(hidden, inputs["attention_mask"].bool(), "tokens", 16)
+    assert torch.equal(bb.encode([scene(0)], ["wave"]), want) and want.shape == (1, 16, 64)
 
 
 @pytest.mark.parametrize("model_id", TINY)
@@ -77,6 +127,28 @@ def test_pool_tokens_ignores_padding():
     assert torch.allclose(bins[0], torch.stack([hidden[0, :2].mean(0), hidden[0, 2:4].mean(0)]))
 
 
+def test_pool_grid_keeps_image_tokens_on_their_grid():
+    """A 4x4 grid of image tokens pooled to 2x2 gives each quadrant's mean, row-major; the other valid tokens (text
+    before and after the image, padding excluded) fill the text bins in order."""
+    rows, cols, h = 4, 4, 3
+    grid = torch.arange(rows * cols * h, dtype=torch.float32).view(rows * cols, h)  # token r*cols+c at (r, c)
+    text = -torch.arange(1, 5, dtype=torch.float32)[:, None].expand(4, h)  # 4 text tokens: -1, -2, -3, -4
+    hidden = torch.cat([text[:2], grid, text[2:], torch.full((2, h), 99.0)])[None]  # text, image, text, padding
+    image = torch.zeros(1, 22, dtype=torch.bool)
+    image[0, 2:18] = True
+    mask = torch.ones(1, 22, dtype=torch.bool)
+    mask[0, -2:] = False
+    out = pool_grid(hidden, mask, image, [(rows, cols)], grid_size=2, text_tokens=2)
+    assert out.shape == (1, 2 * 2 + 2, h)
+    cells = grid.view(rows, cols, h)
+    quadrants = [cells[:2, :2], cells[:2, 2:], cells[2:, :2], cells[2:, 2:]]  # top-left, top-right, ...
+    for k, q in enumerate(quadrants):
+        assert torch.allclose(out[0, k], q.reshape(-1, h).mean(0)), k
+    assert torch.allclose(out[0, 4:, 0], torch.tensor([-1.5, -3.5]))  # padding (99) never counted
+    with pytest.raises(ValueError, match="15 image tokens for a 4x4 grid"):
+        pool_grid(hidden, mask, image & (torch.arange(22) != 5), [(rows, cols)], 2, 2)
+
+
 @pytest.mark.parametrize("model_id", TINY)
 def test_audio_features(backbones, model_id):
     bb = backbones(model_id)
@@ -97,6 +169,14 @@ def test_attention_implementation_detection():
 def test_backbone_config_validation_names_fields():
     with pytest.raises(ConfigError, match="backbone.pooling"):
         BackboneConfig(model_id="neon-tiny/qwen2.5-vl", pooling="max").validate()
+    with pytest.raises(ConfigError, match=r"backbone.hidden_layer: must be a decoder layer 1..36 .* got 37"):
+        BackboneConfig(model_id="vl3b", hidden_layer=37).validate()
+    with pytest.raises(ConfigError, match="backbone.hidden_layer"):
+        BackboneConfig(model_id="vl3b", hidden_layer=0).validate()
+    with pytest.raises(ConfigError, match="backbone.grid_size"):
+        BackboneConfig(grid_size=0).validate()
+    with pytest.raises(ConfigError, match="backbone.text_tokens"):
+        BackboneConfig(text_tokens=0).validate()
     with pytest.raises(ConfigError, match="backbone.freeze_backbone"):
         BackboneConfig(freeze_backbone=False).validate()
     with pytest.raises(UnknownBackboneError):
@@ -153,10 +233,15 @@ def test_cosmos_reason2_loads_through_the_qwen3_vl_path(tmp_path, monkeypatch):
     real = loader.resolve
     monkeypatch.setattr(loader, "resolve", lambda mid, *a, **k: tmp_path / "cosmos"
                         if mid == "nvidia/Cosmos-Reason2-2B" else real(mid, *a, **k))
-    bb = Backbone(BackboneConfig(model_id="nvidia/Cosmos-Reason2-2B", load_in_4bit=False,
+    # The registry's middle layer (14 of 28) is past this 2-layer stand-in: refused, naming the field.
+    with pytest.raises(ConfigError, match="backbone.hidden_layer: 14 is past the last of the 2 decoder layers"):
+        Backbone(BackboneConfig(model_id="nvidia/Cosmos-Reason2-2B", load_in_4bit=False,
+                                audio_encoder_id="neon-tiny/whisper"))
+    bb = Backbone(BackboneConfig(model_id="nvidia/Cosmos-Reason2-2B", load_in_4bit=False, hidden_layer=1,
                                  audio_encoder_id="neon-tiny/whisper"))
     assert type(bb.model).__name__ == "Qwen3VLForConditionalGeneration"
+    assert (bb.info.layers_kept, bb.info.layers_total) == (1, 2)
     feats = bb.encode([scene(0, 96, 128), scene(1)], ["pick up the cup", "wave"])
-    assert feats.shape == (2, 16, 64) and torch.isfinite(feats).all()
+    assert feats.shape == (2, 68, 64) and torch.isfinite(feats).all()  # 16 px patches: 7x7 image tokens, pooled to 8x8
     audio, present = bb.encode_audio([np.zeros(16000, np.float32)])
     assert audio.shape == (1, 64) and present.all()  # Cosmos hears through the (tiny) Whisper encoder

@@ -86,3 +86,23 @@ def test_full_run_without_a_gpu_exits_2_and_says_why():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "needs a CUDA GPU" in proc.stderr and "--smoke" in proc.stderr
+
+
+def test_truncation_table_counts_what_the_loader_keeps(capsys):
+    """bench/bench_truncation.py: for every published backbone, the language-model parameters it counts as kept are
+    exactly those of the model built with its text config cut to the default feature layer (as the loader does)."""
+    bench, published, gpu = _load("bench_truncation"), _load("published_configs"), _load("bench_gpu")
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    for model_id in REAL:
+        spec = BACKBONES[model_id]
+        r = bench.row(model_id)
+        assert (r["layer"], r["depth"]) == (spec.feature_layer, spec.num_layers)
+        assert 0 < r["saved_nf4"] < r["saved_bf16"] < r["total_bf16"] and r["lm_kept"] < r["lm_total"]
+        cls, config = gpu.hf_model(spec.family, published.PUBLISHED[model_id])
+        getattr(config, "thinker_config", config).get_text_config().num_hidden_layers = spec.feature_layer
+        with torch.device("meta"):
+            cut = cls._from_config(config)
+        lm = getattr(cut, "thinker", cut).model.language_model
+        assert sum(p.numel() for p in lm.parameters()) - lm.norm.weight.numel() == r["lm_kept"]
+        assert re.search(rf"^{re.escape(model_id)}\s+{spec.feature_layer}/{spec.num_layers}\s", out, re.M), out

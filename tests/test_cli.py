@@ -12,7 +12,8 @@ from neon.cli import main
 def test_info_prints_counts_per_module(capsys):
     assert main(["info", "--preset", "edge_3b"]) == 0
     out = capsys.readouterr().out
-    for line in ("Qwen/Qwen2.5-Omni-3B", "proprio", "fusion", "heads.arms", "heads.hands", "total", "design: 2.0M"):
+    for line in ("Qwen/Qwen2.5-Omni-3B", "proprio", "fusion", "heads.arms", "heads.hands", "total", "design: 2.0M",
+                 "features: 68 tokens (8x8 image grid + 4 text bins) from hidden layer 18 of 36; 18 language-model"):
         assert line in out
 
 

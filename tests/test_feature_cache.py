@@ -38,6 +38,7 @@ def test_hits_after_first_pass_and_identical_features(setup, tmp_path):
     cached = heads_inputs(model, batch, soup.sources, cache)
     assert (cache.stats.hits, cache.stats.misses) == (3, 3)
     assert torch.allclose(cached.vl_tokens, fresh.vl_tokens, atol=2e-3, rtol=2e-3)  # stored as float16
+    assert cached.vl_tokens.shape == (3, 8 * 8 + 4, 64)  # grid tokens, then text bins
     assert torch.equal(cached.audio_present, fresh.audio_present)
     # A new FeatureCache object (a new run) reuses what is on disk.
     again = FeatureCache(tmp_path / "cache", model.config.backbone, with_audio=True)
@@ -55,10 +56,12 @@ def test_changed_instruction_is_a_miss(setup, tmp_path):
     assert (cache.stats.hits, cache.stats.misses) == (1, 3)
 
 
-@pytest.mark.parametrize("field,value", [("hidden_layer", 1), ("load_in_4bit", True), ("token_budget", 8),
-                                         ("pooling", "mean"), ("image_size", 160)])
+@pytest.mark.parametrize("field,value", [("hidden_layer", -1), ("load_in_4bit", True), ("token_budget", 8),
+                                         ("pooling", "mean"), ("pooling", "tokens"), ("grid_size", 4),
+                                         ("text_tokens", 2), ("image_size", 160)])
 def test_backbone_settings_key_the_cache(setup, tmp_path, field, value):
     _, model, _ = setup
+    assert getattr(model.config.backbone, field) != value
     a = FeatureCache(tmp_path / "cache", model.config.backbone, with_audio=True)
     changed = model.config.backbone.__class__(**{**model.config.backbone.__dict__, field: value})
     b = FeatureCache(tmp_path / "cache", changed, with_audio=True)

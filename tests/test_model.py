@@ -304,6 +304,46 @@ def test_replacing_a_checkpoint_swaps_it_in_one_step(checkpoint, monkeypatch):
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt"] and NeonVLA.from_pretrained(ckpt)
 
 
+# ---------------------------------------------------------------------------------------------- backbone features
+
+def test_grid_features_get_learned_positions_and_other_poolings_none():
+    """Grid pooling adds a row and a column embedding (grid_size x d each) and one per text bin, nothing else."""
+    cfg = tiny_config("neon-tiny/qwen2.5-vl")
+    assert (cfg.backbone.pooling, cfg.backbone.hidden_layer, cfg.backbone.num_tokens) == ("grid", 1, 68)
+    grid = NeonVLA(cfg)
+    cfg.backbone.pooling = "tokens"
+    tokens = NeonVLA(cfg)
+    extra = {k: tuple(v.shape) for k, v in grid.state_dict().items() if k not in tokens.state_dict()}
+    assert extra == {"fusion.row_embed": (8, 64), "fusion.col_embed": (8, 64), "fusion.text_embed": (4, 64)}
+    x = grid.inputs(collate([NeonPolicy(grid).observation(image=scene(), instruction="wave", state=np.zeros(28))], 28),
+                    lambda batch, keys: (torch.zeros(1, 16, 64), torch.zeros(1, 64), torch.zeros(1, dtype=torch.bool)))
+    with pytest.raises(ValueError, match=r"vl_tokens: 68 grid and text tokens expected \(8x8 \+ 4\), got 16"):
+        grid(x)
+
+
+def test_checkpoint_from_before_grid_features_loads_and_predicts_identically(backbones, tmp_path):
+    """A config.json as every checkpoint before grid pooling wrote it (hidden_layer -1, pooling "tokens", no
+    grid_size/text_tokens) loads with the same parameters and reads the backbone as it did: identical chunks."""
+    from neon.checkpoint import write_manifest
+
+    cfg = tiny_config("neon-tiny/qwen2.5-omni")
+    cfg.backbone.hidden_layer, cfg.backbone.pooling = -1, "tokens"
+    model = attach(randomize(NeonVLA(cfg)), backbones)
+    ckpt = model.save_pretrained(tmp_path / "old")
+    config = json.loads((ckpt / "config.json").read_text())
+    for name in ("grid_size", "text_tokens"):
+        del config["backbone"][name]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    write_manifest(ckpt, trained_steps=0)
+    loaded = attach(NeonVLA.from_pretrained(ckpt), backbones)
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    assert not any("row_embed" in k or "text_embed" in k for k in loaded.state_dict())
+    assert (loaded.backbone.cfg.hidden_layer, loaded.backbone.cfg.num_tokens, loaded.backbone.info.layers_kept) == (
+        -1, 16, 2)
+    obs = {k: v for k, v in full_obs(model).items() if k in ("image", "instruction", "state")}
+    assert np.array_equal(loaded.predict(**obs).actions, model.predict(**obs).actions)
+
+
 # ---------------------------------------------------------------------------------------------- prefix conditioning
 
 def test_prefix_options_validate_and_default_off():

@@ -44,6 +44,7 @@ def test_onnx_matches_pytorch(backbones, tmp_path, backbone, mode):
     ckpt = model.save_pretrained(tmp_path / "ckpt")
     info = export_heads(model, ckpt / ONNX_DIR)
     assert max(info["max_abs_diff"].values()) <= TOLERANCE
+    assert info["vl_tokens"] == [8 * 8 + 4, 64]  # grid tokens, then text bins
     onnx_model = NeonPolicy(attach(NeonVLA.from_pretrained(ckpt), backbones), OnnxHeads.beside(ckpt))
     assert onnx_model.heads.provider == "CPUExecutionProvider"
     for seed, drop in ((0, ()), (1, ("audio", "lidar", "eef")), (2, ("state",))):
@@ -61,7 +62,8 @@ def test_export_cli_and_missing_export(backbones, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="run `neon-export"):
         OnnxHeads.beside(ckpt)
     assert export_main(["--model", str(ckpt)]) == 0
-    assert "largest difference from PyTorch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "largest difference from PyTorch" in out and "vl_tokens: 68 backbone tokens x 64" in out
     assert (ckpt / ONNX_DIR / ONNX_FILE).is_file()
     info = json.loads((ckpt / ONNX_DIR / "export.json").read_text())
     assert info["inputs"][0] == "vl_tokens" and info["tolerance"] == TOLERANCE

@@ -115,6 +115,7 @@ def test_training_and_serving_roads_agree(setup, heads):
         a, b = getattr(train_inputs, name), getattr(served, name)
         assert a.shape == b.shape, name
         assert torch.allclose(a.float(), b.float(), atol=1e-5), f"{name} differs between training and serving"
+    assert model.config.backbone.pooling == "grid" and served.vl_tokens.shape == (1, 8 * 8 + 4, 64)
     assert served.lidar.shape == (1, 300, 4) and float(served.lidar[0, :, 3].abs().max()) == 0.0  # x, y, z kept in place
     assert torch.allclose(served.lidar[0, :, :3], torch.from_numpy(raw["lidar"]))
     q = served.eef.view(2, 7)[:, 3:]

@@ -1,7 +1,9 @@
 """Load a frozen backbone (and, for backbones without ears, a Whisper encoder) and read features from it.
 
 Model ids become folders through `neon.hub.resolve` (tiny ids are built offline
-once), then load through transformers' own `from_pretrained`.
+once), then load through transformers' own `from_pretrained`. The language model
+is loaded only up to the hidden layer Neon reads (`BackboneConfig.hidden_layer`):
+the layers after it are never allocated and never run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from neon.backbones.registry import BackboneSpec
-from neon.config import BackboneConfig
+from neon.config import BackboneConfig, ConfigError
 from neon.hub import MODEL_FILES, resolve
 from neon.observation import AUDIO_SAMPLE_RATE
 
@@ -48,6 +50,31 @@ def _model_class(family: str):
     }[family]
 
 
+def _image_token_id(config) -> int:
+    """The id of the image placeholder token (Qwen2.5-VL, Qwen3-VL: image_token_id; the Omni thinker:
+    image_token_index)."""
+    token = getattr(config, "image_token_id", None)
+    return token if token is not None else config.image_token_index
+
+
+def _load_config(family: str, path: Path, cfg: BackboneConfig):
+    """The checkpoint's config, its language model cut to the decoder layers up to `cfg.hidden_layer`.
+
+    Returns (config, layers kept, layers in the checkpoint).
+    """
+    config = _model_class(family).config_class.from_pretrained(path)
+    text = config.text_config
+    total = text.num_hidden_layers
+    if cfg.hidden_layer > total:
+        raise ConfigError(f"backbone.hidden_layer: {cfg.hidden_layer} is past the last of the {total} decoder layers "
+                          f"in {path}")
+    keep = total if cfg.hidden_layer == -1 else cfg.hidden_layer
+    text.num_hidden_layers = keep
+    if getattr(text, "layer_types", None):
+        text.layer_types = text.layer_types[:keep]
+    return config, keep, total
+
+
 def _quantization_config(cfg: BackboneConfig, dtype: torch.dtype):
     if not cfg.load_in_4bit:
         return None
@@ -75,6 +102,8 @@ class LoadInfo:
     attn_implementation: str
     quantized_4bit: bool
     device: str
+    layers_kept: int  # decoder layers of the language model loaded and run (up to the layer read)
+    layers_total: int  # decoder layers in the checkpoint
 
 
 class Backbone:
@@ -104,24 +133,30 @@ class Backbone:
             kwargs["device_map"] = {"": self.device.index or 0}
         from transformers.utils import logging as hf_logging
 
-        # Qwen's published configs trip transformers' token-id range warnings (talker ids vs vocab); mute them.
+        # Qwen's published configs trip transformers' token-id range warnings (talker ids vs vocab), and the
+        # checkpoint's weights for the dropped layers are skipped on purpose: mute both.
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            self.model = _freeze(_model_class(self.spec.family).from_pretrained(path, **kwargs))
+            config, keep, total = _load_config(self.spec.family, path, cfg)
+            self.model = _freeze(_model_class(self.spec.family).from_pretrained(path, config=config, **kwargs))
             self.processor = PROCESSOR_CLASSES[self.spec.family].from_pretrained(path)
         finally:
             hf_logging.set_verbosity(level)
+        if keep < total:  # the last hidden state is then hidden_states[keep], as the full model gives it: un-normed
+            self.model.model.language_model.norm = torch.nn.Identity()
         if self.device.type != "cuda":
             self.model.to(self.device)
+        self.image_token_id = _image_token_id(self.model.config)
+        self.merge_size = self.model.config.vision_config.spatial_merge_size
         self.info = LoadInfo(cfg.model_id, str(path), str(self.dtype).replace("torch.", ""), attn,
-                             quant is not None, str(self.device))
+                             quant is not None, str(self.device), keep, total)
         self.whisper = None
         self.whisper_features = None
         if cfg.resolved_audio_encoder is not None:
             self._load_whisper(cfg.resolved_audio_encoder)
-        log.info("loaded backbone %s (%s, 4-bit=%s, attn=%s) on %s", cfg.model_id, self.info.dtype,
-                 self.info.quantized_4bit, attn, self.device)
+        log.info("loaded backbone %s (%s, 4-bit=%s, attn=%s, %d of %d language-model layers) on %s", cfg.model_id,
+                 self.info.dtype, self.info.quantized_4bit, attn, keep, total, self.device)
 
     def _load_whisper(self, model_id: str) -> None:
         from transformers import WhisperFeatureExtractor, WhisperModel
@@ -142,22 +177,29 @@ class Backbone:
 
     @torch.no_grad()
     def encode(self, images: list[np.ndarray], instructions: list[str]) -> torch.Tensor:
-        """Float[(B, K, H)] feature tokens for B (uint8 HxWx3 image, instruction) pairs.
+        """Float[(B, K, H)] feature tokens for B (uint8 HxWx3 image, instruction) pairs, K = `cfg.num_tokens`.
 
-        K is `token_budget` for pooling="tokens" (valid tokens averaged into K
-        equal bins along the sequence) or 1 for pooling="mean".
+        The language model's last hidden state is hidden_states[`hidden_layer`] (the layers after it were never
+        loaded), pooled as `cfg.pooling` says (see `pool_grid`, `pool_tokens`).
         """
-        size = self.cfg.image_size
+        c, size = self.cfg, self.cfg.image_size
         pil = [Image.fromarray(im).convert("RGB").resize((size, size), Image.BILINEAR) for im in images]
         inputs = self.processor(images=pil, text=[self._prompt(t) for t in instructions],
                                 padding=True, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        out = self.model.model(**inputs, output_hidden_states=True, use_cache=False)
-        hidden = out.hidden_states[self.cfg.hidden_layer].float()  # (B, N, H)
+        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state.float()  # (B, N, H)
         mask = inputs["attention_mask"].bool()
-        return pool_tokens(hidden, mask, self.cfg.pooling, self.cfg.token_budget)
+        if c.pooling != "grid":
+            return pool_tokens(hidden, mask, c.pooling, c.token_budget)
+        image = inputs["input_ids"] == self.image_token_id
+        return pool_grid(hidden, mask, image, self._grids(inputs["image_grid_thw"]), c.grid_size, c.text_tokens)
+
+    def _grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:
+        """(rows, cols) of each sample's image tokens: its patch grid after the vision tower's spatial merge."""
+        m = self.merge_size
+        return [(h // m, w // m) for _, h, w in image_grid_thw.tolist()]
 
     # ------------------------------------------------------------------ audio
     @torch.no_grad()
@@ -195,13 +237,33 @@ class Backbone:
         return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
 
+def _bins(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """Float[(n, H)] -> Float[(k, H)]: averaged into k equal bins in order (repeats when n < k)."""
+    return F.adaptive_avg_pool1d(tokens.T[None], k)[0].T
+
+
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, budget: int) -> torch.Tensor:
-    """Pool Float[(B, N, H)] hidden states over valid tokens into Float[(B, K, H)]."""
+    """Pool Float[(B, N, H)] hidden states over valid tokens into Float[(B, K, H)] ("mean": K = 1, "tokens": K = budget)."""
     out = []
     for h, m in zip(hidden, mask, strict=True):
         valid = h[m]  # (n, H)
-        if pooling == "mean":
-            out.append(valid.mean(0, keepdim=True))
-        else:
-            out.append(F.adaptive_avg_pool1d(valid.T[None], budget)[0].T)  # (K, H); repeats when n < K
+        out.append(valid.mean(0, keepdim=True) if pooling == "mean" else _bins(valid, budget))
+    return torch.stack(out)
+
+
+def pool_grid(hidden: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, grids: list[tuple[int, int]],
+              grid_size: int, text_tokens: int) -> torch.Tensor:
+    """Float[(B, N, H)] hidden states -> Float[(B, grid_size**2 + text_tokens, H)], image tokens first.
+
+    Each sample's image tokens (Bool[(B, N)] `image`: one image, its rows x cols tokens in row-major order, as the
+    Qwen vision towers emit them) are laid on their grid and average-pooled to grid_size x grid_size (row-major);
+    its other valid tokens (Bool[(B, N)] `mask`: text and special tokens) are averaged into `text_tokens` bins.
+    """
+    out = []
+    for h, m, im, (rows, cols) in zip(hidden, mask, image & mask, grids, strict=True):
+        patches = h[im]  # (rows * cols, H)
+        if len(patches) != rows * cols:
+            raise ValueError(f"{len(patches)} image tokens for a {rows}x{cols} grid: expected one image per sample")
+        grid = F.adaptive_avg_pool2d(patches.T.reshape(1, -1, rows, cols), grid_size)[0]  # (H, g, g)
+        out.append(torch.cat([grid.flatten(1).T, _bins(h[m & ~im], text_tokens)]))
     return torch.stack(out)
