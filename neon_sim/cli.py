@@ -6,6 +6,7 @@
     neon-sim eval --policy oracle --latency-ms 300 --executor blend --blend-s 0.2   # request-ahead, skip, blend
     neon-sim eval --policy oracle --moving-block --executor blend --control two-rate --latency-ms 200
         # the named block moves once; features every 1 / --feature-hz s, heads at --heads-hz on the fresh state
+    neon-sim pretrain-backbone                                    # build neon-tiny/qwen2.5-vl-scenes (cached)
     neon-sim g1 --interface lo --domain 1 --seed 10000 --episodes 10 --out eval_g1/   # the G1 on its DDS topics:
         # rt/lowstate out, rt/arm_sdk in, head camera and instruction on ROS 2; driven by a bridge (neon-g1)
 
@@ -22,6 +23,8 @@ import math
 import os
 import sys
 import time
+
+from neon_sim.scene import IMAGE_SIZE
 
 
 MJCF_HELP = ("the G1 scene MJCF (default: $NEON_G1_MJCF, else ../shared/robots/unitree_g1/scene_29dof.xml, "
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="dataset folder (written atomically)")
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="episode k uses seed + k")
-    p.add_argument("--image-size", type=int, default=64, help="head camera frames, pixels (AV1 needs >= 64)")
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="head camera frames, pixels (AV1 needs >= 64)")
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_collect)
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--state-hz", type=float, default=250.0, help="rt/lowstate rate; must divide the 500 Hz physics rate")
     p.add_argument("--camera-hz", type=float, default=10.0, help="head camera frames a second of sim time (0: none)")
-    p.add_argument("--image-size", type=int, default=64, help="head camera frames, pixels")
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="head camera frames, pixels")
     p.add_argument("--stale-after-s", type=float, default=0.2,
                    help="an rt/arm_sdk command older than this is not applied: the own hold takes over (0: never stale)")
     p.add_argument("--engage-timeout-s", type=float, default=0.0,
@@ -115,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ros", action="store_true", help="no camera or instruction (DDS only)")
     p.add_argument("--out", help="folder for sim_report.json/.md")
     p.set_defaults(func=_g1)
+    p = sub.add_parser("pretrain-backbone", help="build neon-tiny/qwen2.5-vl-scenes: a tiny Qwen2.5-VL pretrained on "
+                                                 "perception of rendered scenes (neon_sim/pretrain.py), cached")
+    p.add_argument("--out", help="folder to write (default: Neon's cache, where the backbone id resolves)")
+    p.add_argument("--scenes", type=int, default=3000, help="rendered scenes (each also used mirrored)")
+    p.add_argument("--val-scenes", type=int, default=200, help="held-out scenes for the per-epoch errors")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="rendering processes")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads while training")
+    p.add_argument("--mjcf", help=MJCF_HELP)
+    p.set_defaults(func=_pretrain)
     args = ap.parse_args(argv)
     from neon.data.lerobot import DatasetError
     from neon_sim.scene import SimError
@@ -230,6 +244,20 @@ def _g1(args) -> int:
     print(f"rt/arm_sdk: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {report['episodes']} "
           f"episodes; rt/lowstate {report['lowstate_hz']} Hz, real-time factor {report['real_time_factor']}; commands "
           f"accepted {cmds['accepted']}, rejected (crc) {cmds['rejected_crc']}, stale {cmds['stale']}")
+    return 0
+
+
+def _pretrain(args) -> int:
+    from neon_sim.pretrain import pretrain
+
+    for name in ("scenes", "val_scenes", "epochs", "batch_size", "workers", "threads"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    summary = pretrain(args.out, args.scenes, args.val_scenes, args.epochs, args.batch_size, workers=args.workers,
+                       threads=args.threads, mjcf=args.mjcf, progress=True)
+    summary.pop("history")
+    print(json.dumps(summary, indent=2))
     return 0
 
 

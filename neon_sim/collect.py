@@ -17,7 +17,7 @@ import numpy as np
 from neon.data.lerobot import EpisodeData, write_dataset
 from neon.observation import EEF_FIELDS, EEF_SIDES
 from neon_sim.expert import Expert
-from neon_sim.scene import EPISODE_S, G1Tabletop, sample_task
+from neon_sim.scene import EPISODE_S, IMAGE_SIZE, G1Tabletop, sample_task
 
 FPS = 10.0  # frames (and policy steps) per second
 CONTROL_HZ = 50.0  # joint targets between two frames are interpolated at this rate
@@ -41,7 +41,7 @@ def palm_poses(sim: G1Tabletop) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def expert_episode(seed: int, image_size: int = 64, mjcf=None) -> tuple[EpisodeData, bool]:
+def expert_episode(seed: int, image_size: int = IMAGE_SIZE, mjcf=None) -> tuple[EpisodeData, bool]:
     """(the recorded episode, whether the expert succeeded)."""
     sim = G1Tabletop(sample_task(np.random.default_rng(seed)), mjcf, image_size)
     expert = Expert(sim)
@@ -63,7 +63,7 @@ def expert_episode(seed: int, image_size: int = 64, mjcf=None) -> tuple[EpisodeD
     return EpisodeData(sim.task.instruction, arrays, {CAMERA: np.stack(images)}), done_at is not None
 
 
-def collect(out: str | Path, episodes: int, seed: int = 0, image_size: int = 64, mjcf=None,
+def collect(out: str | Path, episodes: int, seed: int = 0, image_size: int = IMAGE_SIZE, mjcf=None,
             progress: bool | None = None, overwrite: bool = False) -> dict:
     """Write `episodes` expert episodes (seeds seed, seed+1, ...) to `out`; -> a summary."""
     from tqdm import tqdm

@@ -67,7 +67,7 @@ from neon_runtime.unitree import dds
 from neon_runtime.unitree.crc import crc32_words, low_cmd_crc, pack_low_state
 from neon_runtime.unitree.idl import LowCmd_, LowState_
 from neon_sim.evaluate import wilson
-from neon_sim.scene import EPISODE_S, KD, KP, G1Tabletop, SimError, sample_task
+from neon_sim.scene import EPISODE_S, IMAGE_SIZE, KD, KP, G1Tabletop, SimError, sample_task
 
 LOWSTATE_TOPIC, ARM_SDK_TOPIC = "rt/lowstate", "rt/arm_sdk"
 CAMERA_TOPIC, INSTRUCTION_TOPIC = "/camera/color/image_raw", "/neon/instruction"  # neon-ros's defaults
@@ -87,7 +87,7 @@ class DdsG1Config:
     mjcf: str | None = None  # the G1 model: scene.default_mjcf's sources when None
     state_hz: float = STATE_HZ  # must divide the physics rate (500 Hz: 500, 250, 166.67, 125, ...)
     camera_hz: float = 10.0  # 0: no camera
-    image_size: int = 64
+    image_size: int = IMAGE_SIZE
     stale_after_s: float = 0.2  # 0: a command stays in force until the next one
     engage_timeout_s: float = 0.0  # an episode whose bridge never engages ends after this (0: wait for ever)
     release_timeout_s: float = 10.0

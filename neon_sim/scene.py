@@ -3,7 +3,7 @@
     sim = G1Tabletop(task=sample_task(np.random.default_rng(0)))
     sim.run(targets, seconds=0.1)        # joint targets (action-space order, rad), PD-tracked at the model's timestep
     sim.success()                        # the task's geometric check
-    sim.render("head")                   # UInt8[(64, 64, 3)] from the head camera
+    sim.render("head")                   # UInt8[(224, 224, 3)] from the head camera
 
 Robot: Unitree's G1 MJCF (BSD-3), from `--mjcf` / `$NEON_G1_MJCF`, else `../shared/robots/unitree_g1/`
 (offline: tests, CI), else MuJoCo Menagerie's `unitree_g1` (derived from the same Unitree model, through
@@ -11,9 +11,11 @@ the `mujoco-menagerie` package); joints matched to Neon's action space by name. 
 loop with gravity compensation run at every physics step (2 ms), torques clipped to each joint's motor
 range (Menagerie's position servos are turned into such torque motors). Head camera: on the torso link,
 0.43 m above it and 6 cm forward (about where the G1's head RealSense D435 sits), pitched 45 degrees
-down, 60 degree vertical field of view. A third-person camera looks at the table from the front-left.
-Rendering runs offscreen (`MUJOCO_GL=egl`) with shadows, reflections and skybox off: about 70 ms a 64x64
-frame on 2 CPU cores.
+down, 60 degree vertical field of view, IMAGE_SIZE (224) pixels square. The arms start in START_POSE
+("ready": forearms raised, hands over the table's near corners), from which the head camera sees every block
+whole (`visibility`, bench/bench_visibility.py). A third-person camera looks at the table from the front-left.
+Rendering runs offscreen (`MUJOCO_GL=egl`) with shadows, reflections and skybox off (per-frame cost at 64 and
+224 px: bench/bench_visibility.py).
 
 Task ("touch"): the instruction names a block by colour (and sometimes the hand). Success: the named
 hand's palm (10 cm beyond the wrist) within SUCCESS_RADIUS_M of the top centre of the named block within
@@ -51,6 +53,13 @@ MOVE_CLEAR_M = 0.06  # centre to centre from the other blocks: 2 cm between the 
 MOVE_STREAM = 1  # the move's random stream is default_rng((seed, MOVE_STREAM)); the task's is default_rng(seed)
 KP, KD = 120.0, 6.0  # N m / rad, N m s / rad: every joint's PD loop
 ARM_JOINTS = ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw")
+# The start pose ("ready"): forearms raised, hands 20 cm over the table's near corners, at the head camera's edges.
+# At the model's zero pose the palms hover 11 cm over the block area and hide 22% of named blocks by more than
+# half from the head camera; from this pose none (bench/bench_visibility.py). Left arm's values; the right arm
+# mirrors them (roll and yaw axes change sign).
+START_POSE = {"shoulder_pitch": 0.2, "shoulder_roll": 0.25, "elbow": -0.5}
+MIRRORED = ("shoulder_roll", "shoulder_yaw", "wrist_roll", "wrist_yaw")
+IMAGE_SIZE = 224  # px, square head-camera frames in collection, evaluation and the DDS sim
 
 
 class SimError(RuntimeError):
@@ -105,6 +114,12 @@ def _as_torque_motors(spec) -> None:
         act.biasprm = [0.0] * len(act.biasprm)
         act.inheritrange = 0.0
         act.ctrlrange, act.ctrllimited = joint.actfrcrange, mujoco.mjtLimited.mjLIMITED_TRUE
+
+
+def start_pose() -> dict[str, float]:
+    """START_POSE for both arms: MuJoCo joint name (without `_joint`) -> rad."""
+    return {f"{side}_{name}": (-q if side == "right" and name in MIRRORED else q)
+            for side in ("left", "right") for name, q in START_POSE.items()}
 
 
 @dataclass(frozen=True)
@@ -169,7 +184,7 @@ def episode_task(seed: int, moving_block: bool = False) -> Task:
 
 
 class G1Tabletop:
-    def __init__(self, task: Task, mjcf: str | Path | None = None, image_size: int = 64):
+    def __init__(self, task: Task, mjcf: str | Path | None = None, image_size: int = IMAGE_SIZE):
         import mujoco
 
         self.mj, self.task = mujoco, task
@@ -207,6 +222,8 @@ class G1Tabletop:
         self.qadr, self.dadr = m.jnt_qposadr[self.joints], m.jnt_dofadr[self.joints]
         self.actuated = np.array([m.actuator_trnid[a, 0] for a in range(m.nu)])
         self.act_q, self.act_d = m.jnt_qposadr[self.actuated], m.jnt_dofadr[self.actuated]
+        for name, q in start_pose().items():
+            self.data.qpos[m.jnt_qposadr[m.joint(f"{name}_joint").id]] = q
         self.hold = self.data.qpos[self.act_q].copy()  # everything not commanded holds its start
         self.q_lo, self.q_hi = m.jnt_range[self.actuated, 0], m.jnt_range[self.actuated, 1]
         self.table_geom = m.geom("table").id
@@ -216,7 +233,7 @@ class G1Tabletop:
         self.limit_violation = 0.0
         self.table_contact = False
         self.image_size = image_size
-        self._renderer = None
+        self._renderer = self._segmenter = None
         self.moved_at_s: float | None = None  # when the named block moved (None: not yet, or a static task)
         mujoco.mj_forward(m, self.data)
 
@@ -297,7 +314,27 @@ class G1Tabletop:
             self._renderer.scene.flags[flag] = 0
         return self._renderer.render().copy()
 
+    def visibility(self, camera: str = "head") -> np.ndarray:
+        """Float[(3,)] each block's visible fraction from `camera`: its pixels in a segmentation render of the
+        scene over its pixels with the robot hidden (the table and blocks are in geom group 0, the robot's geoms in
+        groups above it in Unitree's and Menagerie's MJCF). 0 for a block out of view."""
+        mj = self.mj
+        if self._segmenter is None:
+            self._segmenter = mj.Renderer(self.model, self.image_size, self.image_size)
+            self._segmenter.enable_segmentation_rendering()
+        counts = []
+        for hide_robot in (False, True):
+            option = mj.MjvOption()
+            if hide_robot:
+                option.geomgroup[1:] = 0
+            self._segmenter.update_scene(self.data, camera=camera, scene_option=option)
+            ids = self._segmenter.render()[..., 0]
+            counts.append(np.array([(ids == self.model.geom(f"block{i}").id).sum() for i in range(3)], float))
+        seen, alone = counts
+        return np.where(alone > 0, seen / np.maximum(alone, 1), 0.0)
+
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for r in (self._renderer, self._segmenter):
+            if r is not None:
+                r.close()
+        self._renderer = self._segmenter = None

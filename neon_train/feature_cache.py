@@ -31,7 +31,7 @@ from neon.backbones.tiny import tiny_model_dir
 from neon.config import BackboneConfig
 from neon.observation import ObservationBatch
 
-PREPROCESSING_VERSION = 1  # bump when image/prompt preprocessing changes
+PREPROCESSING_VERSION = 2  # 2: the instruction before the image. Bump when image/prompt preprocessing changes
 
 
 def backbone_key(cfg: BackboneConfig) -> dict:

@@ -36,6 +36,7 @@ from neon.action_space import BODY_JOINTS  # noqa: E402
 from neon_runtime.unitree import dds  # noqa: E402
 from neon_runtime.unitree.idl import LowCmd_  # noqa: E402
 from neon_sim.dds_g1 import DdsG1, DdsG1Config  # noqa: E402
+from neon_sim.scene import start_pose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BRINGUP = ROOT / "ros2_ws" / "src" / "neon_bringup"
@@ -159,9 +160,9 @@ def events(sim: DdsG1) -> list[str]:
 
 
 def arm_offset(sim: DdsG1) -> float:
-    """rad: how far the sim's arm joints are from the start pose (the model's zero pose)."""
-    joints = sim.joint_positions()
-    return max(abs(joints[name]) for name in ARMS)
+    """rad: how far the sim's arm joints are from the start pose."""
+    joints, start = sim.joint_positions(), start_pose()
+    return max(abs(joints[name] - start.get(name, 0.0)) for name in ARMS)
 
 
 def start_stack(checkpoint, domain: int, **values) -> tuple[Proc, Proc]:

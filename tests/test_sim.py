@@ -9,7 +9,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering through Mesa on
 pytest.importorskip("mujoco", reason="MuJoCo comes with the sim extra (scripts/setup.sh installs it)")
 
 from neon_sim.expert import Expert, solve_ik
-from neon_sim.scene import COLORS, EPISODE_S, G1Tabletop, SimError, sample_task
+from neon_sim.scene import COLORS, EPISODE_S, IMAGE_SIZE, G1Tabletop, SimError, episode_task, sample_task, start_pose
 
 SEEDS = [101, 102, 103, 104]
 
@@ -55,8 +55,29 @@ def test_pushing_into_the_table_is_no_success():
 def test_cameras_see_the_scene():
     sim = G1Tabletop(sample_task(np.random.default_rng(3)))
     head, outside = sim.render("head"), sim.render("third_person")
-    assert head.shape == outside.shape == (64, 64, 3) and head.dtype == np.uint8
+    assert head.shape == outside.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) == (224, 224, 3) and head.dtype == np.uint8
     assert head.std() > 10 and np.abs(head.astype(int) - outside.astype(int)).mean() > 10  # two different views
+    sim.close()
+
+
+@pytest.mark.parametrize("seed", [10_000, 10_001, 10_002, 10_003])
+def test_the_head_camera_sees_the_named_block_whole_from_the_start_pose(seed):
+    sim = G1Tabletop(episode_task(seed))
+    assert np.allclose([sim.data.joint(f"{n}_joint").qpos[0] for n in start_pose()], list(start_pose().values()))
+    assert sim.visibility()[sim.task.target] >= 0.5
+    sim.close()
+
+
+def test_visibility_sees_a_hand_hide_a_block():
+    sim = G1Tabletop(episode_task(10_000))
+    i = sim.task.target
+    assert sim.visibility()[i] > 0.95
+    eye = sim.data.cam("head").xpos
+    between = eye + 0.5 * (sim.block_top(i) - eye)  # halfway from the camera to the block: the palm blocks the view
+    q = solve_ik(sim, sim.task.arm, between, sim.state())
+    sim.data.qpos[sim.qadr] = q[sim.dims]
+    sim.mj.mj_forward(sim.model, sim.data)
+    assert sim.visibility()[i] < 0.5
     sim.close()
 
 
@@ -80,7 +101,7 @@ def test_collect_writes_a_dataset_that_neon_reads(tmp_path):
     assert set(src.action_map.missing_target) == {n for n in space.names if "_hand_" in n}  # the model has no Dex3
     sample = src.sample(0)
     task = sample_task(np.random.default_rng(101))
-    assert sample["obs"].instruction == task.instruction and sample["obs"].image.shape == (64, 64, 3)
+    assert sample["obs"].instruction == task.instruction and sample["obs"].image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     assert sample["obs"].eef.shape == (14,) and sample["action_mask"][:, :14].all()
     last = src.sample(src.episodes[0].length - 1)  # the episode ends with the palm on the block
     sim = G1Tabletop(task)

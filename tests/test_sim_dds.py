@@ -32,7 +32,7 @@ from neon_sim.cli import main  # noqa: E402
 from neon_sim.collect import FPS  # noqa: E402
 from neon_sim.dds_g1 import DdsG1, DdsG1Config, write_report  # noqa: E402
 from neon_sim.expert import Expert  # noqa: E402
-from neon_sim.scene import EPISODE_S, KD, KP, G1Tabletop, sample_task  # noqa: E402
+from neon_sim.scene import EPISODE_S, IMAGE_SIZE, KD, KP, G1Tabletop, sample_task, start_pose  # noqa: E402
 
 SDK = {j.name: j.sdk_index for j in BODY_JOINTS}
 UPPER = [j for j in BODY_JOINTS if j.group in ("torso", "arms")]  # what rt/arm_sdk commands
@@ -97,8 +97,11 @@ class Commander:
         raise AssertionError(f"no rt/lowstate within {timeout} s")
 
 
+START = start_pose()  # MuJoCo joint name -> rad; every other joint starts at 0
+
+
 def at_hold(sim: DdsG1, tol: float = 0.02) -> bool:
-    return max(abs(q) for q in sim.joint_positions().values()) < tol  # the start pose is the model's zero pose
+    return max(abs(q - START.get(name, 0.0)) for name, q in sim.joint_positions().items()) < tol
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +165,13 @@ def test_half_weight_lands_halfway_between_hold_and_command(settled):
     sim, commander = settled
     def halfway() -> bool:  # the same gains as the sim's own: the blended target is the midpoint
         joints = sim.joint_positions()
-        return all(abs(joints[name] - target / 2) < 0.03 for name, target in POSE.items())
+        return all(abs(joints[name] - (target + START.get(name, 0.0)) / 2) < 0.03 for name, target in POSE.items())
 
     assert commander.hold_until(halfway, 0.5, POSE), sim.joint_positions()
     commander.hold(0.3, 0.5, POSE)
     state = commander.state()
     for name, target in POSE.items():
-        assert state.motor_state[SDK[name]].q == pytest.approx(target / 2, abs=0.03), name
+        assert state.motor_state[SDK[name]].q == pytest.approx((target + START.get(name, 0.0)) / 2, abs=0.03), name
     assert abs(state.motor_state[SDK["left_elbow"]].tau_est) > 0.05  # a bent elbow is held up against gravity
     assert sim.events.empty()  # weight 0.5: still holding, the episode clock has not started
 
@@ -214,9 +217,9 @@ def test_head_camera_and_instruction_reach_ros(idle, ros_node):
     assert wait_for(lambda: images and instructions, timeout=20), (len(images), instructions)
     assert instructions[0].data == sample_task(np.random.default_rng(4242)).instruction
     msg = images[-1]
-    assert (msg.height, msg.width, msg.encoding) == (64, 64, "rgb8")
+    assert (msg.height, msg.width, msg.encoding) == (IMAGE_SIZE, IMAGE_SIZE, "rgb8")
     frame = image_to_array(msg)
-    assert frame.shape == (64, 64, 3) and frame.std() > 10  # the table and blocks, not a blank frame
+    assert frame.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and frame.std() > 10  # the table and blocks, not a blank frame
     assert wait_for(lambda: len(images) >= 5, timeout=5)  # a stream at camera_hz, not one frame
 
 

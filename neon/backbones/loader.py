@@ -172,8 +172,7 @@ class Backbone:
 
     # ------------------------------------------------------------------ vision-language
     def _prompt(self, instruction: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt(self.processor, instruction)
 
     @torch.no_grad()
     def encode(self, images: list[np.ndarray], instructions: list[str]) -> torch.Tensor:
@@ -235,6 +234,14 @@ class Backbone:
         hidden = self.whisper(batch["input_features"].to(self.device, self.dtype)).last_hidden_state.float()
         mask = batch["attention_mask"][:, ::2].to(self.device)[:, : hidden.shape[1]].float()  # conv stride 2
         return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+def prompt(processor, instruction: str) -> str:
+    """The chat prompt Neon encodes: the instruction, then the image. In a causal language model each token sees
+    only what comes before it, so with the instruction first the image tokens read it: the grid Neon keeps is the
+    scene as seen for this instruction (where the named object is), not the instruction-blind scene."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "image"}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _bins(tokens: torch.Tensor, k: int) -> torch.Tensor:

@@ -72,6 +72,14 @@ _VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_
 
 TINY_IDS = ("neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni", "neon-tiny/whisper")
 
+# The tiny Qwen2.5-VL that was taught to see the sim's tabletop: wider and deeper than neon-tiny/qwen2.5-vl, built
+# (pretrained on rendered scenes) by `neon-sim pretrain-backbone`, not here: neon never imports the simulator.
+SCENES_ID = "neon-tiny/qwen2.5-vl-scenes"
+SCENES_VERSION = 1  # bump when neon_sim.pretrain's recipe changes; an older build is then refused, not rebuilt
+SCENES_TEXT = dict(_TEXT, hidden_size=128, intermediate_size=256, num_hidden_layers=4,  # Neon reads layer 2
+                   rope_parameters=dict(_TEXT["rope_parameters"], mrope_section=[4, 6, 6]))  # head_dim 32
+SCENES_VISION = dict(_VISION, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=128)
+
 
 def _build_tokenizer(extra_special: dict[str, str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -91,15 +99,15 @@ def _ids(tokenizer, **names: str) -> dict[str, int]:
     return {k: tokenizer.convert_tokens_to_ids(v) for k, v in names.items()}
 
 
-def _build_vl(out: Path) -> None:
+def _build_vl(out: Path, text: dict = _TEXT, vision: dict = _VISION) -> None:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     from neon.backbones.processors import QwenVLImageProcessor
 
     tok = _build_tokenizer({"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
     config = Qwen2_5_VLConfig(
-        text_config=dict(_TEXT, vocab_size=len(tok)),
-        vision_config=_VISION,
+        text_config=dict(text, vocab_size=len(tok)),
+        vision_config=vision,
         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         **_ids(tok, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
                vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>"),
@@ -163,10 +171,26 @@ _BUILDERS = {
 }
 
 
+def build_untrained_scenes(out: Path) -> None:
+    """The scenes backbone before its pretraining (random weights, its processor): neon_sim.pretrain's start."""
+    _build_vl(out, SCENES_TEXT, SCENES_VISION)
+
+
+def scenes_model_dir() -> Path:
+    """Where `neon-sim pretrain-backbone` caches the scenes backbone (built or not)."""
+    return tiny_models_dir() / f"{SCENES_ID.split('/')[-1]}-v{SCENES_VERSION}"
+
+
 def tiny_model_dir(model_id: str) -> Path:
     """Return the folder of a tiny model, building it on first use (atomically)."""
+    if model_id == SCENES_ID:
+        target = scenes_model_dir()
+        if not (target / "neon_tiny.json").is_file():
+            raise FileNotFoundError(f"{SCENES_ID} is not built yet: run `neon-sim pretrain-backbone` once (it renders "
+                                    f"scenes and pretrains it on this machine, then caches it in {target})")
+        return target
     if model_id not in _BUILDERS:
-        raise KeyError(f"{model_id!r} is not a tiny model; tiny models: {', '.join(TINY_IDS)}")
+        raise KeyError(f"{model_id!r} is not a tiny model; tiny models: {', '.join(TINY_IDS + (SCENES_ID,))}")
     target = tiny_models_dir() / f"{model_id.split('/')[-1]}-v{TINY_VERSION}"
     if (target / "neon_tiny.json").is_file():
         return target
