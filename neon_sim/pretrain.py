@@ -118,8 +118,7 @@ class SceneRandomizer:
                 sign = 1.0 if side == "left" else -1.0
                 goal = np.array([rng.uniform(0.15, 0.42), sign * rng.uniform(-0.05, 0.3), rng.uniform(0.80, 1.0)])
                 q = solve_ik(sim, side, goal, sim.state(), iters=60)
-                for k, j in enumerate(sim.joints):
-                    d.qpos[sim.qadr[k]] = q[sim.dims[k]]
+                d.qpos[sim.qadr] = q[sim.dims]
             arm = [a for a in self.arm_qpos if a.startswith(side)]
             for name in arm:
                 d.qpos[self.arm_qpos[name]] += rng.normal(0, 0.08)
