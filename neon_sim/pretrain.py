@@ -110,6 +110,7 @@ class SceneRandomizer:
         m.vis.headlight.diffuse[:] = self.headlight * rng.uniform(0.6, 1.3)
         m.cam_pos[self.cam] = self.cam_pos + rng.normal(0, 0.005, 3)
         m.cam_quat[self.cam] = _jitter_quat(self.cam_quat, rng, math.radians(2.0))
+        d.qpos[sim.qadr] = 0.0  # every arm joint from the start pose, not from the previous scene: a seed is a scene
         for name, q in start_pose().items():
             d.qpos[self.arm_qpos[name]] = q
         sim.mj.mj_forward(m, d)
@@ -185,7 +186,7 @@ def render_scenes(seeds: list[int], image_size: int = IMAGE_SIZE, mjcf=None, wor
     return Scenes.concat(parts)
 
 
-SCENE_RECIPE = 1  # bump when SceneRandomizer or the labels change: cached renders are then not reused
+SCENE_RECIPE = 2  # bump when SceneRandomizer or the labels change: cached renders are then not reused
 
 
 def cached_scenes(first: int, n: int, image_size: int = IMAGE_SIZE, mjcf=None, workers: int = 2,
@@ -351,7 +352,7 @@ def pretrain(out: str | Path | None = None, scenes: int = 3000, val_scenes: int 
                 opt.step()
                 sched.step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}", heat=f"{metrics['heat']:.2f}",
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", heat=f"{metrics['heat']:.2f}",
                                 named_cm="/".join(f"{v:.1f}" for v in metrics["named_cm"]))
             val_metrics = evaluate_head(model, processor, head, tap, val, seed)
             history.append({"epoch": epoch + 1, **val_metrics})

@@ -316,20 +316,29 @@ class G1Tabletop:
 
     def visibility(self, camera: str = "head") -> np.ndarray:
         """Float[(3,)] each block's visible fraction from `camera`: its pixels in a segmentation render of the
-        scene over its pixels with the robot hidden (the table and blocks are in geom group 0, the robot's geoms in
-        groups above it in Unitree's and Menagerie's MJCF). 0 for a block out of view."""
-        mj = self.mj
+        scene over its pixels in one with the robot hidden (every geom of the robot's body tree moved to a geom group
+        the renderer does not draw, for that render only: the G1's visual meshes are in group 0 with the table and
+        blocks). Pixels outside the image count in neither. 0 for a block out of view."""
+        mj, m = self.mj, self.model
         if self._segmenter is None:
-            self._segmenter = mj.Renderer(self.model, self.image_size, self.image_size)
+            self._segmenter = mj.Renderer(m, self.image_size, self.image_size)
             self._segmenter.enable_segmentation_rendering()
+        robot = np.flatnonzero(m.body_rootid[m.geom_bodyid] == m.body("pelvis").id)
+        groups = m.geom_group[robot].copy()
+        option = mj.MjvOption()
+        option.geomgroup[:] = 0
+        option.geomgroup[:3] = 1  # what the camera renders (MuJoCo's default groups 0-2)
         counts = []
-        for hide_robot in (False, True):
-            option = mj.MjvOption()
-            if hide_robot:
-                option.geomgroup[1:] = 0
-            self._segmenter.update_scene(self.data, camera=camera, scene_option=option)
-            ids = self._segmenter.render()[..., 0]
-            counts.append(np.array([(ids == self.model.geom(f"block{i}").id).sum() for i in range(3)], float))
+        try:
+            for hide_robot in (False, True):
+                if hide_robot:
+                    m.geom_group[robot] = 5
+                self._segmenter.update_scene(self.data, camera=camera, scene_option=option)
+                ids = self._segmenter.render()
+                ids = ids[..., 0][ids[..., 1] == mj.mjtObj.mjOBJ_GEOM]
+                counts.append(np.array([(ids == m.geom(f"block{i}").id).sum() for i in range(3)], float))
+        finally:
+            m.geom_group[robot] = groups
         seen, alone = counts
         return np.where(alone > 0, seen / np.maximum(alone, 1), 0.0)
 
