@@ -16,7 +16,9 @@ image tokens have read it. Per token of the 2-D grid:
 - per colour, and for the block the instruction names: which token holds the block's top centre (cross-entropy
   over the grid) and where in that token (offset, L1): where each visible block is in the image, and which one is
   meant (grounding the named object);
-- the named block's place on the table (x, y, robot frame; L1 at its token).
+- the named block's place on the table (x, y, robot frame; L1 at its token), and the same from the mean of all image
+  tokens (a second linear map): the position must also be linearly readable from the grid as a whole, as the
+  probe and the heads read it.
 A block less than VISIBLE_MIN visible is not a target (it cannot be seen). The layers after the one read are not
 trained here; Neon drops them at load. (Tried first: grounding through the instruction's tokens after the image,
 which must find the named colour and then its image tokens, two hops: no better than chance after two epochs.)
@@ -235,9 +237,10 @@ class PerceptionHead:
         import torch
 
         self.linear = torch.nn.Linear(hidden, 3 * (len(COLOR_NAMES) + 1) + 2)
+        self.pooled = torch.nn.Linear(hidden, 2)  # the named block's table x, y from the image tokens' mean
 
     def parameters(self):
-        return list(self.linear.parameters())
+        return list(self.linear.parameters()) + list(self.pooled.parameters())
 
     def loss(self, hidden, image_mask, grid_hw, batch: dict) -> tuple:
         """-> (loss, metrics) for Float[(B, N, H)] hidden states of the layer read."""
@@ -245,7 +248,8 @@ class PerceptionHead:
         import torch.nn.functional as F
 
         b, (rows, cols), k = hidden.shape[0], grid_hw, len(COLOR_NAMES) + 1
-        out = self.linear(hidden[image_mask].view(b, rows * cols, -1))  # row-major merged-patch grid
+        tokens = hidden[image_mask].view(b, rows * cols, -1)  # row-major merged-patch grid
+        out = self.linear(tokens)
         heat = out[..., : 3 * k].reshape(b, rows * cols, k, 3)  # (B, cells, colours + named, 3)
         idx = torch.arange(b)
         pix = torch.cat([batch["pixel"], batch["pixel"][idx, batch["named"]][:, None]], 1)  # (B, k, 2)
@@ -263,6 +267,8 @@ class PerceptionHead:
         named_in = inside[:, -1]
         goal = batch["table_n"][idx, batch["named"]]
         table = (xy[idx, cell[:, -1]] - goal).abs().sum(-1)[named_in].mean() if named_in.any() else zero
+        pooled_err = (self.pooled(tokens.mean(1)) - goal).abs()  # (B, 2)
+        pooled = pooled_err.sum(-1)[named_in].mean() if named_in.any() else zero
         # held-out figures: read at the named heat's arg-max, as a user of the features would
         best = logits[:, -1].argmax(-1)
         scale = torch.as_tensor(TABLE_XY[1], dtype=xy.dtype)
@@ -271,9 +277,11 @@ class PerceptionHead:
         uv = (uv + 0.5 + heat[idx, best, -1, 1:]) / torch.tensor([cols, rows], dtype=xy.dtype)
         px = (uv - pix[:, -1]).abs()[named_in]
         nan2 = [float("nan")] * 2
-        return ce + offset + table, {"heat": float(ce.detach()), "offset": float(offset.detach()),
-                                     "table": float(table.detach()),
-                                     "named_cm": cm.mean(0).tolist() if named_in.any() else nan2,
+        pooled_cm = (pooled_err.detach() * scale * 100)[named_in]
+        return ce + offset + table + pooled, {"heat": float(ce.detach()), "offset": float(offset.detach()),
+                                              "table": float(table.detach()), "pooled": float(pooled.detach()),
+                                              "named_cm": cm.mean(0).tolist() if named_in.any() else nan2,
+                                              "pooled_cm": pooled_cm.mean(0).tolist() if named_in.any() else nan2,
                                      "named_uv": px.mean(0).tolist() if named_in.any() else nan2}
 
 
@@ -359,7 +367,8 @@ def pretrain(out: str | Path | None = None, scenes: int = 3000, val_scenes: int 
             log.info("epoch %d: held-out %s", epoch + 1, val_metrics)
             bar.write(f"epoch {epoch + 1}/{epochs}: held-out named block {val_metrics['named_cm'][0]:.2f} / "
                       f"{val_metrics['named_cm'][1]:.2f} cm (x / y), in the image "
-                      f"{val_metrics['named_px'][0]:.1f} / {val_metrics['named_px'][1]:.1f} px (u / v)")
+                      f"{val_metrics['named_px'][0]:.1f} / {val_metrics['named_px'][1]:.1f} px (u / v); from the image tokens' "
+                      f"mean {val_metrics['pooled_cm'][0]:.2f} / {val_metrics['pooled_cm'][1]:.2f} cm")
         bar.close()
         train_s = time.perf_counter() - t1
         tap.remove()
@@ -410,17 +419,20 @@ def evaluate_head(model, processor, head, tap, val: Scenes, seed: int) -> dict:
     import torch
 
     texts, named = instructions(np.random.default_rng(seed + 1), val, np.zeros(len(val.images), bool))
-    cms, uvs = [], []
+    cms, uvs, pooled = [], [], []
     model.eval()
     with torch.no_grad():
         for k in range(0, len(val.images), 50):
             idx = np.arange(k, min(k + 50, len(val.images)))
             _, metrics = _forward(model, processor, head, tap, *_batch(processor, val, idx, texts, named))
             cms.append(metrics["named_cm"])
+            pooled.append(metrics["pooled_cm"])
             uvs.append(metrics["named_uv"])
     model.train()
     cm, px = np.nanmean(np.array(cms), axis=0), np.nanmean(np.array(uvs), axis=0) * val.images.shape[1]
-    return {"named_cm": [round(float(v), 2) for v in cm], "named_px": [round(float(v), 1) for v in px]}
+    pooled_cm = np.nanmean(np.array(pooled), axis=0)
+    return {"named_cm": [round(float(v), 2) for v in cm], "named_px": [round(float(v), 1) for v in px],
+            "pooled_cm": [round(float(v), 2) for v in pooled_cm]}
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
