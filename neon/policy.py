@@ -85,7 +85,7 @@ class ReusedFeatures:
 class Prediction:
     actions: np.ndarray  # Float[(T, D)] physical units, inside joint limits
     joint_names: list[str]
-    fps: float  # chunk step i is meant for i / fps seconds after the observation
+    fps: float  # chunk step i is the joint target for (i + 1) / fps seconds after the observation
     speech: str  # "" = nothing to say
     speech_confidence: float
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -27,6 +27,11 @@ Hand-over, when a chunk arrives (`received_s` = r) while another is in force:
   the target does not jump at r and its velocity and acceleration do not jump at r or at r + b. "old" is whatever
   was in force before r, itself possibly still blending, or the pose given to `hold` (the robot's, before the
   first chunk). b = 0: the new chunk is in force at once.
+- Temporal ensembling (`ensemble_s` = w > 0, ACT's, with equal weights; not with blending): target(t) is the mean
+  of what every chunk that arrived in (t - w, t] and still has a step at or after t puts there (the newest
+  always counts). When heads re-plan every control tick, each chunk's first steps carry the policy's error and
+  executing only those lets it compound (the arm runs away); averaging the overlapping predictions of the last w
+  seconds cancels much of it. A new chunk moves the target by 1/n of its disagreement with the others.
 
 Request-ahead: `should_request(now, latency_s)` is True once what is left of the chunk in force no longer covers
 the latency plus one step (or, with `execute_steps` K, once the reply would arrive after the chunk has been in
@@ -128,11 +133,16 @@ class ChunkExecutor:
     """Holds the chunks in force and answers `target(now)`. Thread-safe: one thread accepts, another reads.
 
     blend_s: seconds over which a new chunk takes over from the one in force (0: at once).
+    ensemble_s: average the chunks that arrived in the last `ensemble_s` seconds (temporal ensembling; 0: off).
     safety: applied by `execute` to every executed target, relative to the last executed one (see `safety_hook`).
     """
 
-    def __init__(self, dim: int, blend_s: float = 0.0, safety: SafetyHook | None = None):
+    def __init__(self, dim: int, blend_s: float = 0.0, safety: SafetyHook | None = None, ensemble_s: float = 0.0):
         self.dim, self.blend_s, self.safety = dim, check_blend_s(blend_s), safety
+        self.ensemble_s = check_blend_s(ensemble_s, "ensemble_s")
+        if self.ensemble_s and self.blend_s:
+            raise ValueError(f"blend_s ({blend_s:g}) and ensemble_s ({ensemble_s:g}) are two ways to hand over: "
+                             "give one")
         self._layers: tuple[_Layer, ...] = ()  # oldest first; the last is the newest chunk, the one in force
         self._lock = threading.Lock()
         self.accepted = 0
@@ -162,12 +172,15 @@ class ChunkExecutor:
                     slope = (targets[1] - targets[0]) / (times[1] - times[0])
                     anchor = targets[0] + (r - times[0]) * slope
                 else:  # approached from where the executor is at arrival
-                    anchor = self._blend(layers, r)
+                    anchor = self._mix(layers, r)
                 anchor = np.where(np.isfinite(anchor), anchor, targets[0]).astype(np.float32)
                 times, targets = np.concatenate([[r], times]), np.concatenate([anchor[None], targets])
             if self.blend_s > 0:  # keep what is still blending at r: the newest layer whose blend is over, and after
                 done = [i for i, lay in enumerate(layers) if i == 0 or lay.start_s + self.blend_s <= r]
                 layers = layers[done[-1]:] if layers else ()
+            elif self.ensemble_s > 0:  # keep the chunks that may still count: arrived inside the window, steps left
+                layers = tuple(lay for lay in layers if lay.chunk is not None and lay.start_s > r - self.ensemble_s
+                               and lay.times[-1] >= r)
             else:
                 layers = ()
             self._layers = (*layers, _Layer(chunk, r, times, targets))
@@ -195,6 +208,23 @@ class ChunkExecutor:
         layers = self._layers
         return layers[-1].chunk if layers else None
 
+    def _mix(self, layers: tuple[_Layer, ...], now: float) -> np.ndarray:
+        return self._ensemble(layers, now) if self.ensemble_s > 0 else self._blend(layers, now)
+
+    def _ensemble(self, layers: tuple[_Layer, ...], now: float) -> np.ndarray:
+        """The mean over the newest layer and every older chunk arrived inside the window with a step left at now;
+        NaN (no target) in one chunk leaves the others' mean for that joint."""
+        newest = layers[-1]
+        counted = [lay for lay in layers[:-1] if lay.chunk is not None and lay.start_s > now - self.ensemble_s
+                   and lay.times[-1] >= now]
+        if not counted:
+            return newest.at(now)
+        x = np.stack([lay.at(now) for lay in (*counted, newest)])
+        finite = np.isfinite(x)
+        n = finite.sum(axis=0)
+        mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(n, 1)
+        return np.where(n > 0, mean, np.nan).astype(np.float32)
+
     def _blend(self, layers: tuple[_Layer, ...], now: float) -> np.ndarray:
         x = layers[0].at(now)
         for lay in layers[1:]:
@@ -209,7 +239,7 @@ class ChunkExecutor:
     def target(self, now: float) -> np.ndarray | None:
         """Float[(D,)]: where the chunks in force put the joints at `now` (None before any chunk or `hold`). Pure."""
         layers = self._layers
-        return None if not layers else self._blend(layers, now)
+        return None if not layers else self._mix(layers, now)
 
     def execute(self, now: float, max_dt_s: float | None = None) -> np.ndarray | None:
         """`target(now)` as executed: NaN joints keep the last executed target, then the safety hook, relative to
@@ -281,7 +311,7 @@ class ChunkExecutor:
         layers = self._layers
         if not layers or d <= 0:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self._blend(layers, now + (k + 1) / fps) for k in range(d)]).astype(np.float32)
+        return np.stack([self._mix(layers, now + (k + 1) / fps) for k in range(d)]).astype(np.float32)
 
 
 def safety_hook(layer) -> SafetyHook:

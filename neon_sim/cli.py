@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                         "velocity limits per tick)")
     p.add_argument("--blend-s", type=float, default=None,
                    help="with --executor blend: seconds over which a new chunk takes over (default 0.2; 0: at once)")
+    p.add_argument("--ensemble-s", type=float, default=None,
+                   help="with --executor blend, instead of blending: average the chunks that arrived in the last this "
+                        "many seconds (ACT's temporal ensembling, equal weights; for heads re-run every tick)")
     p.add_argument("--moving-block", action="store_true",
                    help="the task variant in which the named block jumps once, 1-2 s in, to a spot on the same side "
                         ">= 10 cm away (in about 1%% of tasks none is clear of the other blocks: the farthest clear "
@@ -161,12 +164,19 @@ def _eval(args) -> int:
         print(f"error: --blend-s needs --executor blend and a finite value >= 0, got {args.blend_s:g} with "
               f"--executor {args.executor}", file=sys.stderr)
         return 2
+    if args.ensemble_s is not None and (args.executor != "blend" or args.blend_s is not None
+                                        or not (math.isfinite(args.ensemble_s) and args.ensemble_s > 0)):
+        print(f"error: --ensemble-s needs --executor blend without --blend-s and a finite value > 0, got "
+              f"{args.ensemble_s:g} with --executor {args.executor}"
+              f"{'' if args.blend_s is None else f' --blend-s {args.blend_s:g}'}", file=sys.stderr)
+        return 2
     two_rate = {"feature_hz": args.feature_hz, "heads_hz": args.heads_hz, "heads_latency_ms": args.heads_latency_ms}
     given = [f"--{k.replace('_', '-')}" for k, v in two_rate.items() if v is not None]
     if given and args.control != "two-rate":
         print(f"error: {', '.join(given)} {'needs' if len(given) == 1 else 'need'} --control two-rate", file=sys.stderr)
         return 2
-    blend_s = (0.2 if args.blend_s is None else args.blend_s) if args.executor == "blend" else 0.0
+    ensemble_s = args.ensemble_s or 0.0
+    blend_s = (0.2 if args.blend_s is None else args.blend_s) if args.executor == "blend" and not ensemble_s else 0.0
     kwargs = {"episodes": args.episodes, "seed": args.seed, "execute_steps": args.execute_steps, "token": args.token,
               "progress": True, "ablation": args.ablation, "mjcf": args.mjcf, "video_episodes": args.video_episodes,
               "executor": "plain" if args.executor == "plain" else "executor", "blend_s": blend_s,
@@ -174,14 +184,15 @@ def _eval(args) -> int:
               "feature_hz": 5.0 if args.feature_hz is None else args.feature_hz,
               "heads_hz": 30.0 if args.heads_hz is None else args.heads_hz,
               "heads_latency_ms": HEADS_LATENCY_MS if args.heads_latency_ms is None else args.heads_latency_ms,
-              "prefix": not args.no_prefix}
+              "prefix": not args.no_prefix, "ensemble_s": ensemble_s}
     if len(args.latency_ms) > 1:
         if not args.out:
             print("error: a --latency-ms list writes a report per latency and a plot: give --out", file=sys.stderr)
             return 2
         report = evaluate_latencies(args.policy, args.latency_ms, args.out, **kwargs)
         print(f"{args.policy} over {args.episodes} episodes, {args.execute_steps} steps a chunk, "
-              f"{describe_executor(report['executor'], report['blend_s'])}, {describe_control(report)}"
+              f"{describe_executor(report['executor'], report['blend_s'], report['ensemble_s'])}, "
+              f"{describe_control(report)}"
               f"{', moving block' if args.moving_block else ''}:")
         print(f"{'latency ms':>10}  {'success':>7}  {'95% CI':>9}  {'median s to success':>19}  {'jerk ratio':>10}")
         for row in report["rows"]:
@@ -199,7 +210,8 @@ def _eval(args) -> int:
     print(f"{args.policy}: success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over {args.episodes} "
           f"episodes{' of the moving-block task' if args.moving_block else ''} at {args.latency_ms[0]:g} ms latency; "
           f"{report['seconds_per_episode']} s per episode; {describe_control(report)}")
-    print(f"{describe_executor(report['executor'], report['blend_s'])}: {report['requests']} requests; jerk at "
+    print(f"{describe_executor(report['executor'], report['blend_s'], report['ensemble_s'])}: "
+          f"{report['requests']} requests; jerk at "
           f"{report['control_hz']:g} Hz (median of each episode's largest) within chunks {cj['within_max']:.0f}, "
           f"at hand-overs {cj['boundary_max']:.0f} rad/s^3, ratio {ratio}")
     if report["prefix"] and report["prefix"]["model_takes"]:

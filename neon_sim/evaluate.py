@@ -197,16 +197,18 @@ HEADS_LATENCY_MS = 5.0  # a small figure for the heads alone on a GPU. On the 2-
 def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_steps: int = 8,
                 frames: list | None = None, latency_ms: float = 0.0, mjcf=None, executor: str = "plain",
                 blend_s: float = 0.0, moving_block: bool = False, control: str = "chunk", feature_hz: float = 5.0,
-                heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS, prefix: bool = True) -> dict:
+                heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS, prefix: bool = True,
+                ensemble_s: float = 0.0) -> dict:
     """One episode; `frames` collects head | third-person views for a video when given. `prefix`: with the
     executor, send a prefix-conditioned served model the committed steps (see `_run_executor`).
 
     executor "plain": synchronous chunking: each request waits out `latency_ms` on the previous chunk's leftover
     steps, then its reply runs from its first step, with neither skipping the steps that are already stale nor
     blending into the old chunk. "executor": `neon_runtime.executor.ChunkExecutor` at CONTROL_HZ on the sim clock
-    (see `_run_executor`), blending over `blend_s`. control "two-rate" (executor only): `_run_two_rate`.
+    (see `_run_executor`), blending over `blend_s` or averaging the chunks of the last `ensemble_s` (temporal
+    ensembling). control "two-rate" (executor only): `_run_two_rate`.
     """
-    _check_executor(executor, blend_s)
+    _check_executor(executor, blend_s, ensemble_s)
     _check_control(control, executor, feature_hz, heads_hz, heads_latency_ms)
     sim = G1Tabletop(episode_task(seed, moving_block), mjcf)
     expert = Expert(sim) if policy == "oracle" else None
@@ -244,9 +246,11 @@ def run_episode(seed: int, policy: str, remote: _Remote | None = None, execute_s
     ticks = [(sim.time, start)]  # (time, the joint target commanded up to then) at every control tick
     if control == "two-rate":
         info = _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_ms / 1e3, blend_s, feature_hz,
-                             heads_hz, heads_latency_ms / 1e3, remote.prefix_max_steps if remote and prefix else 0)
+                             heads_hz, heads_latency_ms / 1e3, remote.prefix_max_steps if remote and prefix else 0,
+                             ensemble_s)
     else:
-        extra = {} if executor == "plain" else {"prefix_max_steps": remote.prefix_max_steps if remote and prefix else 0}
+        extra = {} if executor == "plain" else {"prefix_max_steps": remote.prefix_max_steps if remote and prefix else 0,
+                                                "ensemble_s": ensemble_s}
         run = _run_plain if executor == "plain" else _run_executor
         info = run(sim, plan, over, ticks, frames, latency_ms / 1e3, execute_steps, blend_s, **extra)
     within, boundary = frame_jerk(np.asarray(info["step_targets"]), info["step_boundaries"])
@@ -307,7 +311,8 @@ def _run_plain(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s
             "step_boundaries": boundaries}
 
 
-def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s, prefix_max_steps=0) -> dict:
+def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blend_s, prefix_max_steps=0,
+                  ensemble_s=0.0) -> dict:
     """The control loop a robot runs, at CONTROL_HZ on the sim clock: each tick commands `executor.execute` at the
     tick's end (as `collect.step` commands each tick's end), every target through the safety layer's limits
     (max_joint_velocity per tick) relative to the last one.
@@ -323,7 +328,7 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
     from neon_runtime.executor import Chunk, ChunkExecutor, LatencyEstimator, safety_hook
     from neon_runtime.safety import SafetyLayer
 
-    ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)))
+    ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)), ensemble_s)
     ex.hold(ticks[0][1], sim.time)  # the first reply takes over from the start pose
     latency = LatencyEstimator()
     dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
@@ -360,7 +365,7 @@ def _control_tick(sim, ex, dt: float, ticks: list, executed: list, frames: list 
 
 
 def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, blend_s, feature_hz, heads_hz,
-                  heads_latency_s, prefix_max_steps=0) -> dict:
+                  heads_latency_s, prefix_max_steps=0, ensemble_s=0.0) -> dict:
     """Two-rate control at CONTROL_HZ on the sim clock, through the ChunkExecutor as `_run_executor` runs it.
 
     Feature refreshes on the 1 / feature_hz grid, one in flight: `observe()` at the refresh's tick t, usable (and
@@ -373,7 +378,7 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
     from neon_runtime.executor import Chunk, ChunkExecutor, safety_hook
     from neon_runtime.safety import SafetyLayer
 
-    ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)))
+    ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)), ensemble_s)
     ex.hold(ticks[0][1], sim.time)  # the first reply takes over from the start pose
     dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
     features, refreshing, pending = None, None, None  # newest usable features; (usable_s, obs) in flight; a reply
@@ -465,7 +470,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
              progress: bool | None = None, ablation: str = "none", latency_ms: float = 0.0, mjcf=None,
              executor: str = "plain", blend_s: float = 0.0, moving_block: bool = False, control: str = "chunk",
              feature_hz: float = 5.0, heads_hz: float = 30.0, heads_latency_ms: float = HEADS_LATENCY_MS,
-             prefix: bool = True) -> dict:
+             prefix: bool = True, ensemble_s: float = 0.0) -> dict:
     """Success rate of `policy` (oracle | hold | ws://... URL) over seeds seed .. seed + episodes - 1.
 
     `ablation` (a served policy only): "blank-image" sends a grey frame, "other-block" an instruction naming
@@ -473,7 +478,8 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     `latency_ms`: sim time between an observation and its reply being usable (see the module docstring); with
     two-rate control, between a feature refresh's observation and its features being usable.
     `executor`: "plain" synchronous chunking, or "executor" (request-ahead, stale steps skipped, blending over
-    `blend_s`; see `run_episode`). `moving_block`: the named block moves once mid-episode. `control`: "chunk" or
+    `blend_s`, or temporal ensembling over `ensemble_s`; see `run_episode`). `moving_block`: the named block moves
+    once mid-episode. `control`: "chunk" or
     "two-rate" (executor only; `feature_hz`, `heads_hz`, `heads_latency_ms`; see the module docstring).
     """
     if ablation not in ABLATIONS:
@@ -483,7 +489,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     if execute_steps < 1 or episodes < 1:
         raise SimError(f"episodes and execute_steps must be >= 1, got {episodes}, {execute_steps}")
     _check_latency(latency_ms)
-    _check_executor(executor, blend_s)
+    _check_executor(executor, blend_s, ensemble_s)
     _check_control(control, executor, feature_hz, heads_hz, heads_latency_ms)
     remote = None
     if policy not in ("oracle", "hold"):
@@ -502,7 +508,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
             video = frames if out is not None and k < video_episodes else None  # no --out: no frames to render
             results.append(run_episode(seed + k, policy, remote, execute_steps, video, latency_ms, mjcf, executor,
                                        blend_s, moving_block, control, feature_hz, heads_hz, heads_latency_ms,
-                                       prefix))
+                                       prefix, ensemble_s))
     finally:
         if remote is not None:
             remote.close()
@@ -512,6 +518,7 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
     report = {
         "policy": policy, "ablation": ablation, "episodes": episodes, "seeds": [seed, seed + episodes - 1],
         "execute_steps": execute_steps, "latency_ms": latency_ms, "executor": executor, "blend_s": blend_s,
+        "ensemble_s": ensemble_s,
         "moving_block": moving_block, "control": control, "feature_hz": feature_hz if two_rate else None,
         "heads_hz": heads_hz if two_rate else None, "heads_latency_ms": heads_latency_ms if two_rate else None,
         "fps": FPS, "control_hz": CONTROL_HZ, "success_rate": wins / episodes, "success_ci95": wilson(wins, episodes),
@@ -553,7 +560,8 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
             f"# neon-sim eval: {policy}\n\n- success rate {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over "
             f"{episodes} seeds from {seed}, {execute_steps} steps a chunk, {latency_ms:g} ms latency\n"
             f"- {describe_task(moving_block)}; {describe_control(report)}\n"
-            f"- {describe_executor(executor, blend_s)}: {report['requests']} requests, {report['skipped_steps']} stale "
+            f"- {describe_executor(executor, blend_s, ensemble_s)}: {report['requests']} requests, "
+            f"{report['skipped_steps']} stale "
             f"steps skipped, {report['executor_safety_limited']} values limited at the control rate\n"
             f"- jerk of the {CONTROL_HZ:g} Hz target stream, rad/s^3, medians over episodes (hand-over windows: "
             f"within one step of a hand-over and its blend): largest within chunks {cj['within_max']:.1f}, at "
@@ -587,9 +595,11 @@ def describe_control(report: dict) -> str:
             f"{report['heads_hz']:g} Hz, usable {report['heads_latency_ms']:g} ms later)")
 
 
-def describe_executor(executor: str, blend_s: float) -> str:
+def describe_executor(executor: str, blend_s: float, ensemble_s: float = 0.0) -> str:
     if executor == "plain":
         return "plain synchronous chunking"
+    if ensemble_s:
+        return f"ChunkExecutor, temporal ensembling over {ensemble_s:g} s"
     return f"ChunkExecutor, {'blending over ' + format(blend_s, 'g') + ' s' if blend_s else 'no blending'}"
 
 
@@ -597,17 +607,21 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _check_executor(executor: str, blend_s: float) -> None:
+def _check_executor(executor: str, blend_s: float, ensemble_s: float = 0.0) -> None:
     if executor not in EXECUTORS:
         raise SimError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     from neon_runtime.executor import check_blend_s
 
     try:
         check_blend_s(blend_s)
+        check_blend_s(ensemble_s, "ensemble_s")
     except ValueError as e:
         raise SimError(str(e)) from None
-    if executor == "plain" and blend_s:
-        raise SimError(f"plain chunking does not blend: blend_s {blend_s:g} needs the executor")
+    if executor == "plain" and (blend_s or ensemble_s):
+        raise SimError(f"plain chunking neither blends nor ensembles: blend_s {blend_s:g}, ensemble_s {ensemble_s:g} "
+                       "need the executor")
+    if blend_s and ensemble_s:
+        raise SimError(f"blend_s ({blend_s:g}) and ensemble_s ({ensemble_s:g}) are two ways to hand over: give one")
 
 
 def _check_control(control: str, executor: str, feature_hz: float, heads_hz: float, heads_latency_ms: float) -> None:
@@ -652,7 +666,7 @@ def evaluate_latencies(policy: str, latencies_ms: list[float], out: str | Path, 
                      "time_to_success_s": r["time_to_success_s"], "control_jerk": r["control_jerk"],
                      "requests": r["requests"], "report": str(folder / "sim_report.json")})
     report = {"policy": policy, "episodes": r["episodes"], "seeds": r["seeds"], "execute_steps": r["execute_steps"],
-              "ablation": r["ablation"], "executor": r["executor"], "blend_s": r["blend_s"],
+              "ablation": r["ablation"], "executor": r["executor"], "blend_s": r["blend_s"], "ensemble_s": r["ensemble_s"],
               "moving_block": r["moving_block"], "control": r["control"], "feature_hz": r["feature_hz"],
               "heads_hz": r["heads_hz"], "heads_latency_ms": r["heads_latency_ms"], "fps": FPS, "rows": rows,
               "plot": str(out / "success_vs_latency.png")}

@@ -188,6 +188,52 @@ def test_nan_means_no_target_and_execute_keeps_the_last_command():
     assert q[0] == pytest.approx(0.5) and q[1] == pytest.approx(1.0)
 
 
+# ------------------------------------------------------------------------------------------ temporal ensembling
+def test_ensembling_averages_the_chunks_of_the_window_that_still_have_steps():
+    ex = ChunkExecutor(2, ensemble_s=0.35)
+    ex.accept(ramp_chunk(0.1, 0.0, slope=1.0, steps=4))  # steps at 0.1 .. 0.4
+    ex.accept(ramp_chunk(0.2, 0.1, slope=1.0, offset=0.3))
+    ex.accept(ramp_chunk(0.3, 0.2, slope=1.0, offset=0.6))
+    t = 0.32  # past every chunk's step 0 (before it, a chunk runs from its anchor at arrival)
+    assert np.allclose(ex.target(t), (line(t, 1.0) + line(t, 1.0, 0.3) + line(t, 1.0, 0.6)) / 3, atol=1e-5)
+    t = 0.38  # the first chunk has left the window (arrived 0.38 s ago); the other two remain
+    assert np.allclose(ex.target(t), (line(t, 1.0, 0.3) + line(t, 1.0, 0.6)) / 2, atol=1e-5)
+    # a chunk whose last step is past no longer counts, even inside the window
+    ex2 = ChunkExecutor(2, ensemble_s=1.0)
+    ex2.accept(ramp_chunk(0.1, 0.0, slope=1.0, steps=2))  # last step at 0.2
+    ex2.accept(ramp_chunk(0.1, 0.1, slope=1.0, offset=0.3))
+    assert np.allclose(ex2.target(0.15), (line(0.15, 1.0) + line(0.15, 1.0, 0.3)) / 2, atol=1e-5)
+    assert np.allclose(ex2.target(0.5), line(0.5, 1.0, 0.3), atol=1e-5)
+
+
+def test_ensembling_cancels_the_per_chunk_errors_that_re_planning_every_tick_executes():
+    """Heads re-run at 50 Hz, each chunk the true line plus its own random offset: the executed target's error is
+    about the offsets' spread over sqrt(chunks in the window), not the spread itself."""
+    rng = np.random.default_rng(0)
+    errors = {}
+    for ensemble_s in (0.0, 0.5):
+        ex, err = ChunkExecutor(2, ensemble_s=ensemble_s), []
+        for k in range(200):
+            now = k * 0.02
+            ex.accept(ramp_chunk(now, now, slope=0.5, offset=float(rng.normal(0, 0.05))))
+            if k > 50:
+                err.append(abs(ex.target(now + 0.02)[0] - line(now + 0.02, 0.5)[0]))
+        errors[ensemble_s] = float(np.mean(err))
+    assert errors[0.0] > 0.03 and errors[0.5] < errors[0.0] / 3
+
+
+def test_ensembling_keeps_the_first_chunk_anchored_and_refuses_blending_too():
+    ex = ChunkExecutor(2, ensemble_s=0.3)
+    ex.hold(np.array([1.0, 2.0], np.float32), 0.0)
+    ex.accept(ramp_chunk(0.3, 0.1, slope=0.0, offset=0.0))  # step 0 still ahead: approached from the held pose
+    assert np.allclose(ex.target(0.1), [1.0, 2.0], atol=1e-6)
+    assert np.allclose(ex.target(0.2), [0.5, 1.0], atol=1e-5)
+    with pytest.raises(ValueError, match="two ways to hand over"):
+        ChunkExecutor(2, blend_s=0.2, ensemble_s=0.3)
+    with pytest.raises(ValueError, match="ensemble_s"):
+        ChunkExecutor(2, ensemble_s=float("nan"))
+
+
 def test_a_bad_blend_window_is_refused():
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="blend_s"):

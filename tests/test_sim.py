@@ -544,6 +544,9 @@ def test_two_rate_against_neon_serve_sends_light_requests_on_the_stored_features
     (["--executor", "blend", "--control", "two-rate", "--heads-latency-ms", "nan"], "heads_latency_ms"),
     (["--control", "two-rate"], "two-rate control .* needs executor 'executor' .*--executor blend"),
     (["--heads-hz", "20"], "--heads-hz needs --control two-rate"),
+    (["--ensemble-s", "0.3"], "--ensemble-s needs --executor blend"),
+    (["--executor", "blend", "--blend-s", "0.2", "--ensemble-s", "0.3"], "without --blend-s"),
+    (["--executor", "blend", "--ensemble-s", "0"], "finite value > 0"),
 ])
 def test_bad_two_rate_settings_exit_2_naming_what_is_wrong(argv, message, capsys):
     import re
@@ -586,3 +589,16 @@ def test_the_cli_runs_two_rate_control_on_the_moving_block_and_records_both(tmp_
     assert sim_main([*chunk, "--out", str(tmp_path / "static")]) == 0  # the default: static task, chunk-rate
     report = json.loads((tmp_path / "static" / "sim_report.json").read_text())
     assert report["moving_block"] is False and report["control"] == "chunk" and report["heads_hz"] is None
+
+
+def test_two_rate_with_temporal_ensembling_runs_and_is_recorded(tmp_path, capsys):
+    import json
+
+    from neon_sim.cli import main as sim_main
+
+    argv = ["eval", "--policy", "oracle", "--episodes", "1", "--seed", "10000", "--executor", "blend", "--control",
+            "two-rate", "--heads-hz", "20", "--ensemble-s", "0.3", "--video-episodes", "0", "--out", str(tmp_path)]
+    assert sim_main(argv) == 0
+    report = json.loads((tmp_path / "sim_report.json").read_text())
+    assert report["ensemble_s"] == 0.3 and report["blend_s"] == 0.0 and report["success_rate"] == 1.0
+    assert "temporal ensembling over 0.3 s" in capsys.readouterr().out

@@ -4,8 +4,10 @@ A sample (`dict`) holds:
     obs           Observation              the frame at t, validated by `neon.observation` exactly as the
                                            runtime validates a request (LiDAR N x 3 -> N x 4, unit quaternions,
                                            the newest AUDIO_WINDOW_S of audio from the episode start up to t)
-    actions       Float[(T, D)]            absolute, physical; chunk step i is i / fps after t (resampled
-                                           linearly when `chunk_fps` differs from the dataset's own rate)
+    actions       Float[(T, D)]            absolute, physical; chunk step i is the action recorded i / chunk_fps
+                                           after t, and a frame's action is the target for the next frame: at
+                                           the dataset's own rate, step i is the target for (i + 1) / fps after
+                                           t (resampled linearly when `chunk_fps` differs from the dataset's)
     action_mask   Bool[(T, D)]             False past the episode end and on joints the source lacks
     speech_target int                      index into the response vocabulary, -1 = no target
     fps           float                    the chunk's step rate
@@ -126,7 +128,7 @@ class LeRobotSource:
     def chunk(self, actions: np.ndarray, t) -> tuple[np.ndarray, np.ndarray]:
         """(Float[(..., T, D)] actions for the chunk(s) starting at frame(s) t, Bool[(..., T)] inside the episode).
 
-        Step i lies i / chunk_fps after frame t: linear interpolation between frames when the rates differ,
+        Step i is the action recorded i / chunk_fps after frame t (the target for one frame later): linear interpolation between frames when the rates differ,
         the last frame repeated past the episode end.
         """
         n = len(actions)
