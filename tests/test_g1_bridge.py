@@ -185,6 +185,46 @@ def test_stale_lowstate_releases_and_not_executable_chunks_never_engage():
     assert all(c is None for _, c in drive(ctl, 0.0, 2.0, measured)) and ctl.phase == "waiting"
 
 
+def test_a_stalled_loop_moves_the_weight_by_at_most_two_periods_share_of_a_ramp():
+    """The weight follows ticks, not wall time: after a 0.5 s stall while engaging (or 1 s while releasing) the next
+    tick moves it by at most two 10 ms periods' share of the ramp (it jumped 0.165 -> 0.967 before)."""
+    ctl, layout = controller()  # 100 Hz, ramp in 1 s, out 2 s
+    measured, goal = pose(layout), np.zeros(SPACE.dim, np.float32)
+    feed = fresh_chunks(ctl, goal)
+    drive(ctl, 0.0, 0.2, measured, feed)
+    w = ctl.weight
+    assert ctl.phase == "engaging" and 0.1 < w < 0.3
+    feed(0.7)
+    c = ctl.tick(0.7, measured, 0.7)  # a 0.5 s stall
+    assert c.phase == "engaging" and c.weight - w <= 2 * 0.01 / 1.0 + 1e-9
+    drive(ctl, 0.71, 2.0, measured, feed)
+    assert ctl.phase == "running" and ctl.weight == 1.0
+    ctl.release(2.0, "SIGTERM")
+    ctl.tick(2.0, measured, 2.0)
+    c = ctl.tick(3.0, measured, 3.0)  # a 1 s stall while releasing
+    assert c.phase == "releasing" and 1.0 - c.weight <= 2 * 0.01 / 2.0 + 1e-9
+    ticks = [c for _, c in drive(ctl, 3.01, 6.0, measured) if c is not None]
+    w = np.array([1.0 - 0.01] + [c.weight for c in ticks])
+    assert w[-1] == 0.0 and (np.diff(w) <= 0).all() and (-np.diff(w) <= 0.01 / 2.0 + 1e-6).all()
+
+
+def test_a_released_controller_needs_neither_state_nor_executor():
+    """Once releasing, tick() reads nothing that can fail: the ramp goes on with no rt/lowstate and a broken
+    executor."""
+    ctl, layout = controller()
+    measured = pose(layout)
+    drive(ctl, 0.0, 1.5, measured, fresh_chunks(ctl, np.zeros(SPACE.dim, np.float32)))
+    ctl.release(1.5, "error", fault=True)
+
+    def broken(*_):
+        raise RuntimeError("executor broken")
+
+    ctl.executor.age = ctl.executor.target = broken
+    commands = [ctl.tick(t, None, None) for t in np.arange(1.5, 3.6, 0.01)]
+    weights = [c.weight for c in commands if c is not None]
+    assert weights[-1] == 0.0 and ctl.phase == "released" and commands[-1] is None and len(weights) >= 199
+
+
 def test_settings_below_the_safe_minimums_are_refused():
     for field, value in (("rate_hz", 49.0), ("ramp_in_s", 0.9), ("ramp_out_s", 1.9), ("watchdog_s", 0.0)):
         with pytest.raises(BridgeError, match=f"--{field.replace('_', '-')}"):
@@ -397,6 +437,40 @@ def test_engaged_against_a_live_server_ramps_moves_and_releases_on_sigterm(robot
     assert (q >= lower - 1e-5).all() and (q <= upper + 1e-5).all()
 
 
+def test_sighup_releases_with_the_ramp_like_sigterm(robot, server, camera):
+    """A dropped SSH session sends SIGHUP: before, it killed neon-g1 at weight 1 (the robot keeps the last command)."""
+    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, domain=robot.domain)
+    try:
+        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 100 or proc.poll() is not None, 40)
+        proc.send_signal(signal.SIGHUP)
+        out = finish(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "released (SIGHUP)" in out, out
+    w = robot.weights()
+    top = np.flatnonzero(w == 1.0)[-1]
+    assert w[-1] == 0.0 and (np.diff(w[top:]) <= 0).all() and len(w) - top > 300  # ~2 s at 250 Hz
+
+
+def test_a_closed_stdout_neither_stops_the_loop_nor_skips_the_release(robot, server, camera):
+    """The reader of neon-g1's stdout goes away while engaged: the loop runs on, SIGTERM still ramps out, and the exit
+    code is still 0 (before, the first log line after it raised BrokenPipeError out of the loop at weight 1)."""
+    proc = neon_g1("--server", server, "--instruction", "wave", "--engage", "--ramp-in-s", 1, "--log-every-s", 0.05,
+                   domain=robot.domain)
+    try:
+        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 100 or proc.poll() is not None, 40)
+        proc.stdout.close()
+        n = len(robot.weights())
+        assert wait_for(lambda: len(robot.weights()) > n + 250, 20) and proc.poll() is None  # still ticking
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    w = robot.weights()
+    top = np.flatnonzero(w == 1.0)[-1]
+    assert w[-1] == 0.0 and (np.diff(w[top:]) <= 0).all() and len(w) - top > 300
+
+
 def passes(server: str) -> dict[str, float]:
     """How many backbone and heads passes the server has made so far (its /metrics): a full request makes one of
     each, a light request (reuse_features) only a heads pass."""
@@ -528,6 +602,122 @@ def test_the_loop_ticks_at_its_rate_and_run_seconds_releases():
     assert link.sent and not any(write for _, write in link.sent) and link.sent[-1][0] == 0.0  # dry run: not written
     assert 200 <= len(stats.intervals) <= 300 and np.median(stats.intervals) == pytest.approx(0.01, abs=2e-3)
     assert "p50" in stats.summary() and "p99" in stats.summary() and any("-> releasing" in m for m in logs)
+
+
+def engaged_loop(log=None, status=None, stop_reason=None, rate_hz=100.0):
+    """run_loop on a StubLink with fresh chunks fed from a thread; `status` and `stop_reason` are given the controller.
+    -> (controller, link, the exception run_loop raised or None)."""
+    from neon_runtime.g1.bridge import run_loop
+
+    ctl, layout = controller(rate_hz=rate_hz, ramp_in_s=1.0, ramp_out_s=2.0)
+    link, goal, stop = StubLink(layout), np.zeros(SPACE.dim, np.float32), threading.Event()
+
+    def feed():
+        while not stop.wait(0.02):
+            now = time.monotonic()
+            ctl.executor.accept(Chunk.at_fps(np.tile(goal, (16, 1)), 30.0, now, now))
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    error = None
+    try:
+        run_loop(ctl, link, stop_reason=lambda: stop_reason(ctl) if stop_reason else "",
+                 status=lambda: status(ctl) if status else "", log=log or (lambda m: None), dry_run=True,
+                 run_seconds=8.0, log_every_s=0.05)
+    except BaseException as e:  # noqa: BLE001 (the test looks at it)
+        error = e
+    finally:
+        stop.set()
+        feeder.join()
+    return ctl, link, error
+
+
+def assert_ramped_out(ctl, link, rate_hz=100.0, ramp_out_s=2.0):
+    """Weight ends at 0, never steps by more than two periods' share of a ramp, and the last 1 -> 0 took the ramp."""
+    w = np.array([weight for weight, _ in link.sent])
+    assert w[-1] == 0.0 and ctl.phase == "released", w[-5:]
+    assert np.abs(np.diff(w)).max() <= 2.0 / rate_hz / min(1.0, ramp_out_s) + 1e-6
+    top = np.flatnonzero(w == w.max())[-1]
+    assert len(w) - 1 - top >= 0.8 * ramp_out_s * rate_hz * w.max()  # ticks from the top to 0
+
+
+def test_exceptions_from_logging_and_status_release_with_a_ramp_and_the_loop_goes_on():
+    """A closed stdout (BrokenPipeError from the log) and a status() that raises: released as a fault, ramped out
+    from full weight over the ramp, and run_loop returns (before, the first error in log() ended the loop with the
+    last weight sent 1.00)."""
+
+    def log(message):
+        if "running weight 1.00" in message:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    ctl, link, error = engaged_loop(log=log)
+    assert error is None and ctl.fault and "BrokenPipeError" in ctl.reason
+    assert max(w for w, _ in link.sent) == 1.0
+    assert_ramped_out(ctl, link)
+    ctl, link, error = engaged_loop(status=lambda c: 1 / 0 if c.phase == "running" else "ok")
+    assert error is None and ctl.fault and "ZeroDivisionError" in ctl.reason
+    assert max(w for w, _ in link.sent) == 1.0
+    assert_ramped_out(ctl, link)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_in_the_loop_ramp_out_before_they_leave(exc):
+    def stop_reason(c):
+        if c.phase == "running":
+            raise exc()
+        return ""
+
+    ctl, link, error = engaged_loop(stop_reason=stop_reason)
+    assert isinstance(error, exc) and ctl.fault and "left the control loop" in ctl.reason
+    assert max(w for w, _ in link.sent) == 1.0
+    assert_ramped_out(ctl, link)
+
+
+def test_a_send_that_keeps_failing_releases_and_every_tick_still_tries_the_next_ramp_step():
+    from neon_runtime.g1.bridge import run_loop
+
+    ctl, layout = controller()
+    link, goal = StubLink(layout), np.zeros(SPACE.dim, np.float32)
+    now = time.monotonic()
+    ctl.executor.accept(Chunk.at_fps(np.tile(goal, (16, 1)), 30.0, now, now + 100.0))  # fresh for the whole test
+    failing, tries = {"on": False}, []
+
+    def send(layout, command, write=True):
+        tries.append(command.weight)
+        if failing["on"]:
+            raise OSError("network unreachable")
+        link.sent.append((command.weight, write))
+        failing["on"] = command.weight >= 1.0
+
+    link.send = send
+    run_loop(ctl, link, stop_reason=lambda: "", status=lambda: "", log=lambda m: None, dry_run=True)
+    after = np.array(tries[len(link.sent):])  # every command tried once sending failed
+    assert after[0] == 1.0 and after[-1] == 0.0 and (np.diff(after) <= 0).all()
+    assert np.abs(np.diff(after)).max() <= 2 * 0.01 / 2.0 + 1e-6 and len(after) >= 150  # the ramp, tick by tick
+    assert ctl.fault and "network unreachable" in ctl.reason and ctl.phase == "released"
+
+
+def test_the_queued_log_never_blocks_and_counts_what_it_could_not_write():
+    from neon_runtime.g1.bridge import QueuedLog
+
+    gate, written = threading.Event(), []
+    blocked = QueuedLog(lambda m: (gate.wait(), written.append(m)), maxsize=10)
+    t0 = time.perf_counter()
+    for k in range(100):
+        blocked(f"line {k}")
+    assert time.perf_counter() - t0 < 0.5 and blocked.dropped >= 89  # a blocked sink: the caller goes on
+    gate.set()
+    blocked.close()
+    assert written[0] == "line 0" and 1 <= len(written) <= 11
+
+    def closed(message):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    dead = QueuedLog(closed)
+    for k in range(5):
+        dead(f"line {k}")
+    dead.close()
+    assert isinstance(dead.failed, BrokenPipeError) and dead.dropped == 5
 
 
 def test_no_lowstate_is_refused_and_nothing_is_sent(server):

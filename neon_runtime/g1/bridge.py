@@ -6,6 +6,11 @@
   waiting -> engaging (weight 0 -> 1 over ramp_in_s, commanding the pose measured at engage) -> running
   (chunk targets interpolated in time, velocity-clamped, inside the limits) <-> holding (no fresh chunk for
   watchdog_s: the last command held) -> releasing (weight -> 0 over ramp_out_s, the last command held) -> released.
+  Both weight ramps advance by the time since the last tick capped at two periods, as the joint steps do: a loop
+  that stalls moves the weight by at most two periods' share of the ramp on its next tick, never all the way.
+- `run_loop`: the control loop. Every way out of it (release done, an exception in any part, KeyboardInterrupt,
+  SystemExit) first ramps the weight out from where it is; logging goes through `QueuedLog`, so a slow, blocked
+  or closed stdout never stalls or ends the loop.
 - `RobotLink`: rt/lowstate and the Dex3 states in; LowCmd_ / HandCmd_ out with the CRC filled, or nothing
   at all in dry run (no writer is ever created).
 
@@ -17,6 +22,9 @@ robot_hand_unitree.py (Dex3 motor order, kp 1.5, kd 0.2, RIS mode byte).
 
 from __future__ import annotations
 
+import collections
+import queue
+import threading
 import time
 from dataclasses import dataclass
 
@@ -168,6 +176,7 @@ class Controller:
         self._pose: np.ndarray | None = None  # measured at engage: the ramp's pose and the held joints' target
         self._since = 0.0  # when the phase began
         self._from_weight = 0.0  # the weight the release started from
+        self._ramped_at = 0.0  # when the weight was last advanced
         self._last_now: float | None = None
         self._driven = layout.policy_index >= 0
 
@@ -179,13 +188,23 @@ class Controller:
         if self.phase == "waiting":  # nothing was ever sent
             self.phase = "released"
             return
-        self.phase, self._since, self._from_weight = "releasing", now, self.weight
+        self.phase, self._since, self._from_weight, self._ramped_at = "releasing", now, self.weight, now
+
+    def _ramp_dt(self, now: float) -> float:
+        """Seconds to advance a weight ramp by: since it last advanced, at most two control periods."""
+        dt = min(max(now - self._ramped_at, 0.0), 2.0 / self.cfg.rate_hz)
+        self._ramped_at = max(self._ramped_at, now)
+        return dt
 
     def tick(self, now: float, measured: np.ndarray | None, measured_at: float | None) -> Command | None:
         """The command for this control period, or None: nothing to send (not engaged yet, or released)."""
         cfg, period = self.cfg, 1.0 / self.cfg.rate_hz
         dt = period if self._last_now is None else min(max(now - self._last_now, 0.0), 2 * period)
         self._last_now = now
+        if self.phase == "released":
+            return None
+        if self.phase == "releasing":  # first, touching neither the state nor the executor: nothing can stop it
+            return self._releasing(now)
         state_ok = (measured is not None and measured_at is not None and now - measured_at <= cfg.state_stale_s
                     and bool(np.isfinite(measured).all()))
         age = self.executor.age(now)
@@ -198,12 +217,13 @@ class Controller:
                 return None
             self._pose = np.clip(measured, self.layout.lower, self.layout.upper).astype(np.float32)
             self.q, self.phase, self._since, self.engaged_once = self._pose.copy(), "engaging", now, True
+            self._ramped_at = now
         if self.phase == "engaging":
             if age is None or age > cfg.watchdog_s + cfg.hold_s:
                 self.release(now, f"watchdog: no fresh executable chunk for {cfg.watchdog_s + cfg.hold_s:.2f} s "
                              "while engaging", fault=True)
             else:
-                self.weight = min(1.0, (now - self._since) / cfg.ramp_in_s)
+                self.weight = min(1.0, self.weight + self._ramp_dt(now) / cfg.ramp_in_s)
                 if self.weight >= 1.0:
                     self.phase, self._since = "running", now
                 return Command(self.q.copy(), self.weight, "engaging")
@@ -221,12 +241,15 @@ class Controller:
             self.q = self._step_toward(self._goal(now), dt)
             return Command(self.q.copy(), self.weight, "running")
         if self.phase == "releasing":
-            left = 1.0 - (now - self._since) / cfg.ramp_out_s
-            self.weight = max(0.0, self._from_weight * left)
-            if self.weight <= 0.0:
-                self.phase = "released"
-            return Command(self.q.copy(), self.weight, "releasing")
+            return self._releasing(now)
         return None
+
+    def _releasing(self, now: float) -> Command | None:
+        """One tick of the release ramp: from the weight it started at to 0 over ramp_out_s of ticks."""
+        self.weight = max(0.0, self.weight - self._from_weight * self._ramp_dt(now) / self.cfg.ramp_out_s)
+        if self.weight <= 1e-9:
+            self.weight, self.phase = 0.0, "released"
+        return Command(self.q.copy(), self.weight, "releasing")
 
     def _goal(self, now: float) -> np.ndarray:
         """Where the chunk wants each joint now; held joints (and NaN targets) keep their pose / last command."""
@@ -350,15 +373,22 @@ class RobotLink:
 class TickStats:
     """Intervals between control ticks (p50, p99, how many exceeded twice the period) and the work in each tick."""
 
+    keep = 60_000  # the newest intervals and work times kept (4 minutes at 250 Hz: memory stays flat for days)
+
     def __init__(self, rate_hz: float):
         self.period = 1.0 / rate_hz
         self._last: float | None = None
-        self.intervals: list[float] = []
-        self.work: list[float] = []
+        self.intervals: collections.deque[float] = collections.deque(maxlen=self.keep)
+        self.work: collections.deque[float] = collections.deque(maxlen=self.keep)
+        self.ticks, self.late, self.longest = 0, 0, 0.0  # over the whole run
 
     def mark(self, now: float) -> None:
         if self._last is not None:
-            self.intervals.append(now - self._last)
+            interval = now - self._last
+            self.intervals.append(interval)
+            self.ticks += 1
+            self.late += interval > 2.0 * self.period
+            self.longest = max(self.longest, interval)
         self._last = now
 
     def worked(self, seconds: float) -> None:
@@ -368,54 +398,130 @@ class TickStats:
         if not self.intervals:
             return "tick period: no ticks measured"
         ms, work = np.array(self.intervals) * 1e3, np.array(self.work or [0.0]) * 1e3
-        late = int((ms > 2e3 * self.period).sum())
-        return (f"tick period over {len(ms)} ticks at {1 / self.period:g} Hz: p50 {np.percentile(ms, 50):.2f} ms, "
-                f"p99 {np.percentile(ms, 99):.2f} ms, max {ms.max():.2f} ms, {late} later than {2e3 * self.period:g} ms; "
+        recent = "" if len(ms) == self.ticks else f" (percentiles over the last {len(ms)})"
+        return (f"tick period over {self.ticks} ticks at {1 / self.period:g} Hz{recent}: p50 {np.percentile(ms, 50):.2f} "
+                f"ms, p99 {np.percentile(ms, 99):.2f} ms, max {self.longest * 1e3:.2f} ms, {self.late} later than "
+                f"{2e3 * self.period:g} ms; "
                 f"work per tick p50 {np.percentile(work, 50):.2f} ms, p99 {np.percentile(work, 99):.2f} ms")
 
 
 # -------------------------------------------------------------------------------------------------------- the loop
+class QueuedLog:
+    """log(message) for a control loop: the message goes on a bounded queue and a thread writes it with `sink`, so a
+    slow or blocked stdout never stalls the loop and a closed one (BrokenPipeError) never ends it. When the queue is
+    full, messages are dropped and counted; a sink that fails is counted and nothing more is written to it."""
+
+    def __init__(self, sink, maxsize: int = 1000):
+        self._sink, self._queue = sink, queue.Queue(maxsize)
+        self.dropped, self.failed = 0, None  # messages not written; the sink's first error
+        self._thread = threading.Thread(target=self._write, name="neon-g1-log", daemon=True)
+        self._thread.start()
+
+    def __call__(self, message: str) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write(self) -> None:
+        while (message := self._queue.get()) is not None:
+            if self.failed is None:
+                try:
+                    self._sink(message)
+                except Exception as e:  # noqa: BLE001 (a closed stdout: the loop goes on, unheard)
+                    self.failed = e
+            if self.failed is not None:
+                self.dropped += 1
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Write what is queued (waiting at most `timeout_s` for a blocked sink), then stop."""
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            return
+        self._thread.join(timeout_s)
+
+
 def run_loop(controller: Controller, link: RobotLink, *, stop_reason, status, log, dry_run: bool,
              run_seconds: float | None = None, log_every_s: float = 1.0) -> TickStats:
     """Tick at cfg.rate_hz until released: poll the robot, tick the controller, send (unless dry run), log once per
-    `log_every_s`. `stop_reason()` -> a reason to release, or "" to go on; `status()` -> the inputs' state, for logs."""
-    layout, cfg = controller.layout, controller.cfg
+    `log_every_s`. `stop_reason()` -> a reason to release, or "" to go on; `status()` -> the inputs' state, for logs;
+    `log` must not block (`QueuedLog`).
+
+    An exception in any of it releases (a fault) and the loop goes on ramping the weight out; only when ticks keep
+    failing for longer than the release ramp takes does it re-raise. Anything that still leaves the loop early
+    (KeyboardInterrupt, SystemExit, a re-raised error) ramps out first (`ramp_out`)."""
+    cfg = controller.cfg
     period, stats = 1.0 / cfg.rate_hz, TickStats(cfg.rate_hz)
     start = next_tick = time.monotonic()
-    next_log, errors, phase = start + log_every_s, 0, controller.phase
-    while controller.phase != "released":
-        now = time.monotonic()
-        stats.mark(now)
-        try:
-            link.poll(now)
-            why = stop_reason() or (f"--run-seconds {run_seconds:g} reached"
-                                    if run_seconds is not None and now - start >= run_seconds else "")
-            if why:
-                controller.release(now, why)
-            command = controller.tick(now, link.measured(layout), link.state_at)
-            if command is not None:
-                link.send(layout, command, write=not dry_run)
-            errors = 0
-        except Exception as e:  # release, holding the last command; give up if even that keeps failing
-            errors += 1
-            controller.release(now, f"error: {type(e).__name__}: {e}", fault=True)
-            if errors > cfg.rate_hz:
-                raise
-        stats.worked(time.monotonic() - now)
-        if controller.phase != phase:
-            phase = controller.phase
-            log(f"-> {phase}" + (f" ({controller.reason})" if phase in ("releasing", "released") else "")
-                + f", weight {controller.weight:.2f}")
-        if now >= next_log:
-            next_log += log_every_s
-            log(describe(controller, link, now, dry_run, status()))
-        next_tick += period
-        delay = next_tick - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -period:  # fell behind by more than a tick: start afresh rather than burst
-            next_tick = time.monotonic()
+    state = {"next_log": start + log_every_s, "phase": controller.phase}
+    failing_since = None
+    try:
+        while controller.phase != "released":
+            now = time.monotonic()
+            stats.mark(now)
+            try:
+                _one_tick(controller, link, now, start, state, stop_reason, status, log, dry_run, run_seconds,
+                          log_every_s)
+                failing_since = None
+            except Exception as e:  # release, holding the last command; give up only if that keeps failing
+                failing_since = now if failing_since is None else failing_since
+                controller.release(now, f"error: {type(e).__name__}: {e}", fault=True)
+                _send_release_tick(controller, link, now, dry_run)  # this tick's share of the ramp all the same
+                if now - failing_since > cfg.ramp_out_s + 1.0:
+                    raise
+            stats.worked(time.monotonic() - now)
+            next_tick += period
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -period:  # fell behind by more than a tick: start afresh rather than burst
+                next_tick = time.monotonic()
+    except BaseException as e:
+        ramp_out(controller, link, dry_run, f"left the control loop: {type(e).__name__}: {e}")
+        raise
     return stats
+
+
+def _one_tick(controller, link, now, start, state, stop_reason, status, log, dry_run, run_seconds, log_every_s):
+    """One pass of `run_loop`'s body: poll, maybe release, tick, send, log."""
+    link.poll(now)
+    why = stop_reason() or (f"--run-seconds {run_seconds:g} reached"
+                            if run_seconds is not None and now - start >= run_seconds else "")
+    if why:
+        controller.release(now, why)
+    command = controller.tick(now, link.measured(controller.layout), link.state_at)
+    if command is not None:
+        link.send(controller.layout, command, write=not dry_run)
+    if controller.phase != state["phase"]:
+        state["phase"] = controller.phase
+        log(f"-> {controller.phase}" + (f" ({controller.reason})" if controller.phase in ("releasing", "released")
+                                        else "") + f", weight {controller.weight:.2f}")
+    if now >= state["next_log"]:
+        state["next_log"] += log_every_s
+        log(describe(controller, link, now, dry_run, status()))
+
+
+def _send_release_tick(controller: Controller, link: RobotLink, now: float, dry_run: bool) -> None:
+    """Tick the (released) controller and send its command, ignoring a failing send: the release ramp's tick when
+    the rest of the loop's tick failed."""
+    command = controller.tick(now, None, None)
+    if command is not None:
+        try:
+            link.send(controller.layout, command, write=not dry_run)
+        except Exception:  # noqa: BLE001 (nothing else can be done for the robot but to try again next tick)
+            pass
+
+
+def ramp_out(controller: Controller, link: RobotLink, dry_run: bool, reason: str) -> None:
+    """Release (a fault) and tick the release ramp to weight 0 at the control rate, sending each command; send errors
+    are ignored (each tick tries again) and it gives up after the ramp's time plus 1 s."""
+    cfg = controller.cfg
+    deadline = time.monotonic() + cfg.ramp_out_s + 1.0
+    controller.release(time.monotonic(), reason, fault=True)
+    while controller.phase != "released" and time.monotonic() < deadline:
+        _send_release_tick(controller, link, time.monotonic(), dry_run)
+        time.sleep(1.0 / cfg.rate_hz)
 
 
 def describe(controller: Controller, link: RobotLink, now: float, dry_run: bool, status: str) -> str:

@@ -8,14 +8,17 @@ Chunks come from a running neon-serve (camera from ROS, state from rt/lowstate) 
 At --rate-hz the arms get the chunk's targets interpolated in time, inside the joint limits and --max-vel of the last
 command. --engage ramps the arm_sdk weight 0 -> 1 over --ramp-in-s holding the measured pose, once rt/lowstate and a
 first executable chunk are there; chunks run from then on. No fresh executable chunk for --watchdog-s: hold the last
-command; --hold-s later: release. Release (SIGINT/SIGTERM, --run-seconds, watchdog, rt/lowstate silent for
---state-stale-s, an error): weight -> 0 over --ramp-out-s, holding the last command.
+command; --hold-s later: release. Release (SIGINT/SIGTERM/SIGHUP/SIGQUIT, --run-seconds, watchdog, rt/lowstate
+silent for --state-stale-s, an error anywhere in the loop, its logging included): weight -> 0 over --ramp-out-s from
+where it is, holding the last command; each tick moves the weight by at most two periods' share of the ramp, so a
+stalled loop never jumps it. Logs go through a queue: a blocked or closed stdout neither stalls nor ends the loop.
 
 --heads-hz H (server mode): two-rate control: backbone features refreshed at --request-hz, and H times a second a
 heads-only request on them with the fresh rt/lowstate, its reply the new chunk (so a chunk starts where the arms are).
 
-Exit codes: 0 released on SIGINT/SIGTERM or --run-seconds; 1 released after a fault (watchdog, stale rt/lowstate,
-an error); 2 refused to start (the reason is printed; nothing was sent on rt/arm_sdk).
+Exit codes: 0 released on a signal or --run-seconds; 1 released after a fault (watchdog, stale rt/lowstate, an
+error; also when the loop itself failed, after ramping out); 2 refused to start (the reason is printed; nothing was
+sent on rt/arm_sdk).
 """
 
 from __future__ import annotations
@@ -117,17 +120,36 @@ def _check(args) -> None:
                           "(domain 0 is the robot's)")
 
 
-def log(message: str) -> None:
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # SIGHUP: the SSH session dropped
+
+
+def _print(message: str) -> None:
     print(f"neon-g1: {message}", flush=True)
 
 
+log = _print  # replaced by a QueuedLog while `run` runs
+
+
 def run(args) -> int:
+    """`_run` with neon-g1's log lines queued (`QueuedLog`) while it runs."""
+    global log
+    from neon_runtime.g1.bridge import QueuedLog
+
+    _check(args)
+    log = QueuedLog(_print)
+    try:
+        return _run(args)
+    finally:
+        log.close()
+        log = _print
+
+
+def _run(args) -> int:
     from neon.action_space import G1ActionSpace
     from neon_runtime.executor import ChunkExecutor, ChunkRefused
     from neon_runtime.g1.bridge import Controller, RobotLink, make_layout, run_loop
     from neon_runtime.g1.inputs import RosIO, ServerSource, connect_server, trajectory_to_chunk
 
-    _check(args)
     stop = {"reason": ""}
 
     def on_signal(signum, frame) -> None:  # from here on a signal releases (or, before anything was sent, just ends)
@@ -136,8 +158,8 @@ def run(args) -> int:
             log(f"{name}: already releasing ({stop['reason']})")
         stop["reason"] = stop["reason"] or name
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     config = ControlConfig(args.rate_hz, args.ramp_in_s, args.ramp_out_s, args.watchdog_s, args.hold_s,
                            args.state_stale_s).validate()
     gains = Gains(args.kp, args.kd, args.wrist_kp, args.wrist_kd, args.waist_kp, args.waist_kd, args.hand_kp,
@@ -219,6 +241,9 @@ def run(args) -> int:
                          log_every_s=args.log_every_s, log=log,
                          stop_reason=lambda: stop["reason"] or (f"bad input: {inputs['error']}" if inputs["error"] else ""),
                          status=lambda: source.status if source else inputs["status"])
+    except Exception as e:  # run_loop ramped out before raising
+        log(f"the control loop failed ({type(e).__name__}: {e}); released, weight {controller.weight:.2f}")
+        return 1
     finally:
         if source is not None:
             source.close()
@@ -242,6 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     except BridgeError as e:
         print(f"neon-g1: error: {e}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        _mute_if_closed(sys.stdout)
+
+
+def _mute_if_closed(stream) -> None:
+    """A stdout whose reader went away (BrokenPipeError on flush) is pointed at /dev/null, so the exit code stays the
+    one documented instead of Python's 120 for a failed flush at exit."""
+    try:
+        stream.flush()
+    except (BrokenPipeError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":
