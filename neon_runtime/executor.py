@@ -38,7 +38,12 @@ the latency plus one step (or, with `execute_steps` K, once the reply would arri
 force for K steps); `LatencyEstimator` turns measured round trips into that latency. `committed` gives the
 steps that will run while a request sent now is under way (what a prefix-conditioned model is given).
 
-Not executable chunks (dry run, untrained heads, no state) are refused on arrival.
+Refused on arrival (ChunkRefused, the chunk in force stays): not executable chunks (dry run, untrained heads, no
+state); chunks whose every step is already past (stale); chunks whose step 0 is due more than `max_lead_s` after
+arrival (a skewed clock: a served chunk's step 0 is one step after its observation, so it is never far ahead).
+A step 0 still ahead on arrival is reached along the chunk's first segment extended back (blending) only when it
+is at most one step ahead; further ahead, from where the executor is, so a chunk's slope is never extrapolated over
+a long lead (a +0.3 rad/s chunk due 5 s ahead once put the target 1.4 rad the wrong way).
 """
 
 from __future__ import annotations
@@ -137,6 +142,8 @@ class ChunkExecutor:
     safety: applied by `execute` to every executed target, relative to the last executed one (see `safety_hook`).
     """
 
+    max_lead_s = 1.0  # a chunk whose step 0 is due later than this after its arrival is refused (clock skew)
+
     def __init__(self, dim: int, blend_s: float = 0.0, safety: SafetyHook | None = None, ensemble_s: float = 0.0):
         self.dim, self.blend_s, self.safety = dim, check_blend_s(blend_s), safety
         self.ensemble_s = check_blend_s(ensemble_s, "ensemble_s")
@@ -168,7 +175,8 @@ class ChunkExecutor:
         with self._lock:
             layers = self._layers
             if layers and r < times[0]:  # step 0 still ahead
-                if self.blend_s > 0 and len(times) > 1:  # the chunk's first segment, extended back to arrival
+                near = times[0] - r <= (times[1] - times[0] if len(times) > 1 else 0.0) + 1e-9
+                if self.blend_s > 0 and len(times) > 1 and near:  # the first segment, extended back to arrival
                     slope = (targets[1] - targets[0]) / (times[1] - times[0])
                     anchor = targets[0] + (r - times[0]) * slope
                 else:  # approached from where the executor is at arrival
@@ -201,6 +209,13 @@ class ChunkExecutor:
             raise ChunkRefused("chunk has infinite targets")
         if not np.isfinite(chunk.received_s):
             raise ChunkRefused(f"chunk received_s must be finite, got {chunk.received_s}")
+        where = f" from {chunk.source}" if chunk.source else ""
+        if t[-1] < chunk.received_s:
+            raise ChunkRefused(f"stale chunk{where}: its last step was due {chunk.received_s - t[-1]:.3f} s before it "
+                               "arrived")
+        if t[0] - chunk.received_s > self.max_lead_s:
+            raise ChunkRefused(f"chunk{where} starts {t[0] - chunk.received_s:.3f} s after it arrived (more than "
+                               f"{self.max_lead_s:g} s): are the clocks skewed?")
 
     @property
     def chunk(self) -> Chunk | None:

@@ -22,6 +22,8 @@ what Unitree's teleoperation stack allows (20-30 rad/s).
 
 from __future__ import annotations
 
+import math
+
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +43,7 @@ class SafetyConfig:
     max_locomotion_accel: float = 1.0  # (m/s)/s and (rad/s)/s between chunk steps
     max_observation_age_s: float = 0.5
     max_feature_age_s: float = 2.0  # reused backbone features (camera + instruction), from the image's timestamp
+    max_clock_skew_s: float = 0.1  # an observation stamped further in the future is refused (at most the age allowed)
     dry_run: bool = False
 
     def validate(self) -> SafetyConfig:
@@ -48,6 +51,9 @@ class SafetyConfig:
                      "max_feature_age_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"safety.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.max_clock_skew_s <= self.max_observation_age_s:
+            raise ValueError(f"safety.max_clock_skew_s must be in [0, max_observation_age_s "
+                             f"({self.max_observation_age_s})], got {self.max_clock_skew_s}")
         return self
 
 
@@ -92,11 +98,14 @@ class SafetyLayer:
         if observation_time is None:
             return None
         age = (now if now is not None else time.time()) - float(observation_time)
+        if not math.isfinite(age):
+            raise SafetyError(f"observation timestamp must be a finite Unix time in seconds, got {observation_time!r}")
         if age > self.config.max_observation_age_s:
             raise SafetyError(f"observation is {age:.3f} s old, older than the {self.config.max_observation_age_s} s "
                               "limit: not acting on it")
-        if age < -1.0:
-            raise SafetyError(f"observation timestamp is {-age:.3f} s in the future: check the clocks")
+        if age < -self.config.max_clock_skew_s:
+            raise SafetyError(f"observation timestamp is {-age:.3f} s in the future (more than the "
+                              f"{self.config.max_clock_skew_s} s allowed): check the clocks")
         return age
 
     def apply(self, chunk: np.ndarray, state: np.ndarray | None, fps: float,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from neon.action_space import G1ActionSpace
-from neon_runtime.executor import Chunk, ChunkExecutor, LatencyEstimator, min_jerk_ramp, safety_hook
+from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, min_jerk_ramp, safety_hook
 from neon_runtime.safety import SafetyConfig, SafetyLayer
 
 FPS = 10.0
@@ -186,6 +186,25 @@ def test_nan_means_no_target_and_execute_keeps_the_last_command():
     assert np.isnan(ex.target(0.1)[0]) and ex.target(0.3)[1] == pytest.approx(1.0)
     q = ex.execute(0.3)
     assert q[0] == pytest.approx(0.5) and q[1] == pytest.approx(1.0)
+
+
+def test_a_chunk_far_ahead_is_not_extrapolated_back_and_skewed_or_stale_chunks_are_refused():
+    """The reproduction: blending, a +0.3 rad/s chunk whose step 0 is due 0.9 s after arrival used to be extended back
+    along its slope (5 s ahead: -1.44 rad, the wrong way); now it is approached from where the executor is."""
+    ex = ChunkExecutor(2, blend_s=0.2)
+    ex.hold(np.zeros(2, np.float32), 0.0)
+    ex.accept(ramp_chunk(0.9, 0.0, slope=0.3))  # step 0 (0.27 rad) due 0.9 s ahead
+    q = np.array([ex.target(t)[0] for t in np.arange(0.0, 0.9, 0.01)])
+    assert q.min() >= -1e-6 and (np.diff(q) >= -1e-6).all()  # never the wrong way
+    near = ChunkExecutor(2, blend_s=0.2)
+    near.hold(np.zeros(2, np.float32), 0.0)
+    near.accept(ramp_chunk(0.05, 0.0, slope=1.0))  # half a step ahead: on its line, as before
+    assert np.allclose(near.target(0.1), 0.5 * line(0.1, 1.0), atol=1e-5)  # min-jerk half-way: on its line, blended
+    with pytest.raises(ChunkRefused, match="starts 5.000 s after it arrived .*clocks skewed"):
+        ex.accept(ramp_chunk(5.0, 0.0, slope=0.3))
+    with pytest.raises(ChunkRefused, match="stale chunk: its last step was due 8.500 s before it arrived"):
+        ex.accept(ramp_chunk(0.0, 10.0, slope=0.3))
+    assert ex.refused == 2 and ex.accepted == 1
 
 
 # ------------------------------------------------------------------------------------------ temporal ensembling

@@ -817,6 +817,30 @@ def test_ros_mode_runs_trajectories_and_republishes_joint_states(robot, ros):
     assert robot.weights()[-1] == 0.0
 
 
+def test_a_trajectory_stamped_long_ago_or_in_the_future_is_refused():
+    """Age counts from the header stamp, not from arrival: a 10 s old trajectory used to count as fresh, one stamped
+    30 s ahead was accepted."""
+    pytest.importorskip("trajectory_msgs", reason="ROS 2 wheels (ros-kilted-*) are installed by scripts/setup.sh")
+    from builtin_interfaces.msg import Duration, Time
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from neon_runtime.g1.inputs import trajectory_to_chunk
+
+    def msg(stamp: float) -> JointTrajectory:
+        m = JointTrajectory(joint_names=list(ARM_JOINTS))
+        m.header.stamp = Time(sec=int(stamp), nanosec=int((stamp % 1) * 1e9))
+        m.points = [JointTrajectoryPoint(positions=[0.0] * len(ARM_JOINTS), time_from_start=Duration(nanosec=k * 10**8))
+                    for k in range(1, 4)]
+        return m
+
+    now = 1_800_000_000.0
+    assert trajectory_to_chunk(msg(now - 0.2), SPACE, now_wall=now).targets.shape == (3, SPACE.dim)
+    with pytest.raises(ChunkRefused, match="10.000 s old"):
+        trajectory_to_chunk(msg(now - 10.0), SPACE, now_wall=now)
+    with pytest.raises(ChunkRefused, match="30.000 s in the future"):
+        trajectory_to_chunk(msg(now + 30.0), SPACE, now_wall=now)
+
+
 def test_ros_mode_refuses_a_trajectory_without_arm_joints(robot, ros):
     names = [f"left_hand_{f}" for f in DEX3_MOTORS["left"]]
     pub, timer = trajectory_publisher(ros, names, elbow=0.0)

@@ -78,6 +78,19 @@ def test_stale_and_future_observations():
     assert layer.check_age(None) is None
 
 
+
+def test_nan_stamps_are_refused_and_the_future_allowance_is_below_the_age_limit():
+    layer = SafetyLayer(ARMS)  # defaults: 0.5 s old at most, 0.1 s ahead at most
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(SafetyError, match="finite Unix time"):
+            layer.check_age(bad, now=100.0)
+    assert layer.check_age(100.08, now=100.0) == pytest.approx(-0.08)
+    with pytest.raises(SafetyError, match="0.300 s in the future .*0.1 s allowed"):
+        layer.check_age(100.3, now=100.0)  # a second ahead was accepted before
+    with pytest.raises(ValueError, match="max_clock_skew_s must be in"):
+        SafetyConfig(max_observation_age_s=0.5, max_clock_skew_s=1.0).validate()
+
+
 def test_dry_run_and_missing_state_mark_chunks_not_executable():
     state = np.zeros(28, np.float32)
     _, report = SafetyLayer(ARMS, SafetyConfig(dry_run=True)).apply(np.zeros((16, 28)), state, FPS)

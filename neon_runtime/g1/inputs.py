@@ -25,6 +25,8 @@ from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEst
 from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, RobotLink, require_arms
 
 MAX_IMAGE_AGE_S = 0.5  # an older camera frame counts as none (neon-ros's max_image_age_s)
+MAX_TRAJECTORY_AGE_S = 0.5  # a trajectory whose header stamp is older on arrival is refused (stale)
+MAX_TRAJECTORY_LEAD_S = 0.1  # ... or further in the future (clocks skewed: never more than the age allowed)
 
 
 # ------------------------------------------------------------------------------------------------------- server mode
@@ -196,10 +198,11 @@ class ServerSource:
 
 
 # ---------------------------------------------------------------------------------------------------------- ROS mode
-def trajectory_to_chunk(msg, space: G1ActionSpace) -> Chunk:
+def trajectory_to_chunk(msg, space: G1ActionSpace, now_wall: float | None = None) -> Chunk:
     """trajectory_msgs/JointTrajectory (joint names as in the action space, any common spelling) -> a chunk in
     action-space order; joints it leaves out are NaN (held). Point times count from the header stamp (from arrival
-    when the stamp is zero). Raises BridgeError when it lacks arm joints."""
+    when the stamp is zero). Raises BridgeError when it lacks arm joints; ChunkRefused when the stamp is more than
+    MAX_TRAJECTORY_AGE_S old or MAX_TRAJECTORY_LEAD_S ahead of `now_wall` (time.time() by default), or not finite."""
     mapping = space.map_names(list(msg.joint_names))
     require_arms([space.names[t] for t in mapping.target_index], "the trajectory on the ROS topic")
     if not msg.points:
@@ -211,6 +214,12 @@ def trajectory_to_chunk(msg, space: G1ActionSpace) -> Chunk:
     positions = np.array([p.positions for p in msg.points], np.float32)
     targets[:, mapping.target_index] = positions[:, mapping.source_index]
     stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    if stamp > 0:
+        age = (time.time() if now_wall is None else now_wall) - stamp
+        if not np.isfinite(age) or age > MAX_TRAJECTORY_AGE_S or age < -MAX_TRAJECTORY_LEAD_S:
+            raise ChunkRefused(f"the trajectory's header stamp is {abs(age):.3f} s "
+                               f"{'old' if age > 0 else 'in the future'} (allowed: {MAX_TRAJECTORY_AGE_S} s old, "
+                               f"{MAX_TRAJECTORY_LEAD_S} s ahead): stale, or the clocks are skewed")
     start = wall_to_mono(stamp) if stamp > 0 else time.monotonic()
     times = start + np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points])
     return Chunk(targets, times, time.monotonic(), source="ROS trajectory")
