@@ -2,7 +2,7 @@
 
     MUJOCO_GL=egl .venv/bin/python bench/bench_moving_block.py [--policy oracle | ws://127.0.0.1:8000/ws]
         [--episodes 50] [--seed 10000] [--latencies 0,200] [--execute-steps 8,16] [--blend-s 0.2]
-        [--feature-hz 5] [--heads-hz 30] [--heads-latency-ms 23] [--json out.json]
+        [--feature-hz 5] [--heads-hz 30] [--heads-latency-ms 23] [--ensemble-s 0.3[,0.5]] [--json out.json]
 
 The named block jumps once, 1-2 s into each episode, >= 10 cm on the same side (`neon-sim eval --moving-block`).
 Both ways run chunks through the ChunkExecutor (request-ahead, steps already past skipped, blended over --blend-s):
@@ -51,13 +51,18 @@ def main() -> None:
     ap.add_argument("--feature-hz", type=float, default=5.0)
     ap.add_argument("--heads-hz", type=float, default=30.0)
     ap.add_argument("--heads-latency-ms", type=float, default=23.0)
+    ap.add_argument("--ensemble-s", type=lambda text: [float(x) for x in text.split(",")], default=[],
+                    metavar="W[,W...]", help="add 'two-rate, ensembled W s' rows: the heads' replies averaged over the "
+                                             "last W s (ACT's temporal ensembling) instead of blended")
     ap.add_argument("--no-static", action="store_true", help="skip the static-task reference columns")
     ap.add_argument("--token", default=os.environ.get("NEON_TOKEN"))
     ap.add_argument("--json", help="write every report here")
     args = ap.parse_args()
-    modes = {**{f"chunk-rate {k}": {"control": "chunk", "execute_steps": k} for k in args.execute_steps},
-             "two-rate": {"control": "two-rate", "feature_hz": args.feature_hz, "heads_hz": args.heads_hz,
-                          "heads_latency_ms": args.heads_latency_ms}}
+    two_rate = {"control": "two-rate", "feature_hz": args.feature_hz, "heads_hz": args.heads_hz,
+                "heads_latency_ms": args.heads_latency_ms}
+    modes = {**{f"chunk-rate {k}": {"control": "chunk", "execute_steps": k, "blend_s": args.blend_s}
+                for k in args.execute_steps}, "two-rate": {**two_rate, "blend_s": args.blend_s},
+             **{f"two-rate, ensembled {w:g} s": {**two_rate, "blend_s": 0.0, "ensemble_s": w} for w in args.ensemble_s}}
     tasks = (True,) if args.no_static else (True, False)
     t0, reports, runs = time.perf_counter(), {}, len(args.latencies) * len(modes) * len(tasks)
     for latency in sorted(args.latencies):
@@ -66,7 +71,7 @@ def main() -> None:
                 t1 = time.perf_counter()
                 reports[(latency, name, moving)] = evaluate(
                     args.policy, args.episodes, args.seed, token=args.token, video_episodes=0, progress=False,
-                    latency_ms=latency, executor="executor", blend_s=args.blend_s, moving_block=moving, **mode)
+                    latency_ms=latency, executor="executor", moving_block=moving, **mode)
                 print(f"[{len(reports)}/{runs}] {latency:g} ms, {name}, {'moving' if moving else 'static'}: "
                       f"{time.perf_counter() - t1:.0f} s", flush=True)
     who = ("ORACLE: the scripted expert re-planning from perfect snapshots of the block (measures the control "
@@ -86,10 +91,10 @@ def main() -> None:
         after = sum(e["success"] and e["time_to_success_s"] > e["move_at_s"] for e in r["results"])
         cells = [f"{latency:g}", name, *_cells(r), f"{after}/{sum(e['success'] for e in r['results'])}", _reaction(r),
                  *(_cells(s) if s else ["-"] * 3),
-                 "-" if name == "two-rate" else f"{100 * (two - r['success_rate']):+.0f}"]
+                 "-" if name.startswith("two-rate") else f"{100 * (two - r['success_rate']):+.0f}"]
         print("| " + " | ".join(cells) + " |")
     print("chunk-rate K: a full request per chunk, run open loop for K steps of 0.1 s; two-rate: heads replies at the "
-          "heads rate on the fresh state")
+          "heads rate on the fresh state, blended in (or averaged over the last W s: ensembled)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{"latency_ms": k[0], "mode": k[1], "moving_block": k[2],
