@@ -14,6 +14,9 @@ Every request carries this client's `client_id` (given, or made up once), so the
 features of its full requests and a light request (`reuse_features=True`: state, eef, lidar, prefix; no image)
 runs only the heads on them (see `neon_runtime.server`). One connection answers one request at a time:
 `sibling()` opens another with the same client_id (a feature-refresh thread beside the control loop).
+
+A reply that does not come within `reply_timeout_s` raises RemoteError and drops the connection (a late reply
+must not be taken for the next request's); the next request connects again, so a restarted server is picked up.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import uuid
 import warnings
 from pathlib import Path
+
+from websockets.exceptions import ConnectionClosed
 
 from neon_runtime import wire
 
@@ -47,24 +52,31 @@ def read_token(path: str | Path) -> str:
 
 
 class RemotePolicy:
-    def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 10.0, client_id: str | None = None):
+    def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 10.0, client_id: str | None = None,
+                 reply_timeout_s: float = 10.0):
+        if not reply_timeout_s > 0:
+            raise ValueError(f"reply_timeout_s must be positive, got {reply_timeout_s}")
+        self.client_id = client_id or f"remote-{uuid.uuid4().hex[:12]}"
+        self.url, self._token, self._open_timeout_s, self.reply_timeout_s = url, token, open_timeout_s, reply_timeout_s
+        self.ws, self._closed = None, False
+        self._connect()
+
+    def _connect(self) -> None:
         import websockets.sync.client as ws_client
 
-        self.client_id = client_id or f"remote-{uuid.uuid4().hex[:12]}"
-        self._token, self._open_timeout_s = token, open_timeout_s
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
         try:
             with warnings.catch_warnings():  # held open for the client's life (not a `with` block), closed in close()
                 warnings.simplefilter("ignore", DeprecationWarning)
-                self.ws = ws_client.connect(url, compression=None, max_size=None, additional_headers=headers,
-                                            open_timeout=open_timeout_s)
-                self._metadata = wire.unpackb(self.ws.recv())
+                ws = ws_client.connect(self.url, compression=None, max_size=None, additional_headers=headers,
+                                       open_timeout=self._open_timeout_s)
+                self._metadata = wire.unpackb(ws.recv(timeout=self._open_timeout_s))
         except (OSError, TimeoutError) as e:
-            raise RemoteError(f"cannot connect to neon-serve at {url}: {e}") from None
-        self.url = url
+            raise RemoteError(f"cannot connect to neon-serve at {self.url}: {e}") from None
         if self._metadata.get("needs_token"):
-            self.ws.close()
-            raise RemoteError(f"{url} needs a token (pass token=, or the ROS parameter token)")
+            ws.close()
+            raise RemoteError(f"{self.url} needs a token (pass token=, or the ROS parameter token)")
+        self.ws = ws
 
     def metadata(self) -> dict:
         return self._metadata
@@ -74,12 +86,25 @@ class RemotePolicy:
 
     def infer(self, request: dict, reuse_features: bool = False) -> dict:
         """The server's reply to one request. `reuse_features`: a light request (no image or audio; the state,
-        eef, lidar, prefix and timestamp it carries) on the features of this client's last full request."""
+        eef, lidar, prefix and timestamp it carries) on the features of this client's last full request.
+        RemoteError: the server refused it, no reply within reply_timeout_s, or the connection was lost."""
         message = {"client_id": self.client_id, **{k: v for k, v in request.items() if v is not None}}
         if reuse_features:
             message["reuse_features"] = True
-        self.ws.send(wire.packb(message))
-        reply = wire.unpackb(self.ws.recv())
+        if self._closed:
+            raise RemoteError(f"this client of {self.url} was closed")
+        if self.ws is None:  # dropped after a timeout or a failure: connect again (a restarted server)
+            self._connect()
+        try:
+            self.ws.send(wire.packb(message))
+            reply = wire.unpackb(self.ws.recv(timeout=self.reply_timeout_s))
+        except TimeoutError:
+            self._drop()
+            raise RemoteError(f"no reply from {self.url} within {self.reply_timeout_s:g} s (the connection is "
+                              "dropped; the next request connects again)", "timeout") from None
+        except (OSError, ConnectionClosed) as e:
+            self._drop()
+            raise RemoteError(f"the connection to {self.url} failed: {e}", "connection") from None
         if "error" in reply:
             raise RemoteError(f"server: {reply['error']}: {reply['detail']}", reply["error"])
         return reply
@@ -90,7 +115,13 @@ class RemotePolicy:
 
     def sibling(self) -> RemotePolicy:
         """Another connection to the same server under the same client_id (so it shares the stored features)."""
-        return RemotePolicy(self.url, self._token, self._open_timeout_s, self.client_id)
+        return RemotePolicy(self.url, self._token, self._open_timeout_s, self.client_id, self.reply_timeout_s)
+
+    def _drop(self) -> None:
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            ws.close()
 
     def close(self) -> None:
-        self.ws.close()
+        self._closed = True
+        self._drop()

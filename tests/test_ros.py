@@ -449,6 +449,33 @@ def test_command_stream_hands_over_through_the_executor(graph, checkpoint, blend
     assert neon.chunk_executor.accepted == 2 and sim.command_previews == []
 
 
+def test_a_hung_policy_trips_the_watchdog_while_its_request_is_in_flight(graph, checkpoint):
+    """The policy stops answering mid-request: diagnostics turn ERROR naming the wait, the command stream stops and
+    nothing more is published, though the worker is still busy (before, the watchdog ran only while it was idle);
+    when replies come again the node resumes by itself."""
+    neon = graph(make_node("neon_hang", model=str(checkpoint), dry_run=False, rate_hz=5.0, control_hz=50.0,
+                           max_chunk_age_s=0.5))
+    sim = G1Sim(graph(rclpy.create_node("g1_sim_hang")), neon.space.names)
+    assert wait_for(lambda: len(sim.trajs) >= 2 and len(sim.commands) > 10)
+    gate, infer = threading.Event(), neon.policy.infer
+
+    def hung(*args, **kwargs):
+        gate.wait(30)
+        return infer(*args, **kwargs)
+
+    neon.policy.infer = hung
+    assert wait_for(lambda: any(d.status[0].level == b"\x02" and "no reply from the policy" in d.status[0].message
+                                for d in sim.diags[-5:]), 10)
+    assert neon._busy.locked()  # still waiting on the hung request
+    time.sleep(0.2)
+    trajs, commands = len(sim.trajs), len(sim.commands)
+    time.sleep(0.6)
+    assert len(sim.trajs) == trajs and len(sim.commands) == commands  # nothing moves the robot meanwhile
+    neon.policy.infer = infer
+    gate.set()
+    assert wait_for(lambda: len(sim.trajs) > trajs + 1, 10)  # the late reply is too old to publish; the next ones are
+
+
 def test_command_stream_stops_on_stale_state_and_restarts_from_the_measured_pose(graph, checkpoint):
     """No commands while joint_states is stale or the newest chunk is older than max_chunk_age_s; after a watchdog
     trip the next chunk starts from the measured pose (not from the chunk of before). Dry run: preview topic only."""

@@ -111,7 +111,8 @@ def make_policy(p: dict, logger):
         from neon_runtime.client import RemotePolicy, read_token
 
         token = p["token"] or (read_token(p["token_file"]) if p["token_file"] else None)
-        return RemotePolicy(p["server_url"], token), f"remote {p['server_url']}"
+        reply_timeout_s = max(2.0, 2.0 * p["max_chunk_age_s"])  # the watchdog halts sooner; this frees the worker
+        return RemotePolicy(p["server_url"], token, reply_timeout_s=reply_timeout_s), f"remote {p['server_url']}"
     from neon.model import NeonVLA
     from neon.policy import NeonPolicy
     from neon_runtime.policy import LocalPolicy
@@ -179,6 +180,8 @@ class NeonNode(Node):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neon-infer")
         self._busy = threading.Lock()
         self._last_request = 0.0
+        self._in_flight_since: float | None = None  # when the request in flight left (None: none)
+        self._stalled = False  # the request in flight has outlived max_chunk_age_s (halted once for it)
         self._frame = None  # (image, instruction) last handed to the two-rate runner
         self.published = self.commanded = 0
         self.policy.warm_up()  # the first forward is the slow one: never on a chunk meant for the robot
@@ -291,6 +294,13 @@ class NeonNode(Node):
     def _tick(self):
         now = time.monotonic()
         p = self.p
+        sent = self._in_flight_since
+        if sent is not None:  # a request in flight: the watchdog still runs
+            if now - sent > p["max_chunk_age_s"] and not self._stalled:
+                self._stalled = True  # once per stalled request: halt, and say why
+                self._halt(f"no reply from the policy for {now - sent:.2f} s (max_chunk_age_s "
+                           f"{p['max_chunk_age_s']:g})")
+            return
         if self.runner is not None:  # two-rate: a heads pass every 1 / heads_hz s
             due = now - self._last_request >= 1.0 / p["heads_hz"]
         else:  # at rate_hz, or earlier when the chunk in force no longer covers the latency (request-ahead)
@@ -313,6 +323,7 @@ class NeonNode(Node):
             self._halt("; ".join(problems))
             return
         self._busy.acquire()
+        self._stalled, self._in_flight_since = False, now
         self._worker.submit(self._infer, request)
 
     def _halt(self, why: str, level: int = 2) -> None:
@@ -341,6 +352,7 @@ class NeonNode(Node):
             else:
                 self._halt(f"inference failed: {type(e).__name__}: {e}")
         finally:
+            self._in_flight_since = None
             self._busy.release()
 
     def _heads(self, request: dict) -> dict:
