@@ -225,10 +225,35 @@ def test_a_released_controller_needs_neither_state_nor_executor():
     assert weights[-1] == 0.0 and ctl.phase == "released" and commands[-1] is None and len(weights) >= 199
 
 
-def test_settings_below_the_safe_minimums_are_refused():
-    for field, value in (("rate_hz", 49.0), ("ramp_in_s", 0.9), ("ramp_out_s", 1.9), ("watchdog_s", 0.0)):
-        with pytest.raises(BridgeError, match=f"--{field.replace('_', '-')}"):
+def test_settings_outside_the_safe_range_are_refused():
+    for field, value in (("rate_hz", 49.0), ("rate_hz", 1000.0), ("ramp_in_s", 0.9), ("ramp_out_s", 1.9),
+                         ("ramp_out_s", 60.0), ("watchdog_s", 0.0), ("watchdog_s", 30.0), ("hold_s", 60.0),
+                         ("state_stale_s", 5.0), ("state_stale_s", float("nan"))):
+        with pytest.raises(BridgeError, match=f"--{field.replace('_', '-')} must be"):
             ControlConfig(**{field: value}).validate()
+    for field in ("kp", "wrist_kp", "waist_kp", "hand_kp"):  # a kp of 0 at weight 1: a limp joint
+        with pytest.raises(BridgeError, match=f"--{field.replace('_', '-')} must be a finite number > 0"):
+            Gains(**{field: 0.0}).validate()
+    assert Gains(kd=0.0).validate().kd == 0.0
+
+
+def test_a_silent_dex3_state_releases_like_a_silent_lowstate():
+    """Dex3 states carry their arrival time: a commanded hand whose state stops is stale like rt/lowstate (before,
+    its last value counted for ever)."""
+    from neon_runtime.g1.bridge import RobotLink
+
+    ctl, layout = controller()
+    link = RobotLink.__new__(RobotLink)  # its bookkeeping only, no DDS
+    link.state = LowState_(motor_state=[MotorState_(q=0.0) for _ in range(35)])
+    link.hand_q = {side: np.zeros(7, np.float32) for side in DEX3_MOTORS}
+    link.hand_at = {"left": 1.0, "right": 1.0}
+    assert np.isfinite(link.measured(layout, now=1.05, stale_s=0.1)).all()
+    stale = link.measured(layout, now=1.2, stale_s=0.1)
+    assert np.isnan(stale[[i for i, h in enumerate(layout.hand) if h]]).all()
+    measured = pose(layout)
+    drive(ctl, 0.0, 1.5, measured, fresh_chunks(ctl, np.zeros(SPACE.dim, np.float32)))
+    command = ctl.tick(1.5, stale, 1.5)  # rt/lowstate fresh, the hands not
+    assert command.phase == "releasing" and ctl.fault and "left_hand_thumb_0" in ctl.reason and "Dex3" in ctl.reason
 
 
 def test_layout_follows_the_action_space_and_unitrees_motor_order():
@@ -580,7 +605,7 @@ class StubLink:
     def poll(self, now):
         self.state_at = now
 
-    def measured(self, layout):
+    def measured(self, layout, now=None, stale_s=None):
         return pose(layout)
 
     def send(self, layout, command, write=True):
@@ -679,7 +704,7 @@ def test_a_send_that_keeps_failing_releases_and_every_tick_still_tries_the_next_
     ctl, layout = controller()
     link, goal = StubLink(layout), np.zeros(SPACE.dim, np.float32)
     now = time.monotonic()
-    ctl.executor.accept(Chunk.at_fps(np.tile(goal, (16, 1)), 30.0, now, now + 100.0))  # fresh for the whole test
+    ctl.executor.accept(Chunk.at_fps(np.tile(goal, (16, 1)), 0.07, now, now + 100.0))  # fresh for the whole test
     failing, tries = {"on": False}, []
 
     def send(layout, command, write=True):
@@ -859,3 +884,24 @@ def test_neon_g1_is_a_console_script():
 
     assert any(e.name == "neon-g1" and e.value == "neon_runtime.g1.cli:main"
                for e in entry_points(group="console_scripts"))
+
+
+def test_a_request_thread_that_dies_is_reported_and_releases_as_a_fault():
+    """ServerSource's thread used to die silently (the watchdog found out a second and a half later, with no reason);
+    now it records why, and neon-g1's stop check turns that into a fault release."""
+    from neon_runtime.g1.cli import _input_failure
+    from neon_runtime.g1.inputs import ServerSource
+
+    source = ServerSource.__new__(ServerSource)
+    source.status, source.failed = "starting", None
+
+    def serve():
+        raise KeyError("image")
+
+    source._serve = serve
+    source._run()
+    assert isinstance(source.failed, KeyError) and "request thread failed: KeyError" in source.status
+    with pytest.raises(RuntimeError, match="the request thread failed: KeyError"):
+        _input_failure({"error": ""}, source, None)
+    assert _input_failure({"error": "no arms"}, None, None) == "bad input: no arms"
+    assert _input_failure({"error": ""}, None, None) == ""

@@ -79,9 +79,11 @@ class Gains:
     hand_kd: float = 0.2
 
     def validate(self) -> Gains:
-        for name, value in self.__dict__.items():
-            if not (np.isfinite(value) and value >= 0):
-                raise BridgeError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        for name, value in self.__dict__.items():  # kp 0 at weight 1 would leave a joint limp: a kp must be > 0
+            stiff = name.endswith("kp")
+            if not (np.isfinite(value) and (value > 0 if stiff else value >= 0) and value <= 500):
+                raise BridgeError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if stiff else '>= 0'} "
+                                  f"and <= 500, got {value}")
         return self
 
 
@@ -144,10 +146,11 @@ class ControlConfig:
     state_stale_s: float = 0.1  # no rt/lowstate for this long while engaged: release
 
     def validate(self) -> ControlConfig:
-        checks = [("rate_hz", self.rate_hz >= 50, ">= 50 (the robot's arm_sdk expects 50-500 Hz)"),
-                  ("ramp_in_s", self.ramp_in_s >= 1.0, ">= 1 s"), ("ramp_out_s", self.ramp_out_s >= 2.0, ">= 2 s"),
-                  ("watchdog_s", self.watchdog_s > 0, "> 0"), ("hold_s", self.hold_s >= 0, ">= 0"),
-                  ("state_stale_s", self.state_stale_s > 0, "> 0")]
+        checks = [("rate_hz", 50 <= self.rate_hz <= 500, "in [50, 500] Hz (the robot's arm_sdk expects 50-500 Hz)"),
+                  ("ramp_in_s", 1.0 <= self.ramp_in_s <= 30.0, "in [1, 30] s"),
+                  ("ramp_out_s", 2.0 <= self.ramp_out_s <= 10.0, "in [2, 10] s"),
+                  ("watchdog_s", 0 < self.watchdog_s <= 2.0, "in (0, 2] s"), ("hold_s", 0 <= self.hold_s <= 5.0, "in [0, 5] s"),
+                  ("state_stale_s", 0 < self.state_stale_s <= 2.0, "in (0, 2] s")]
         for name, ok, need in checks:
             value = getattr(self, name)
             if not (np.isfinite(value) and ok):
@@ -210,8 +213,14 @@ class Controller:
         age = self.executor.age(now)
         fresh = age is not None and age <= cfg.watchdog_s
         if self.phase in ("engaging", "running", "holding") and not state_ok:
-            stale = "never arrived" if measured_at is None else f"silent for {now - measured_at:.3f} s"
-            self.release(now, f"rt/lowstate {stale} (limit {cfg.state_stale_s} s)", fault=True)
+            if measured is not None and measured_at is not None and now - measured_at <= cfg.state_stale_s:
+                bad = [n for n, v in zip(self.layout.names, measured, strict=True) if not np.isfinite(v)]
+                why = (f"no fresh state for {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} (a Dex3 state "
+                       f"silent for more than {cfg.state_stale_s} s, or not finite)")
+            else:
+                why = (f"rt/lowstate {'never arrived' if measured_at is None else f'silent for {now - measured_at:.3f} s'}"
+                       f" (limit {cfg.state_stale_s} s)")
+            self.release(now, why, fault=True)
         if self.phase == "waiting":
             if not (state_ok and fresh):
                 return None
@@ -285,6 +294,7 @@ class RobotLink:
         self.state = None  # the newest LowState_
         self.state_at: float | None = None  # when it arrived (monotonic s)
         self.hand_q: dict[str, np.ndarray | None] = dict.fromkeys(DEX3_MOTORS)
+        self.hand_at: dict[str, float | None] = dict.fromkeys(DEX3_MOTORS)  # when each arrived (monotonic s)
         self._arm_sdk = None
         self._hand_writers = {}
         self._cmd = None
@@ -302,6 +312,7 @@ class RobotLink:
             hs = [s for s in reader.take(N=1) if isinstance(s, HandState_) and len(s.motor_state) >= 7]
             if hs:
                 self.hand_q[side] = np.array([m.q for m in hs[-1].motor_state[:7]], np.float32)
+                self.hand_at[side] = now
 
     def wait_for_state(self, timeout_s: float, want_hands: bool, cancelled=lambda: False) -> bool:
         """Poll until rt/lowstate (and, with want_hands, both Dex3 states) arrive; False if lowstate never does."""
@@ -313,8 +324,9 @@ class RobotLink:
             time.sleep(0.01)
         return self.state is not None
 
-    def measured(self, layout: Layout) -> np.ndarray | None:
-        """Float[(N,)]: the robot's joint positions in layout order (None before the first rt/lowstate)."""
+    def measured(self, layout: Layout, now: float | None = None, stale_s: float | None = None) -> np.ndarray | None:
+        """Float[(N,)]: the robot's joint positions in layout order (None before the first rt/lowstate); a Dex3
+        joint is NaN while its hand's state never came or (given `now` and `stale_s`) is older than `stale_s`."""
         if self.state is None:
             return None
         motors = self.state.motor_state
@@ -323,8 +335,9 @@ class RobotLink:
             if hand is None:
                 out[i] = motors[slot].q
             else:
-                q = self.hand_q[hand[0]]
-                out[i] = np.nan if q is None else q[hand[1]]
+                q, at = self.hand_q[hand[0]], self.hand_at[hand[0]]
+                stale = q is None or (stale_s is not None and now is not None and (at is None or now - at > stale_s))
+                out[i] = np.nan if stale else q[hand[1]]
         return out
 
     def prepare(self, layout: Layout, *, writers: bool) -> None:
@@ -490,7 +503,7 @@ def _one_tick(controller, link, now, start, state, stop_reason, status, log, dry
                             if run_seconds is not None and now - start >= run_seconds else "")
     if why:
         controller.release(now, why)
-    command = controller.tick(now, link.measured(controller.layout), link.state_at)
+    command = controller.tick(now, link.measured(controller.layout, now, controller.cfg.state_stale_s), link.state_at)
     if command is not None:
         link.send(controller.layout, command, write=not dry_run)
     if controller.phase != state["phase"]:

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "'lo' for a simulator or test on this machine (then --domain must not be 0)")
     p.add_argument("--domain", type=int, default=0, help="DDS domain (default: 0, the robot's)")
     ctl = p.add_argument_group("control and safety")
-    ctl.add_argument("--rate-hz", type=float, default=CONTROL.rate_hz, help="rt/arm_sdk rate, >= 50 (default: %(default)s)")
+    ctl.add_argument("--rate-hz", type=float, default=CONTROL.rate_hz, help="rt/arm_sdk rate, 50-500 (default: %(default)s)")
     ctl.add_argument("--kp", type=float, default=GAINS.kp, help="shoulders and elbows (default: %(default)s)")
     ctl.add_argument("--kd", type=float, default=GAINS.kd, help="(default: %(default)s)")
     ctl.add_argument("--wrist-kp", type=float, default=GAINS.wrist_kp, help="(default: %(default)s)")
@@ -59,16 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rad/s, arms and waist (default: %(default)s)")
     ctl.add_argument("--max-hand-vel", type=float, default=SAFE.max_hand_velocity,
                      help="rad/s, Dex3 fingers (default: %(default)s)")
-    ctl.add_argument("--ramp-in-s", type=float, default=CONTROL.ramp_in_s, help="weight 0 -> 1, >= 1 (default: %(default)s)")
-    ctl.add_argument("--ramp-out-s", type=float, default=CONTROL.ramp_out_s, help="weight 1 -> 0, >= 2 (default: %(default)s)")
+    ctl.add_argument("--ramp-in-s", type=float, default=CONTROL.ramp_in_s, help="weight 0 -> 1, 1-30 (default: %(default)s)")
+    ctl.add_argument("--ramp-out-s", type=float, default=CONTROL.ramp_out_s, help="weight 1 -> 0, 2-10 (default: %(default)s)")
     ctl.add_argument("--blend-s", type=float, default=0.2, help="blend each new chunk into the one in force over this "
                      "long, min-jerk (0: switch at once; default: %(default)s)")
     ctl.add_argument("--watchdog-s", type=float, default=CONTROL.watchdog_s,
-                     help="no fresh executable chunk for this long: hold (default: %(default)s)")
-    ctl.add_argument("--hold-s", type=float, default=CONTROL.hold_s, help="then release after holding this long "
-                     "(default: %(default)s)")
+                     help="no fresh executable chunk for this long: hold, at most 2 (default: %(default)s)")
+    ctl.add_argument("--hold-s", type=float, default=CONTROL.hold_s, help="then release after holding this long, "
+                     "at most 5 (default: %(default)s)")
     ctl.add_argument("--state-stale-s", type=float, default=CONTROL.state_stale_s,
-                     help="rt/lowstate silent this long while engaged: release (default: %(default)s)")
+                     help="rt/lowstate (or a commanded Dex3 hand's state) silent this long while engaged: "
+                     "release, at most 2 (default: %(default)s)")
     ctl.add_argument("--state-timeout", type=float, default=3.0,
                      help="refuse to start without rt/lowstate within this long (default: %(default)s)")
     ctl.add_argument("--no-hands", action="store_true", help="leave Dex3 hands alone even when the action space has them")
@@ -239,7 +240,7 @@ def _run(args) -> int:
     try:
         stats = run_loop(controller, link, dry_run=not args.engage, run_seconds=args.run_seconds,
                          log_every_s=args.log_every_s, log=log,
-                         stop_reason=lambda: stop["reason"] or (f"bad input: {inputs['error']}" if inputs["error"] else ""),
+                         stop_reason=lambda: stop["reason"] or _input_failure(inputs, source, ros),
                          status=lambda: source.status if source else inputs["status"])
     except Exception as e:  # run_loop ramped out before raising
         log(f"the control loop failed ({type(e).__name__}: {e}); released, weight {controller.weight:.2f}")
@@ -257,6 +258,16 @@ def _run(args) -> int:
     log(f"released ({controller.reason}){'' if controller.engaged_once else '; it never engaged'}"
         f"{'' if args.engage else '; dry run, nothing was sent'}")
     return 0
+
+
+def _input_failure(inputs: dict, source, ros) -> str:
+    """A reason to release ("" while there is none): bad input (a stop); a dead request or ROS thread raises, so the
+    loop releases it as a fault (exit code 1)."""
+    for name, part in (("request thread", source), ("ROS 2 thread", ros)):
+        failed = getattr(part, "failed", None)
+        if failed is not None:
+            raise RuntimeError(f"the {name} failed: {type(failed).__name__}: {failed}")
+    return f"bad input: {inputs['error']}" if inputs["error"] else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,7 @@ class ServerSource:
         self.policy, self.space, self.link, self.ros, self.executor = policy, space, link, ros, executor
         self.period, self.instruction = 1.0 / (heads_hz or request_hz), instruction
         self.status = "starting"
+        self.failed: Exception | None = None  # what ended the request thread, if anything did
         self.runner = None
         if heads_hz:
             from neon_runtime.client import RemoteError
@@ -174,6 +175,15 @@ class ServerSource:
                 and self.executor.should_request(now, self.latency.estimate(), margin_s=self.margin_steps / self._fps))
 
     def _run(self) -> None:
+        """The request thread: `_serve`, and if that ever raises, say so (`failed`, `status`: neon-g1 then releases)
+        instead of dying silently while the watchdog waits."""
+        try:
+            self._serve()
+        except Exception as e:  # noqa: BLE001 (reported to the control loop, which releases)
+            self.status = f"the request thread failed: {type(e).__name__}: {e}"
+            self.failed = e
+
+    def _serve(self) -> None:
         t0 = -float("inf")
         while not self._stop.is_set():
             if not self._due(t0):
@@ -271,6 +281,7 @@ class RosIO:
         if joint_states_topic:
             self._pub = node.create_publisher(JointState, joint_states_topic, qos_profile_sensor_data)
             node.create_timer(1.0 / joint_states_hz, self._publish_joint_states)
+        self.failed: Exception | None = None  # what ended the ROS thread before shutdown, if anything did
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(node)
         self._thread = threading.Thread(target=self._spin, name="neon-g1-ros", daemon=True)
@@ -279,8 +290,10 @@ class RosIO:
     def _spin(self) -> None:
         try:
             self._executor.spin()
-        except Exception:  # shutdown while spinning
-            pass
+        except Exception as e:  # noqa: BLE001 (after shutdown it is expected; before, neon-g1 releases on it)
+            if self._rclpy.ok():
+                self.failed = e
+                self.log.error(f"the ROS 2 thread failed: {type(e).__name__}: {e}")
 
     def image_age(self) -> float | None:
         return None if self._image_at is None else time.monotonic() - self._image_at
