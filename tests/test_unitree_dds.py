@@ -145,6 +145,26 @@ def test_every_field_but_crc_changes_the_crc():
         assert (low_cmd_crc(changed) == before) == (path == ("crc",)), path
 
 
+def test_the_image_packed_once_gives_the_crc_of_a_full_repack():
+    """LowCmdImage (what neon-g1 sends with) against low_cmd_crc (every field re-flattened) over random updates of
+    q, the arm_sdk weight and mode_machine."""
+    import numpy as np
+
+    from neon_runtime.unitree.crc import LowCmdImage
+    from neon_runtime.unitree.idl import LowCmd_
+
+    cmd = LowCmd_(mode_pr=0)
+    for m in cmd.motor_cmd[12:29]:
+        m.mode, m.kp, m.kd = 1, 60.0, 1.5
+    image, rng, slots = LowCmdImage(cmd), np.random.default_rng(0), np.array([*range(12, 29), 29])
+    for _ in range(50):
+        q = rng.normal(size=len(slots))
+        for slot, value in zip(slots, q):
+            cmd.motor_cmd[slot].q = float(value)
+        cmd.mode_machine = int(rng.integers(0, 256))
+        assert image.crc(cmd.mode_machine, slots, q) == low_cmd_crc(cmd)
+
+
 def test_fill_sets_the_crc_and_bad_values_say_which_message():
     cmd = arm_command()
     assert fill_low_cmd_crc(cmd) is cmd and cmd.crc == 0xB9E744B3

@@ -343,6 +343,7 @@ class RobotLink:
     def prepare(self, layout: Layout, *, writers: bool) -> None:
         """Fill the messages as Unitree's code does; create the command writers only with `writers` (never in dry
         run: then nothing can reach rt/arm_sdk)."""
+        from neon_runtime.unitree.crc import LowCmdImage
         from neon_runtime.unitree.idl import HandCmd_, LowCmd_, MotorCmd_
 
         self._cmd = LowCmd_(mode_pr=0)
@@ -350,6 +351,9 @@ class RobotLink:
             if hand is None:
                 m = self._cmd.motor_cmd[slot]
                 m.mode, m.kp, m.kd, m.dq, m.tau = 1, float(kp), float(kd), 0.0, 0.0
+        self._image = LowCmdImage(self._cmd)  # packed once: each send writes q and the weight, then the crc
+        body = layout.body_slot >= 0
+        self._body_rows, self._body_slots = np.flatnonzero(body), np.append(layout.body_slot[body], WEIGHT_SLOT)
         self._hand_cmds = {s: HandCmd_(motor_cmd=[MotorCmd_(mode=dex3_mode(k)) for k in range(7)]) for s in DEX3_MOTORS}
         for hand, kp, kd in zip(layout.hand, layout.kp, layout.kd, strict=True):
             if hand is not None:
@@ -363,8 +367,6 @@ class RobotLink:
     def send(self, layout: Layout, command: Command, write: bool = True) -> None:
         """Fill one LowCmd_ (CRC last) and the Dex3 commands; write them on rt/arm_sdk and rt/dex3/*/cmd when
         `write` and the writers exist."""
-        from neon_runtime.unitree.crc import fill_low_cmd_crc
-
         cmd = self._cmd
         cmd.mode_machine = self.state.mode_machine if self.state is not None else 0  # echo the build, as Unitree does
         for i, (slot, hand) in enumerate(zip(layout.body_slot, layout.hand, strict=True)):
@@ -373,7 +375,8 @@ class RobotLink:
             else:
                 self._hand_cmds[hand[0]].motor_cmd[hand[1]].q = float(command.q[i])
         cmd.motor_cmd[WEIGHT_SLOT].q = float(command.weight)
-        fill_low_cmd_crc(cmd)
+        q = np.append(np.asarray(command.q, np.float64)[self._body_rows], float(command.weight))
+        cmd.crc = self._image.crc(cmd.mode_machine, self._body_slots, q)
         if not (write and self._arm_sdk is not None):
             return
         self._arm_sdk.write(cmd)

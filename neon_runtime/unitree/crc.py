@@ -17,6 +17,8 @@ import dataclasses
 import struct
 import zlib
 
+import numpy as np
+
 # C struct images, little-endian with the compiler's padding (x): 35 motor slots each.
 _MOTOR_CMD = "B3x5fI"  # mode, q dq tau kp kd, reserve: 28 bytes
 LOW_CMD_FORMAT = "<2B2x" + _MOTOR_CMD * 35 + "4I" + "I"  # mode_pr mode_machine, motor_cmd, reserve, crc
@@ -61,8 +63,7 @@ def crc32_words(image: bytes) -> int:
     """Unitree's CRC32 over `image` read as little-endian 32-bit words, each MSB first (len(image) % 4 == 0)."""
     if len(image) % 4:
         raise ValueError(f"CRC runs over whole 32-bit words, got {len(image)} bytes")
-    n = len(image) // 4
-    big_endian_words = struct.pack(f">{n}I", *struct.unpack(f"<{n}I", image))
+    big_endian_words = np.frombuffer(image, "<u4").astype(">u4").tobytes()
     mirrored = zlib.crc32(big_endian_words.translate(_REVERSED_BITS)) ^ 0xFFFFFFFF
     return int(f"{mirrored:032b}"[::-1], 2)
 
@@ -75,6 +76,29 @@ def low_cmd_crc(cmd) -> int:
 def low_state_crc(state) -> int:
     """The crc a LowState_ from the robot carries, when it arrived intact."""
     return crc32_words(pack_low_state(state)[:-4])
+
+
+class LowCmdImage:
+    """A LowCmd_'s struct image packed once, then kept in step with the fields a control loop changes each period
+    (mode_machine and the motors' q, the arm_sdk weight included), so each send costs a few array writes and the CRC
+    instead of re-flattening ~250 fields (1.6-2.3 ms of a 4 ms period on a loaded machine).
+
+        image = LowCmdImage(cmd)            # after kp, kd, mode, ... are set: those are packed once
+        cmd.motor_cmd[15].q = 0.3
+        cmd.crc = image.crc(cmd.mode_machine, slots, q)   # slots Int[(K,)], q Float[(K,)]: what changed
+    """
+
+    _Q_WORD, _MOTOR_WORDS, _FIRST_MOTOR_WORD = 1, 7, 1  # q is word 1 of a 7-word motor; motors start at word 1
+
+    def __init__(self, cmd):
+        self._image = bytearray(pack_low_cmd(cmd))
+        self._floats = np.frombuffer(self._image, "<f4")  # a view: writes land in the image
+
+    def crc(self, mode_machine: int, slots: np.ndarray, q: np.ndarray) -> int:
+        """Write mode_machine and q into the motor `slots` (as float32, the wire's precision), -> the crc."""
+        self._image[1] = int(mode_machine) & 0xFF
+        self._floats[self._FIRST_MOTOR_WORD + self._MOTOR_WORDS * np.asarray(slots) + self._Q_WORD] = q
+        return crc32_words(self._image[:-4])
 
 
 def fill_low_cmd_crc(cmd):
