@@ -905,3 +905,15 @@ def test_a_request_thread_that_dies_is_reported_and_releases_as_a_fault():
         _input_failure({"error": ""}, source, None)
     assert _input_failure({"error": "no arms"}, None, None) == "bad input: no arms"
     assert _input_failure({"error": ""}, None, None) == ""
+
+
+def test_a_served_chunk_is_timed_from_the_monotonic_observation_time_not_the_wall_clock():
+    """An NTP step between request and reply used to shift the chunk by the step (wall -> monotonic on arrival)."""
+    from neon_runtime.g1.inputs import reply_to_chunk
+
+    now = time.monotonic()
+    reply = {"actions": np.zeros((16, SPACE.dim), np.float32), "fps": 30.0, "dry_run": False,
+             "observation_timestamp": time.time() - 1000.0, "joint_names": SPACE.names}  # the wall clock stepped
+    chunk = reply_to_chunk(reply, SPACE, observed_mono=now - 0.05)
+    assert chunk.times[0] == pytest.approx(now - 0.05 + 1 / 30, abs=1e-9)
+    assert reply_to_chunk(reply, SPACE).times[0] < now - 900  # without it: where the wall clock puts it

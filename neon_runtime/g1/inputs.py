@@ -9,8 +9,9 @@
 - ROS mode: neon-ros's /neon/joint_trajectory (`trajectory_to_chunk`), while rt/lowstate goes back out on
   /joint_states so neon-ros has its state.
 
-Chunk times are turned from wall-clock (observation timestamps, ROS header stamps) to the control loop's monotonic
-clock once, on arrival (`wall_to_mono`).
+Chunk times are on the control loop's monotonic clock: a served chunk from the monotonic time its observation was
+taken (the wall-clock stamp goes to the server only for its age check), a ROS trajectory from its header stamp
+turned to monotonic once, on arrival (`wall_to_mono`).
 """
 
 from __future__ import annotations
@@ -53,16 +54,20 @@ def connect_server(url: str, token: str | None, open_timeout_s: float = 10.0):
     return policy, space
 
 
-def reply_to_chunk(reply: dict, space: G1ActionSpace, source: str = "neon-serve") -> Chunk:
-    """A neon-serve reply as a chunk: step k due (k + 1) / fps after its observation (as neon-ros times it)."""
+def reply_to_chunk(reply: dict, space: G1ActionSpace, source: str = "neon-serve",
+                   observed_mono: float | None = None) -> Chunk:
+    """A neon-serve reply as a chunk: step k due (k + 1) / fps after its observation (as neon-ros times it).
+    `observed_mono`: the observation's time on the monotonic clock, as the caller took it (then the reply's wall-clock
+    observation_timestamp is not turned back, so a wall-clock step between request and reply cannot shift it)."""
     if list(reply.get("joint_names", space.names)) != space.names:
         raise ChunkRefused("the reply's joint_names differ from the server's action space")
     fps, observed = float(reply["fps"]), reply.get("observation_timestamp")
     if observed is None:
         raise ChunkRefused("the reply has no observation_timestamp, so its steps cannot be placed in time")
     notes = "; ".join(n for n in reply.get("safety", {}).get("notes", []) if n.startswith("not executable"))
-    return Chunk.at_fps(np.asarray(reply["actions"], np.float32), fps, wall_to_mono(float(observed) + 1.0 / fps),
-                        time.monotonic(), executable=not reply.get("dry_run", True), why_not=notes, source=source)
+    start = (observed_mono if observed_mono is not None else wall_to_mono(float(observed))) + 1.0 / fps
+    return Chunk.at_fps(np.asarray(reply["actions"], np.float32), fps, start, time.monotonic(),
+                        executable=not reply.get("dry_run", True), why_not=notes, source=source)
 
 
 def state_vector(space: G1ActionSpace, link: RobotLink) -> np.ndarray:
@@ -138,8 +143,9 @@ class ServerSource:
         prefix = self.executor.committed(observed_mono, self.latency.estimate(), self._fps, self.prefix_max_steps)
         return prefix if len(prefix) else None
 
-    def _full_request(self) -> dict:
-        """One full request: the newest camera image, instruction and state."""
+    def _full_request(self) -> tuple[dict, float]:
+        """One full request: the newest camera image, instruction and state. -> (the reply, when the observation was
+        taken on the monotonic clock)."""
         image, image_age = self.ros.image, self.ros.image_age()
         age = max(image_age, time.monotonic() - self.link.state_at)  # the older of the two
         observed = time.monotonic() - age
@@ -149,9 +155,9 @@ class ServerSource:
         reply = self.policy.infer({k: v for k, v in request.items() if v is not None})
         self.latency.add(time.monotonic() - observed)  # observation -> chunk usable: what request-ahead plans for
         self._fps = float(reply["fps"])
-        return reply
+        return reply, observed
 
-    def _tick(self) -> dict:
+    def _tick(self) -> tuple[dict, float]:
         """Hand the runner a new camera frame (if one came), then one light request on the newest rt/lowstate."""
         image, image_age = self.ros.image, self.ros.image_age()
         instruction = self.ros.instruction or self.instruction
@@ -164,7 +170,7 @@ class ServerSource:
         reply = self.runner.tick(state, time.time() - state_age, prefix=self._prefix(observed))
         self.latency.add(time.monotonic() - observed)
         self._fps = float(reply["fps"])
-        return reply
+        return reply, observed
 
     def _due(self, last: float) -> bool:
         """A request is due: 1 / rate after the last one, or (one full request per chunk) request-ahead."""
@@ -193,8 +199,8 @@ class ServerSource:
             self.status = self._missing()
             if not self.status:
                 try:
-                    reply = self._tick() if self.runner else self._full_request()
-                    self.executor.accept(reply_to_chunk(reply, self.space))
+                    reply, observed = self._tick() if self.runner else self._full_request()
+                    self.executor.accept(reply_to_chunk(reply, self.space, observed_mono=observed))
                     self.status = "ok"
                 except ChunkRefused as e:
                     self.status = f"refused: {e}"
