@@ -329,18 +329,22 @@ class ChunkExecutor:
         return np.stack([self._mix(layers, now + (k + 1) / fps) for k in range(d)]).astype(np.float32)
 
 
+def limit_step(target: np.ndarray, last: np.ndarray | None, lower: np.ndarray, upper: np.ndarray,
+               speed: np.ndarray, dt_s: float) -> np.ndarray:
+    """The per-tick limiter every control loop uses (neon-g1's Controller, neon-ros's and neon-sim's executors):
+    inside [lower, upper] first, then at most speed * dt_s from `last` (None: no step limit). -> Float[(D,)]."""
+    q = np.clip(target, lower, upper)
+    if last is not None:
+        q = np.clip(q, last - speed * dt_s, last + speed * dt_s)
+    return q.astype(np.float32)
+
+
 def safety_hook(layer) -> SafetyHook:
-    """A `SafetyLayer`'s limits at the control rate: inside the joint limits, then at most `layer.speed * dt_s`
-    (max_joint_velocity for the body, max_hand_velocity for the hands) from the last executed target."""
+    """A `SafetyLayer`'s limits at the control rate (`limit_step`): inside the joint limits, then at most
+    `layer.speed * dt_s` (max_joint_velocity for the body, max_hand_velocity for the hands) from the last executed
+    target."""
     lo, hi, speed = layer.space.lower, layer.space.upper, layer.speed
-
-    def hook(target: np.ndarray, last: np.ndarray | None, dt_s: float) -> np.ndarray:
-        q = np.clip(target, lo, hi)
-        if last is not None:
-            q = np.clip(q, last - speed * dt_s, last + speed * dt_s)
-        return q.astype(np.float32)
-
-    return hook
+    return lambda target, last, dt_s: limit_step(target, last, lo, hi, speed, dt_s)
 
 
 class LatencyEstimator:

@@ -54,8 +54,8 @@ MOVE_STREAM = 1  # the move's random stream is default_rng((seed, MOVE_STREAM));
 KP, KD = 120.0, 6.0  # N m / rad, N m s / rad: every joint's PD loop
 ARM_JOINTS = ("shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw")
 # The start pose ("ready"): forearms raised, hands 20 cm over the table's near corners, at the head camera's edges.
-# At the model's zero pose the palms hover 11 cm over the block area and hide 22% of named blocks by more than
-# half from the head camera; from this pose none (bench/bench_visibility.py). Left arm's values; the right arm
+# At the model's zero pose the palms hover 11 cm over the block area and hide 37% of named blocks by more than
+# half from the head camera (500 seeds); from this pose none (bench/bench_visibility.py). Left arm's values; the right arm
 # mirrors them (roll and yaw axes change sign).
 START_POSE = {"shoulder_pitch": 0.2, "shoulder_roll": 0.25, "elbow": -0.5}
 MIRRORED = ("shoulder_roll", "shoulder_yaw", "wrist_roll", "wrist_yaw")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from neon.action_space import ARM_JOINTS, BODY_JOINTS, G1ActionSpace, missing_arm_joints
-from neon_runtime.executor import ChunkExecutor
+from neon_runtime.executor import ChunkExecutor, limit_step
 from neon_runtime.safety import SafetyConfig
 
 SAFE = SafetyConfig()  # the speed limits every chunk already met on the server: neon-g1's defaults too
@@ -269,11 +269,9 @@ class Controller:
         return np.where(np.isfinite(goal), goal, self.q)
 
     def _step_toward(self, goal: np.ndarray, dt: float) -> np.ndarray:
-        """Inside the limits first, then at most max_vel_rad_s * dt from the last command."""
+        """Inside the limits first, then at most max_vel_rad_s * dt from the last command (`limit_step`)."""
         lay = self.layout
-        goal = np.clip(goal, lay.lower, lay.upper)
-        step = lay.max_vel_rad_s * dt
-        return np.clip(goal, self.q - step, self.q + step).astype(np.float32)
+        return limit_step(goal, self.q, lay.lower, lay.upper, lay.max_vel_rad_s, dt)
 
 
 # ---------------------------------------------------------------------------------------------------------- the wire
