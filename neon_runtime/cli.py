@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "image is older than this are refused (409); default %(default)s")
     p.add_argument("--max-feature-clients", type=int, default=64,
                    help="clients whose newest backbone features are kept for light requests (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests each lane (full; heads-only) may hold waiting; beyond it a request is answered 503 "
+                        "with Retry-After (default %(default)s)")
     p.add_argument("--max-joint-velocity", type=float, default=SAFE.max_joint_velocity,
                    help="rad/s limit applied to every chunk")
     p.add_argument("--dry-run", action="store_true", help="mark every chunk as not executable")
@@ -133,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         except SensorError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if args.max_queue < 1:
+        print(f"error: --max-queue must be >= 1, got {args.max_queue}", file=sys.stderr)
+        return 2
     runner = PolicyRunner(LocalPolicy(policy, safety, source=path), max_batch, max_wait, metrics,
-                          args.max_feature_clients)
+                          args.max_feature_clients, args.max_queue)
     settings = ServerSettings(token=args.token, default_model_note=note, audio_source=mic.ring if mic else None,
                               profile=args.profile or "", model_root=args.model_root, allow_hub=tuple(args.allow_hub),
                               device=args.device)

@@ -36,7 +36,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -228,6 +228,24 @@ class Superseded(RuntimeError):
     """A newer observation from the same client replaced this one before it ran."""
 
 
+class Overloaded(RuntimeError):
+    """The request lane is full: try again shortly (the server answers 503 with Retry-After)."""
+
+    retry_after_s = 1
+
+
+def _settle(future: Future, result=None, error: BaseException | None = None) -> None:
+    """Give a request's future its reply or error; one already settled or cancelled (its client gave up) is left as
+    it is, so a lane's thread never dies of it."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
 class FeatureStore:
     """The newest backbone features per client_id, for at most `max_clients` clients (the one refreshed longest
     ago is dropped first). Thread-safe."""
@@ -281,16 +299,21 @@ class _Request:
 
 
 class PolicyRunner:
+    """Requests -> replies on two lanes (full requests; heads-only ones), each a bounded queue (`max_queue`: beyond
+    it `submit` raises Overloaded) and a thread that batches."""
+
     def __init__(self, local: LocalPolicy, max_batch: int = 8, max_wait_ms: float = 5.0, metrics=None,
-                 max_feature_clients: int = 64):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
+                 max_feature_clients: int = 64, max_queue: int = 64):
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
+            raise ValueError(f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got {max_batch}, "
+                             f"{max_queue}, {max_wait_ms}")
         self.local = local
         self.features = FeatureStore(max_feature_clients)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.metrics = metrics
         # Two lanes, keyed by "heads only": light requests never wait behind a backbone forward.
-        self._queues: dict[bool, queue.Queue[_Request | None]] = {False: queue.Queue(), True: queue.Queue()}
+        self.max_queue = max_queue
+        self._queues: dict[bool, queue.Queue[_Request | None]] = {lane: queue.Queue(max_queue) for lane in (False, True)}
         self._pending: dict[tuple[str, bool], _Request] = {}
         self._lock = threading.Lock()  # guards _pending and policy swaps
         self._stop = threading.Event()
@@ -304,18 +327,25 @@ class PolicyRunner:
 
     # ------------------------------------------------------------------ submission
     def submit(self, prepared: Prepared, client: str | None = None) -> Future:
-        """Queue a prepared request; a `prepared.keep_as` client_id keeps its features for later light requests."""
+        """Queue a prepared request; a `prepared.keep_as` client_id keeps its features for later light requests.
+        Overloaded when its lane already holds `max_queue` requests."""
         req = _Request(Prepared(*prepared), client)
+        lane = self._queues[req.prepared.features is not None]
         with self._lock:
+            try:
+                lane.put_nowait(req)
+            except queue.Full:
+                which = "heads" if req.prepared.features is not None else "full-request"
+                raise Overloaded(f"the {which} lane holds {self.max_queue} requests (max_queue): try again in "
+                                 f"{Overloaded.retry_after_s} s") from None
             if client is not None:
                 old = self._pending.get(req.key)
                 if old is not None and not old.cancelled:
                     old.cancelled = True
-                    old.future.set_exception(Superseded("a newer observation from this client replaced this one"))
+                    _settle(old.future, error=Superseded("a newer observation from this client replaced this one"))
                     if self.metrics:
                         self.metrics.rejected.labels("superseded").inc()
                 self._pending[req.key] = req
-        self._queues[req.prepared.features is not None].put(req)
         if self.metrics:
             self.metrics.queue_depth.set(self._depth())
         return req.future
@@ -382,7 +412,7 @@ class PolicyRunner:
             except Exception as e:
                 log.exception("inference failed")
                 for r in live:
-                    r.future.set_exception(e)
+                    _settle(r.future, error=e)
                 continue
             if self.metrics:
                 self.metrics.batch_size.observe(len(live))
@@ -393,14 +423,14 @@ class PolicyRunner:
                             self.features.put(r.prepared.keep_as, features)
             for r, reply in zip(live, replies, strict=True):
                 if isinstance(reply, SafetyError):
-                    r.future.set_exception(reply)
+                    _settle(r.future, error=reply)
                     continue
                 reply["server_timing"]["queue"] = round((t0 - r.enqueued) * 1e3, 3)
                 if self.metrics:
                     for stage in ("backbone", "audio", "heads", "postprocess", "safety", "queue"):
                         if stage in reply["server_timing"]:
                             self.metrics.stage.labels(stage).observe(reply["server_timing"][stage] / 1e3)
-                r.future.set_result(reply)
+                _settle(r.future, reply)
 
     # ------------------------------------------------------------------ reload and shutdown
     def reload(self, path: str | Path, force: bool = False, device: str | None = None) -> dict:
@@ -417,6 +447,9 @@ class PolicyRunner:
     def close(self) -> None:
         self._stop.set()
         for q in self._queues.values():
-            q.put(None)
+            try:
+                q.put_nowait(None)  # wakes a waiting thread; a full lane's thread sees _stop after its batch
+            except queue.Full:
+                pass
         for t in self._threads:
             t.join(timeout=5)

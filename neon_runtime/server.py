@@ -37,7 +37,7 @@ from neon import __version__
 from neon.observation import AUDIO_WINDOW_S, InputError
 from neon_runtime import wire
 from neon_runtime.observation import parse_request
-from neon_runtime.policy import FeaturesUnavailable, PolicyRunner, Superseded
+from neon_runtime.policy import FeaturesUnavailable, Overloaded, PolicyRunner, Superseded
 from neon_runtime.safety import SafetyError
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,10 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
             out = await answer(runner, settings, data, header, header)
         except (InputError, wire.WireError) as e:
             return reject("bad_input", 422 if isinstance(e, InputError) else 400, str(e))
+        except Overloaded as e:
+            response = reject("overloaded", 503, str(e))
+            response.headers["Retry-After"] = str(Overloaded.retry_after_s)
+            return response
         except (SafetyError, Superseded) as e:
             reason = ("no_features" if isinstance(e, FeaturesUnavailable) else "unsafe" if isinstance(e, SafetyError)
                       else "superseded")
@@ -342,8 +346,8 @@ async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: Server
             except WebSocketDisconnect:
                 raise  # the client left while its request was answered (neon-g1 closes to end one in flight)
             except Exception as e:  # every error is a message; the connection stays usable
-                known = (InputError, wire.WireError, SafetyError, Superseded, json.JSONDecodeError)
-                reason = {SafetyError: "unsafe", Superseded: "superseded",
+                known = (InputError, wire.WireError, SafetyError, Superseded, Overloaded, json.JSONDecodeError)
+                reason = {SafetyError: "unsafe", Superseded: "superseded", Overloaded: "overloaded",
                           FeaturesUnavailable: "no_features"}.get(type(e), "bad_input")
                 if not isinstance(e, known):
                     log.exception("inference failed")

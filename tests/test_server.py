@@ -292,6 +292,65 @@ def test_newest_observation_wins(backbones):
     runner.close()
 
 
+def blocked_model(runner, monkeypatch):
+    """Make the runner's model wait on the returned Event (set it to let every pass through)."""
+    gate, real = threading.Event(), runner.local.policy.predict_batch
+
+    def waiting(*a, **kw):
+        gate.wait(60)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner.local.policy, "predict_batch", waiting)
+    return gate
+
+
+def test_a_full_lane_answers_503_with_retry_after_and_counts_it(backbones, monkeypatch):
+    """The lanes are bounded (before: unbounded queues, so a flood grew memory and every robot's wait)."""
+    from neon_runtime.policy import Overloaded
+
+    runner = runner_for(make_model(backbones), max_batch=1, max_wait_ms=0, max_queue=2, metrics=Metrics())
+    gate = blocked_model(runner, monkeypatch)
+    obs = runner.local.prepare({"image": image(8), "instruction": "wave", "state": np.zeros(28)})
+    first = runner.submit(obs)  # taken by the lane's thread, waiting in the model
+    assert wait_for_depth(runner, 0)
+    queued = [runner.submit(obs), runner.submit(obs)]  # the lane's two places
+    with pytest.raises(Overloaded, match="holds 2 requests"):
+        runner.submit(obs)
+    with serve(create_app(runner, ServerSettings(token=None))) as addr:
+        r = httpx.post(f"http://{addr}/predict", json=obs_json(8), timeout=60)
+        assert r.status_code == 503 and r.json()["error"] == "overloaded" and r.headers["retry-after"] == "1"
+        assert 'neon_rejected_total{reason="overloaded"} 1.0' in httpx.get(f"http://{addr}/metrics").text
+        gate.set()
+        for f in (first, *queued):
+            assert f.result(timeout=60)["actions"].shape == (16, 28)
+        assert httpx.post(f"http://{addr}/predict", json=obs_json(8), timeout=60).status_code == 200
+    runner.close()
+
+
+def wait_for_depth(runner, depth: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while runner._depth() != depth:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_cancelled_request_does_not_kill_its_lane(backbones, monkeypatch):
+    """A client gives up (its future is cancelled) while its request runs: the lane's thread used to die on
+    set_result, and every later request on that lane waited for ever."""
+    runner = runner_for(make_model(backbones), max_batch=1, max_wait_ms=0)
+    gate = blocked_model(runner, monkeypatch)
+    obs = runner.local.prepare({"image": image(8), "instruction": "wave", "state": np.zeros(28)})
+    doomed = runner.submit(obs)
+    assert wait_for_depth(runner, 0)
+    doomed.cancel()
+    gate.set()
+    assert runner.submit(obs).result(timeout=60)["actions"].shape == (16, 28)
+    assert all(t.is_alive() for t in runner._threads)
+    runner.close()
+
+
 def test_serve_refuses_open_binding_without_token(capsys):
     assert serve_main(["--host", "0.0.0.0"]) == 2
     assert "pass --token" in capsys.readouterr().err
