@@ -30,13 +30,21 @@ import numpy as np
 
 from neon.observation import IMAGE_SIDES, MAX_LIDAR_POINTS, InputError
 
-MAX_IMAGE_PIXELS = IMAGE_SIDES[1] ** 2  # checked before decoding, so a decompression bomb is never expanded
+# At most 2048 x 2048 pixels (4.2 MP) a request: above what a robot camera sends (the G1's RealSense D435 at most
+# 1920 x 1080 colour, 2.1 MP; a ZED 2i 2208 x 1242, 2.7 MP; 2560 x 1440, 3.7 MP), far below a 4096 x 4096 image
+# (16.8 MP, 50 MB decoded, 0.8 s here). Checked before decoding, so a decompression bomb is never expanded.
+MAX_IMAGE_PIXELS = 2048 * 2048
 
 NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "prefix", "timestamp", "client_id", "token",
              "reuse_features"}
 OPENPI_ALIASES = {"observation/image": "image", "prompt": "instruction", "observation/state": "state"}
 OPENPI_IGNORED = {"observation/wrist_image", "observation/wrist_image_left", "observation/exterior_image_1_left",
                   "observation/exterior_image_2_left", "observation/joint_position", "observation/gripper_position"}
+
+
+def _too_many_pixels(width: int, height: int) -> str:
+    return (f"image is {width}x{height} = {width * height} pixels, more than the limit of {MAX_IMAGE_PIXELS} "
+            "(2048 x 2048): send the camera's frame, at most that size")
 
 
 def decode_image(value) -> np.ndarray:
@@ -52,7 +60,7 @@ def decode_image(value) -> np.ndarray:
         try:
             with Image.open(io.BytesIO(value)) as im:
                 if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise InputError(f"image is {im.width}x{im.height}, more than {MAX_IMAGE_PIXELS} pixels")
+                    raise InputError(_too_many_pixels(im.width, im.height))
                 return np.asarray(im.convert("RGB"))
         except InputError:
             raise
@@ -64,7 +72,7 @@ def decode_image(value) -> np.ndarray:
         except (ValueError, OverflowError, TypeError):
             raise InputError("image: a nested list must hold 0..255 integers shaped HxWx3") from None
     if isinstance(value, np.ndarray) and value.ndim >= 2 and value.shape[0] * value.shape[1] > MAX_IMAGE_PIXELS:
-        raise InputError(f"image is {value.shape[1]}x{value.shape[0]}, more than {MAX_IMAGE_PIXELS} pixels")
+        raise InputError(_too_many_pixels(value.shape[1], value.shape[0]))
     return value
 
 

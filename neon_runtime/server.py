@@ -174,6 +174,14 @@ async def answer(runner: PolicyRunner, settings: ServerSettings, data, client: s
     newest-wins: a newer request from the same client replaces its older one while that still waits. Only a
     named client keeps its features (for its light requests, `reuse_features`).
     """
+    prepared, client, ignored = await asyncio.to_thread(_prepare, runner, settings, data, client, named)
+    reply = await runner.infer(prepared, client)
+    reply["ignored_keys"] = ignored
+    return reply
+
+
+def _prepare(runner: PolicyRunner, settings: ServerSettings, data, client: str | None, named: str | None):
+    """`answer`'s CPU work, off the event loop (decoding an image can take a while: no other client waits on it)."""
     request, ignored = parse_request(data)
     named = request.pop("client_id", None) or named
     client = named or client
@@ -186,9 +194,7 @@ async def answer(runner: PolicyRunner, settings: ServerSettings, data, client: s
         prepared = runner.local.prepare(request, runner.reused_features(named))
     else:
         prepared = runner.local.prepare(request)._replace(keep_as=named)
-    reply = await runner.infer(prepared, client)
-    reply["ignored_keys"] = ignored
-    return reply
+    return prepared, client, ignored
 
 
 def decode_body(content_type: str, body: bytes):

@@ -351,6 +351,42 @@ def test_a_cancelled_request_does_not_kill_its_lane(backbones, monkeypatch):
     runner.close()
 
 
+def test_an_image_beyond_the_pixel_limit_is_refused_naming_it(server):
+    addr, _ = server
+    buf = io.BytesIO()
+    Image.new("RGB", (4096, 4096)).save(buf, format="PNG")  # 50 MB decoded, a few kB sent
+    big = base64.b64encode(buf.getvalue()).decode()
+    r = httpx.post(f"http://{addr}/predict", json=obs_json(1, image=big), timeout=60)
+    assert r.status_code == 422 and "4096x4096" in r.json()["detail"] and "limit of 4194304" in r.json()["detail"]
+    assert httpx.post(f"http://{addr}/predict", json=obs_json(1), timeout=60).status_code == 200
+
+
+def test_decoding_runs_off_the_event_loop(backbones, monkeypatch):
+    """A request whose decoding takes 2 s does not stall the server's other clients (before: it ran on the event
+    loop, and a 4096 x 4096 PNG held every WebSocket client, robots' light requests included, for 0.8 s)."""
+    import neon_runtime.server as server_module
+
+    runner = runner_for(make_model(backbones), max_batch=1, max_wait_ms=0)
+    real = server_module.parse_request
+
+    def slow(data):
+        if isinstance(data, dict) and data.get("instruction") == "slow":
+            time.sleep(2.0)
+        return real(data)
+
+    monkeypatch.setattr(server_module, "parse_request", slow)
+    with serve(create_app(runner, ServerSettings(token=None))) as addr:
+        t = threading.Thread(target=httpx.post, args=(f"http://{addr}/predict",),
+                             kwargs={"json": obs_json(2, instruction="slow"), "timeout": 60})
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert httpx.get(f"http://{addr}/health", timeout=10).status_code == 200
+        assert time.monotonic() - t0 < 1.2
+        t.join()
+    runner.close()
+
+
 def test_serve_refuses_open_binding_without_token(capsys):
     assert serve_main(["--host", "0.0.0.0"]) == 2
     assert "pass --token" in capsys.readouterr().err
