@@ -75,7 +75,8 @@ class RemotePolicy:
             raise RemoteError(f"cannot connect to neon-serve at {self.url}: {e}") from None
         if self._metadata.get("needs_token"):
             ws.close()
-            raise RemoteError(f"{self.url} needs a token (pass token=, or the ROS parameter token)")
+            raise RemoteError(f"{self.url} needs a token (pass token=; neon-ros and neon-g1: --token-file / the "
+                              "token_file parameter, or $NEON_TOKEN)")
         self.ws = ws
 
     def metadata(self) -> dict:

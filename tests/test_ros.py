@@ -358,6 +358,25 @@ def test_neon_ros_that_cannot_start_exits_with_the_reason(checkpoint):
     assert r.returncode == 2 and "cannot start" in out and "mode parameter is 'whole_body'" in out, out
 
 
+def test_the_token_is_never_a_parameter_any_node_could_read(monkeypatch, tmp_path):
+    """neon-ros takes the server's token from token_file or $NEON_TOKEN only (a `token` parameter was readable by
+    every node through /neon/get_parameters)."""
+    import neon_runtime.client as client
+    from neon_runtime.ros.node import make_policy
+
+    assert "token" not in PARAMETERS
+    seen = []
+    monkeypatch.setattr(client, "RemotePolicy", lambda url, token, **kw: seen.append(token) or object())
+    p = {**PARAMETERS, "server_url": "ws://127.0.0.1:1/ws"}
+    monkeypatch.setenv("NEON_TOKEN", "from-env")
+    make_policy(p, None)
+    (tmp_path / "token.env").write_text("NEON_TOKEN=from-file\n")
+    make_policy({**p, "token_file": str(tmp_path / "token.env")}, None)
+    monkeypatch.delenv("NEON_TOKEN")
+    make_policy(p, None)
+    assert seen == ["from-env", "from-file", None]
+
+
 def test_token_file_connects_node_and_server_processes(graph, checkpoint, tmp_path):
     """neon-serve and neon-ros started as the systemd units start them, sharing one token file, on loopback."""
     import socket

@@ -29,6 +29,7 @@ preview topics only.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -59,7 +60,6 @@ PARAMETERS: dict[str, object] = {
     "heads": "torch",  # torch | onnx (in-process: the export beside the checkpoint, see neon-export)
     "allow_unverified": False,  # load a checkpoint without manifest.json (one Neon did not write)
     "server_url": "",  # ws://host:port/ws of a neon-serve: run as its client instead of in-process
-    "token": "",
     "token_file": "",  # a file holding the server's token (`NEON_TOKEN=...` lines, as neon-serve's, work too)
     "rate_hz": 5.0,  # full requests per second (with heads_hz: feature refreshes); 0 = only request-ahead
     "request_ahead_steps": 2,  # request-ahead margin: the next request leaves when the chunk covers latency + this
@@ -110,7 +110,8 @@ def make_policy(p: dict, logger):
     if p["server_url"]:
         from neon_runtime.client import RemotePolicy, read_token
 
-        token = p["token"] or (read_token(p["token_file"]) if p["token_file"] else None)
+        # The token comes from a file or the environment, never a parameter: any node can read parameters.
+        token = read_token(p["token_file"]) if p["token_file"] else os.environ.get("NEON_TOKEN") or None
         reply_timeout_s = max(2.0, 2.0 * p["max_chunk_age_s"])  # the watchdog halts sooner; this frees the worker
         return RemotePolicy(p["server_url"], token, reply_timeout_s=reply_timeout_s), f"remote {p['server_url']}"
     from neon.model import NeonVLA
