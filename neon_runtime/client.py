@@ -12,7 +12,9 @@ already applied its safety layer, and its `dry_run` travels in every reply.
 
 Every request carries this client's `client_id` (given, or made up once), so the server keeps the backbone
 features of its full requests and a light request (`reuse_features=True`: state, eef, lidar, prefix; no image)
-runs only the heads on them (see `neon_runtime.server`). One connection answers one request at a time:
+runs only the heads on them (see `neon_runtime.server`). A light request names the features it expects (the
+`features.key` the server gave the last full request's reply): if anyone else's full request under the same
+client_id replaced them, the server refuses it instead of acting on their camera view. One connection answers one request at a time:
 `sibling()` opens another with the same client_id (a feature-refresh thread beside the control loop).
 
 A reply that does not come within `reply_timeout_s` raises RemoteError and drops the connection (a late reply
@@ -53,12 +55,13 @@ def read_token(path: str | Path) -> str:
 
 class RemotePolicy:
     def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 10.0, client_id: str | None = None,
-                 reply_timeout_s: float = 10.0):
+                 reply_timeout_s: float = 10.0, _keys: dict | None = None):
         if not reply_timeout_s > 0:
             raise ValueError(f"reply_timeout_s must be positive, got {reply_timeout_s}")
         self.client_id = client_id or f"remote-{uuid.uuid4().hex[:12]}"
         self.url, self._token, self._open_timeout_s, self.reply_timeout_s = url, token, open_timeout_s, reply_timeout_s
         self.ws, self._closed = None, False
+        self._keys = {} if _keys is None else _keys  # "features": the key of our newest stored features (siblings share)
         self._connect()
 
     def _connect(self) -> None:
@@ -92,6 +95,8 @@ class RemotePolicy:
         message = {"client_id": self.client_id, **{k: v for k, v in request.items() if v is not None}}
         if reuse_features:
             message["reuse_features"] = True
+            if self._keys.get("features"):  # only the features our own full request stored: never a look-alike's
+                message["features_key"] = self._keys["features"]
         if self._closed:
             raise RemoteError(f"this client of {self.url} was closed")
         if self.ws is None:  # dropped after a timeout or a failure: connect again (a restarted server)
@@ -108,6 +113,9 @@ class RemotePolicy:
             raise RemoteError(f"the connection to {self.url} failed: {e}", "connection") from None
         if "error" in reply:
             raise RemoteError(f"server: {reply['error']}: {reply['detail']}", reply["error"])
+        key = (reply.get("features") or {}).get("key")
+        if key and not reuse_features:
+            self._keys["features"] = key
         return reply
 
     def tick(self, state, timestamp: float | None = None, **fields) -> dict:
@@ -116,7 +124,8 @@ class RemotePolicy:
 
     def sibling(self) -> RemotePolicy:
         """Another connection to the same server under the same client_id (so it shares the stored features)."""
-        return RemotePolicy(self.url, self._token, self._open_timeout_s, self.client_id, self.reply_timeout_s)
+        return RemotePolicy(self.url, self._token, self._open_timeout_s, self.client_id, self.reply_timeout_s,
+                            self._keys)
 
     def _drop(self) -> None:
         ws, self.ws = self.ws, None

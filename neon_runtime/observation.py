@@ -36,7 +36,7 @@ from neon.observation import IMAGE_SIDES, MAX_LIDAR_POINTS, InputError
 MAX_IMAGE_PIXELS = 2048 * 2048
 
 NEON_KEYS = {"image", "instruction", "state", "audio", "lidar", "eef", "prefix", "timestamp", "client_id", "token",
-             "reuse_features"}
+             "reuse_features", "features_key"}
 OPENPI_ALIASES = {"observation/image": "image", "prompt": "instruction", "observation/state": "state"}
 OPENPI_IGNORED = {"observation/wrist_image", "observation/wrist_image_left", "observation/exterior_image_1_left",
                   "observation/exterior_image_2_left", "observation/joint_position", "observation/gripper_position"}
@@ -105,6 +105,9 @@ def parse_request(data) -> tuple[dict, list[str]]:
         out.pop("image", None), out.pop("audio", None)
     elif "image" not in out:
         raise InputError("image is required (key 'image' or 'observation/image'), unless reuse_features is true")
+    elif out.get("features_key") is not None:
+        raise InputError("features_key names the stored features a light request (reuse_features: true) expects; "
+                         "a full request makes new ones")
     else:
         out["image"] = decode_image(out["image"])
     if out.get("lidar") is not None:
@@ -117,6 +120,9 @@ def parse_request(data) -> tuple[dict, list[str]]:
                 out[key] = np.asarray(out[key], dtype=np.float32)
             except (ValueError, TypeError):
                 raise InputError(f"{key}: expected numbers") from None
+    if out.get("features_key") is not None and not isinstance(out["features_key"], str):
+        raise InputError(f"features_key must be a string (the features.key of a full request's reply), got "
+                         f"{type(out['features_key']).__name__}")
     if out.get("client_id") is not None and not isinstance(out["client_id"], str):
         raise InputError(f"client_id must be a string, got {type(out['client_id']).__name__}")
     ts = out.get("timestamp")

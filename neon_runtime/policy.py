@@ -31,8 +31,10 @@ one is answered "superseded"; full and heads-only requests separately), and
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -248,37 +250,54 @@ def _settle(future: Future, result=None, error: BaseException | None = None) -> 
 
 class FeatureStore:
     """The newest backbone features per client_id, for at most `max_clients` clients (the one refreshed longest
-    ago is dropped first). Thread-safe."""
+    ago is dropped first) and at most `max_age_s` old (older ones are dropped). Thread-safe.
 
-    def __init__(self, max_clients: int = 64):
-        if max_clients < 1:
-            raise ValueError(f"max_feature_clients must be >= 1, got {max_clients}")
-        self.max_clients = max_clients
-        self._items: OrderedDict[str, Features] = OrderedDict()
+    Each put gets a server-issued key (128 random bits) that goes back in the full request's reply
+    (`features.key`); a light request naming it (`features_key`) is refused unless the features stored for its
+    client_id are still those: another process that sends a full request under the same client_id can replace
+    them, but not make a robot's light requests act on its camera view."""
+
+    def __init__(self, max_clients: int = 64, max_age_s: float = float("inf")):
+        if max_clients < 1 or not max_age_s > 0:
+            raise ValueError(f"max_feature_clients must be >= 1 and max_age_s > 0, got {max_clients}, {max_age_s}")
+        self.max_clients, self.max_age_s = max_clients, max_age_s
+        self._items: OrderedDict[str, tuple[Features, str]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, client: str, features: Features) -> None:
+    def put(self, client: str, features: Features) -> str:
+        """Keep `features` for `client` -> their key."""
+        key = secrets.token_hex(16)
         with self._lock:
-            self._items[client] = features
+            self._items[client] = (features, key)
             self._items.move_to_end(client)
             while len(self._items) > self.max_clients:
                 self._items.popitem(last=False)
+            for old in [c for c, (f, _) in self._items.items() if c != client and f.age_s() > self.max_age_s]:
+                del self._items[old]
+        return key
 
-    def get(self, client: str | None) -> Features:
+    def get(self, client: str | None, key: str | None = None) -> Features:
         if not client:
             raise FeaturesUnavailable("a request that reuses features needs a client_id (the one its full "
                                       "observations were sent with)")
         with self._lock:
-            features = self._items.get(client)
+            features, stored_key = self._items.get(client, (None, None))
         if features is None:
             raise FeaturesUnavailable(f"no stored features for client_id {client!r} (none sent yet, dropped for "
-                                      f"newer clients beyond {self.max_clients}, or by a reload): send a full "
-                                      "observation (image + instruction) with this client_id first")
+                                      f"newer clients beyond {self.max_clients} or for age, or by a reload): send a "
+                                      "full observation (image + instruction) with this client_id first")
+        if key is not None and not hmac.compare_digest(str(key), stored_key):
+            raise FeaturesUnavailable(f"the features stored for client_id {client!r} are not the ones this request "
+                                      "names (features_key): another full request under this client_id replaced "
+                                      "them; send a full observation again")
         return features
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+    def __contains__(self, client: str) -> bool:
+        return client in self._items
 
     def __len__(self) -> int:
         return len(self._items)
@@ -308,7 +327,7 @@ class PolicyRunner:
             raise ValueError(f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0, got {max_batch}, "
                              f"{max_queue}, {max_wait_ms}")
         self.local = local
-        self.features = FeatureStore(max_feature_clients)
+        self.features = FeatureStore(max_feature_clients, local.safety_config.max_feature_age_s)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.metrics = metrics
         # Two lanes, keyed by "heads only": light requests never wait behind a backbone forward.
@@ -353,9 +372,10 @@ class PolicyRunner:
     async def infer(self, prepared: Prepared, client: str | None = None) -> dict:
         return await asyncio.wrap_future(self.submit(prepared, client))
 
-    def reused_features(self, client: str | None) -> Features:
-        """The newest features kept for `client` (FeaturesUnavailable when there are none)."""
-        return self.features.get(client)
+    def reused_features(self, client: str | None, key: str | None = None) -> Features:
+        """The newest features kept for `client`, which must be the ones `key` names when given
+        (FeaturesUnavailable otherwise)."""
+        return self.features.get(client, key)
 
     def warm_up(self) -> None:
         """Run one request through the whole path before `ready` is set."""
@@ -418,9 +438,11 @@ class PolicyRunner:
                 self.metrics.batch_size.observe(len(live))
             with self._lock:  # before the replies go out: a client's next light request finds them
                 if local is self.local:  # not from a policy a reload has just replaced
-                    for r, features in zip(live, kept, strict=True):
+                    for r, features, reply in zip(live, kept, replies, strict=True):
                         if features is not None and r.prepared.keep_as:
-                            self.features.put(r.prepared.keep_as, features)
+                            key = self.features.put(r.prepared.keep_as, features)
+                            if isinstance(reply, dict) and reply.get("features"):
+                                reply["features"]["key"] = key  # what its light requests may name
             for r, reply in zip(live, replies, strict=True):
                 if isinstance(reply, SafetyError):
                     _settle(r.future, error=reply)

@@ -185,13 +185,13 @@ def _prepare(runner: PolicyRunner, settings: ServerSettings, data, client: str |
     request, ignored = parse_request(data)
     named = request.pop("client_id", None) or named
     client = named or client
-    reuse = request.pop("reuse_features")
+    reuse, key = request.pop("reuse_features"), request.pop("features_key", None)
     if (not reuse and request.get("audio") is None and settings.audio_source is not None
             and runner.local.policy.config.use_audio):
         heard = settings.audio_source.read(AUDIO_WINDOW_S)
         request["audio"] = heard if len(heard) else None
     if reuse:
-        prepared = runner.local.prepare(request, runner.reused_features(named))
+        prepared = runner.local.prepare(request, runner.reused_features(named, key))
     else:
         prepared = runner.local.prepare(request)._replace(keep_as=named)
     return prepared, client, ignored

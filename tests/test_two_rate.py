@@ -191,9 +191,9 @@ def test_openpi_requests_are_unchanged_and_leave_nothing_behind(server):
 
 def test_features_are_bounded_in_count_and_dropped_on_reload(server):
     addr, runner, root = server
-    for i in range(4):  # at most 3 clients: the one refreshed longest ago goes
+    for i in range(4):  # at most 3 clients: the one refreshed longest ago goes (older than 1.5 s ones too)
         assert post(addr, full(6, client_id=f"fleet-{i}")).status_code == 200
-    assert len(runner.features) == 3
+    assert len(runner.features) <= 3 and "fleet-0" not in runner.features and "fleet-3" in runner.features
     assert post(addr, light("fleet-0")).status_code == 409
     assert post(addr, light("fleet-3")).status_code == 200
     r = httpx.post(f"http://{addr}/reload", json={"model": str(root / "v2")}, headers=AUTH, timeout=120)
@@ -203,6 +203,46 @@ def test_features_are_bounded_in_count_and_dropped_on_reload(server):
     assert r.status_code == 409 and "no stored features" in r.json()["detail"]
     assert post(addr, full(6, client_id="fleet-3")).status_code == 200
     assert post(addr, light("fleet-3")).status_code == 200
+
+
+def test_a_light_request_naming_its_features_is_not_served_anyone_elses(server):
+    """Anyone with the token can send a full request under a robot's client_id and so replace its stored features;
+    a light request that names the key its own full request got back is then refused instead of acting on the
+    other camera view. Features older than max_feature_age_s are dropped from the store, not only refused."""
+    addr, runner, _ = server
+    mine = post(addr, full(7, client_id="robot-k")).json()["features"]["key"]
+    assert post(addr, light("robot-k", features_key=mine)).status_code == 200
+    assert post(addr, full(8, client_id="robot-k")).status_code == 200  # someone else, same client_id
+    r = post(addr, light("robot-k", features_key=mine))
+    assert r.status_code == 409 and r.json()["error"] == "no_features" and "replaced them" in r.json()["detail"]
+    r = post(addr, {**full(7, client_id="robot-k"), "features_key": mine})
+    assert r.status_code == 422 and "features_key" in r.json()["detail"]
+    post(addr, full(9, client_id="robot-old", timestamp=time.time() - 1.4))
+    time.sleep(0.2)
+    assert post(addr, full(9, client_id="robot-new")).status_code == 200
+    assert "robot-old" not in runner.features  # 1.6 s old when the next put came: dropped
+
+
+def test_remote_policy_sends_the_key_of_its_own_features(server):
+    addr, _, _ = server
+    remote = RemotePolicy(f"ws://{addr}/ws", token=TOKEN, client_id="robot-r")
+    other = RemotePolicy(f"ws://{addr}/ws", token=TOKEN, client_id="robot-r")  # a look-alike
+    try:
+        remote.infer({"image": image(2), "instruction": "wave", "state": np.zeros(28, np.float32),
+                      "timestamp": time.time()})
+        assert remote.tick(np.zeros(28, np.float32), timestamp=time.time())["actions"].shape == (16, 28)
+        other.infer({"image": image(3), "instruction": "wave", "state": np.zeros(28, np.float32),
+                     "timestamp": time.time()})
+        with pytest.raises(RemoteError, match="replaced them"):
+            remote.tick(np.zeros(28, np.float32), timestamp=time.time())
+        sibling = remote.sibling()  # a refresh connection shares the key
+        sibling.infer({"image": image(2), "instruction": "wave", "state": np.zeros(28, np.float32),
+                       "timestamp": time.time()})
+        assert remote.tick(np.zeros(28, np.float32), timestamp=time.time())["actions"].shape == (16, 28)
+        sibling.close()
+    finally:
+        remote.close()
+        other.close()
 
 
 def test_two_rate_runner_in_process(backbones, count_backbone):
