@@ -12,10 +12,11 @@ already applied its safety layer, and its `dry_run` travels in every reply.
 
 Every request carries this client's `client_id` (given, or made up once), so the server keeps the backbone
 features of its full requests and a light request (`reuse_features=True`: state, eef, lidar, prefix; no image)
-runs only the heads on them (see `neon_runtime.server`). A light request names the features it expects (the
-`features.key` the server gave the last full request's reply): if anyone else's full request under the same
-client_id replaced them, the server refuses it instead of acting on their camera view. One connection answers one request at a time:
-`sibling()` opens another with the same client_id (a feature-refresh thread beside the control loop).
+runs only the heads on them (see `neon_runtime.server`). The first full reply gives the client_id's key
+(`features.key`); every later request carries it (`features_key`), so no other process can store features under
+this client_id, nor have this client's light requests act on its camera view. One connection answers one request at
+a time: `sibling()` opens another with the same client_id and key (a feature-refresh thread beside the control
+loop).
 
 A reply that does not come within `reply_timeout_s` raises RemoteError and drops the connection (a late reply
 must not be taken for the next request's); the next request connects again, so a restarted server is picked up.
@@ -95,8 +96,9 @@ class RemotePolicy:
         message = {"client_id": self.client_id, **{k: v for k, v in request.items() if v is not None}}
         if reuse_features:
             message["reuse_features"] = True
-            if self._keys.get("features"):  # only the features our own full request stored: never a look-alike's
-                message["features_key"] = self._keys["features"]
+
+        if self._keys.get("features"):  # the key our client_id's features were given: proves they are ours
+            message["features_key"] = self._keys["features"]
         if self._closed:
             raise RemoteError(f"this client of {self.url} was closed")
         if self.ws is None:  # dropped after a timeout or a failure: connect again (a restarted server)
@@ -114,7 +116,7 @@ class RemotePolicy:
         if "error" in reply:
             raise RemoteError(f"server: {reply['error']}: {reply['detail']}", reply["error"])
         key = (reply.get("features") or {}).get("key")
-        if key and not reuse_features:
+        if key:
             self._keys["features"] = key
         return reply
 

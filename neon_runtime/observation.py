@@ -105,9 +105,6 @@ def parse_request(data) -> tuple[dict, list[str]]:
         out.pop("image", None), out.pop("audio", None)
     elif "image" not in out:
         raise InputError("image is required (key 'image' or 'observation/image'), unless reuse_features is true")
-    elif out.get("features_key") is not None:
-        raise InputError("features_key names the stored features a light request (reuse_features: true) expects; "
-                         "a full request makes new ones")
     else:
         out["image"] = decode_image(out["image"])
     if out.get("lidar") is not None:

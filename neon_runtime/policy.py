@@ -70,6 +70,7 @@ class Prepared(NamedTuple):
     timestamp: float | None  # Unix s, None: not executable
     features: Features | None = None  # reused backbone features: only the heads run
     keep_as: str | None = None  # a client_id to keep this request's features under (`PolicyRunner`)
+    features_key: str | None = None  # the key that client_id's stored features were given (`FeatureStore`)
 
 
 class LocalPolicy:
@@ -138,7 +139,7 @@ class LocalPolicy:
             for i, p in zip(group, out, strict=True):
                 predictions[i], model_ms[i] = p, ms
         replies = []
-        for i, ((obs, timestamp, reuse, _), p) in enumerate(zip(prepared, predictions, strict=True)):
+        for i, ((obs, timestamp, reuse, *_), p) in enumerate(zip(prepared, predictions, strict=True)):
             if kept is not None:
                 kept.append(None)
             if i in errors:
@@ -252,10 +253,11 @@ class FeatureStore:
     """The newest backbone features per client_id, for at most `max_clients` clients (the one refreshed longest
     ago is dropped first) and at most `max_age_s` old (older ones are dropped). Thread-safe.
 
-    Each put gets a server-issued key (128 random bits) that goes back in the full request's reply
-    (`features.key`); a light request naming it (`features_key`) is refused unless the features stored for its
-    client_id are still those: another process that sends a full request under the same client_id can replace
-    them, but not make a robot's light requests act on its camera view."""
+    A client_id belongs to whoever stored features under it first: the server issues it a key (128 random bits,
+    back in the reply as `features.key`) that its later requests carry as `features_key`. A full request under a
+    client_id whose stored features are another's (a missing or wrong key) is refused until those features age out;
+    so is a light request naming a wrong key. Anyone with the server's token could otherwise replace a robot's
+    features and swap the camera view its light requests act on."""
 
     def __init__(self, max_clients: int = 64, max_age_s: float = float("inf")):
         if max_clients < 1 or not max_age_s > 0:
@@ -264,10 +266,28 @@ class FeatureStore:
         self._items: OrderedDict[str, tuple[Features, str]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, client: str, features: Features) -> str:
-        """Keep `features` for `client` -> their key."""
-        key = secrets.token_hex(16)
+    def _owner_key(self, client: str) -> str | None:
+        """The key of the client_id's live entry (None: free). Call with the lock held."""
+        entry = self._items.get(client)
+        return None if entry is None or entry[0].age_s() > self.max_age_s else entry[1]
+
+    def check_owner(self, client: str, key: str | None) -> None:
+        """FeaturesUnavailable unless a full request carrying `key` may store features under `client`."""
         with self._lock:
+            owner = self._owner_key(client)
+        if owner is not None and not (key is not None and hmac.compare_digest(str(key), owner)):
+            raise FeaturesUnavailable(f"client_id {client!r} is in use: its stored features belong to another "
+                                      "client (send the features_key your first full request got back, or another "
+                                      f"client_id; it frees up once they are {self.max_age_s:g} s old)")
+
+    def put(self, client: str, features: Features, key: str | None = None) -> str | None:
+        """Keep `features` for `client` -> its key (the one given, or a new one when the client_id was free); None
+        when the client_id turned out to be another's (nothing stored)."""
+        with self._lock:
+            owner = self._owner_key(client)
+            if owner is not None and not (key is not None and hmac.compare_digest(str(key), owner)):
+                return None
+            key = owner or secrets.token_hex(16)
             self._items[client] = (features, key)
             self._items.move_to_end(client)
             while len(self._items) > self.max_clients:
@@ -287,9 +307,8 @@ class FeatureStore:
                                       f"newer clients beyond {self.max_clients} or for age, or by a reload): send a "
                                       "full observation (image + instruction) with this client_id first")
         if key is not None and not hmac.compare_digest(str(key), stored_key):
-            raise FeaturesUnavailable(f"the features stored for client_id {client!r} are not the ones this request "
-                                      "names (features_key): another full request under this client_id replaced "
-                                      "them; send a full observation again")
+            raise FeaturesUnavailable(f"the features stored for client_id {client!r} belong to another client (its "
+                                      "features_key differs): send a full observation under your own client_id")
         return features
 
     def clear(self) -> None:
@@ -440,9 +459,9 @@ class PolicyRunner:
                 if local is self.local:  # not from a policy a reload has just replaced
                     for r, features, reply in zip(live, kept, replies, strict=True):
                         if features is not None and r.prepared.keep_as:
-                            key = self.features.put(r.prepared.keep_as, features)
-                            if isinstance(reply, dict) and reply.get("features"):
-                                reply["features"]["key"] = key  # what its light requests may name
+                            key = self.features.put(r.prepared.keep_as, features, r.prepared.features_key)
+                            if key and isinstance(reply, dict) and reply.get("features"):
+                                reply["features"]["key"] = key  # what its later requests carry
             for r, reply in zip(live, replies, strict=True):
                 if isinstance(reply, SafetyError):
                     _settle(r.future, error=reply)

@@ -193,7 +193,9 @@ def _prepare(runner: PolicyRunner, settings: ServerSettings, data, client: str |
     if reuse:
         prepared = runner.local.prepare(request, runner.reused_features(named, key))
     else:
-        prepared = runner.local.prepare(request)._replace(keep_as=named)
+        if named:
+            runner.features.check_owner(named, key)
+        prepared = runner.local.prepare(request)._replace(keep_as=named, features_key=key)
     return prepared, client, ignored
 
 

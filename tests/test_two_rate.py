@@ -111,7 +111,22 @@ def light(client_id="robot-a", state=None, **kw):
             "timestamp": time.time(), **kw}
 
 
+KEYS = {}  # client_id -> the features key the server gave it: a robot sends it with every later request
+
+
 def post(addr, body):
+    """POST as a robot does: with its client_id's features key once it has one (unless the body names one)."""
+    client = body.get("client_id")
+    if client in KEYS and "features_key" not in body:
+        body = {**body, "features_key": KEYS[client]}
+    r = post_raw(addr, body)
+    key = (r.json().get("features") or {}).get("key") if r.status_code == 200 else None
+    if key:
+        KEYS[client] = key
+    return r
+
+
+def post_raw(addr, body):
     return httpx.post(f"http://{addr}/predict", json=body, headers=AUTH, timeout=60)
 
 
@@ -205,40 +220,66 @@ def test_features_are_bounded_in_count_and_dropped_on_reload(server):
     assert post(addr, light("fleet-3")).status_code == 200
 
 
-def test_a_light_request_naming_its_features_is_not_served_anyone_elses(server):
-    """Anyone with the token can send a full request under a robot's client_id and so replace its stored features;
-    a light request that names the key its own full request got back is then refused instead of acting on the
-    other camera view. Features older than max_feature_age_s are dropped from the store, not only refused."""
-    addr, runner, _ = server
+@pytest.fixture(scope="module")
+def patient_server(backbones):
+    """A server whose stored features live 30 s: ownership does not depend on how loaded the machine is."""
+    runner = runner_for(make_model(backbones), SafetyConfig(max_observation_age_s=3.0, max_feature_age_s=30.0),
+                        max_batch=4, max_wait_ms=5)
+    with serve(create_app(runner, ServerSettings(token=TOKEN))) as addr:
+        yield addr, runner, None
+    runner.close()
+
+
+def test_a_client_id_belongs_to_whoever_stored_features_under_it_first(patient_server):
+    """Anyone with the token could send a full request under a robot's client_id and so swap the camera view the
+    robot's light requests act on. Now the first full request's reply carries a key; a full request under that
+    client_id without it is refused while those features live, as is a light request naming another key."""
+    addr, _, _ = patient_server
     mine = post(addr, full(7, client_id="robot-k")).json()["features"]["key"]
     assert post(addr, light("robot-k", features_key=mine)).status_code == 200
-    assert post(addr, full(8, client_id="robot-k")).status_code == 200  # someone else, same client_id
-    r = post(addr, light("robot-k", features_key=mine))
-    assert r.status_code == 409 and r.json()["error"] == "no_features" and "replaced them" in r.json()["detail"]
-    r = post(addr, {**full(7, client_id="robot-k"), "features_key": mine})
-    assert r.status_code == 422 and "features_key" in r.json()["detail"]
-    post(addr, full(9, client_id="robot-old", timestamp=time.time() - 1.4))
-    time.sleep(0.2)
-    assert post(addr, full(9, client_id="robot-new")).status_code == 200
-    assert "robot-old" not in runner.features  # 1.6 s old when the next put came: dropped
+    r = post_raw(addr, full(8, client_id="robot-k"))  # someone else, same client_id, no key
+    assert r.status_code == 409 and r.json()["error"] == "no_features" and "is in use" in r.json()["detail"]
+    r = post_raw(addr, full(8, client_id="robot-k", features_key="0" * 32))
+    assert r.status_code == 409 and "is in use" in r.json()["detail"]
+    again = post(addr, full(9, client_id="robot-k"))  # the owner refreshes, with its key: the key stays
+    assert again.status_code == 200 and again.json()["features"]["key"] == mine
+    r = post_raw(addr, light("robot-k", features_key="f" * 32))
+    assert r.status_code == 409 and "belong to another client" in r.json()["detail"]
 
 
-def test_remote_policy_sends_the_key_of_its_own_features(server):
-    addr, _, _ = server
+def test_the_feature_store_drops_by_age_as_well_as_by_count():
+    from neon_runtime.policy import FeatureStore
+
+    class Aged:  # what the store reads of Features
+        def __init__(self, age):
+            self.age = age
+
+        def age_s(self):
+            return self.age
+
+    store = FeatureStore(max_clients=2, max_age_s=1.0)
+    old, fresh = Aged(0.5), Aged(0.1)
+    key = store.put("robot-old", old)
+    store.put("robot-a", fresh)
+    old.age = 1.5  # robot-old stops refreshing
+    assert store.put("robot-b", Aged(0.0)) and "robot-old" not in store and len(store) == 2
+    assert store.put("robot-old", Aged(0.0)) != key  # its client_id is free again: a new key
+    with pytest.raises(FeaturesUnavailable, match="is in use"):
+        store.check_owner("robot-old", key)
+
+
+def test_remote_policy_and_its_siblings_carry_the_key(patient_server):
+    addr, _, _ = patient_server
     remote = RemotePolicy(f"ws://{addr}/ws", token=TOKEN, client_id="robot-r")
     other = RemotePolicy(f"ws://{addr}/ws", token=TOKEN, client_id="robot-r")  # a look-alike
+    obs = {"image": image(2), "instruction": "wave", "state": np.zeros(28, np.float32)}
     try:
-        remote.infer({"image": image(2), "instruction": "wave", "state": np.zeros(28, np.float32),
-                      "timestamp": time.time()})
+        remote.infer({**obs, "timestamp": time.time()})
+        sibling = remote.sibling()  # a refresh connection: the same client_id and key
+        sibling.infer({**obs, "timestamp": time.time()})
         assert remote.tick(np.zeros(28, np.float32), timestamp=time.time())["actions"].shape == (16, 28)
-        other.infer({"image": image(3), "instruction": "wave", "state": np.zeros(28, np.float32),
-                     "timestamp": time.time()})
-        with pytest.raises(RemoteError, match="replaced them"):
-            remote.tick(np.zeros(28, np.float32), timestamp=time.time())
-        sibling = remote.sibling()  # a refresh connection shares the key
-        sibling.infer({"image": image(2), "instruction": "wave", "state": np.zeros(28, np.float32),
-                       "timestamp": time.time()})
-        assert remote.tick(np.zeros(28, np.float32), timestamp=time.time())["actions"].shape == (16, 28)
+        with pytest.raises(RemoteError, match="is in use"):
+            other.infer({**obs, "timestamp": time.time()})
         sibling.close()
     finally:
         remote.close()
