@@ -80,10 +80,10 @@ def main() -> None:
         ctl = bridge.Controller(layout, config, ChunkExecutor(space.dim))
         feeding = threading.Event()
 
-        def feed():
+        def feed(feeding=feeding, executor=ctl.executor):
             while not feeding.wait(0.05):
                 now = time.monotonic()
-                ctl.executor.accept(Chunk.at_fps(np.zeros((16, space.dim), np.float32), 30.0, now, now))
+                executor.accept(Chunk.at_fps(np.zeros((16, space.dim), np.float32), 30.0, now, now))
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()

@@ -339,7 +339,7 @@ class G1ActionSpace:
         return space
 
     def save(self, directory: str | os.PathLike) -> Path:
-        from neon.checkpoint import atomic_write_text
+        from neon.files import atomic_write_text
 
         atomic_write_text(path := Path(directory) / ACTION_SPACE_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
@@ -349,7 +349,7 @@ class G1ActionSpace:
         path = Path(directory_or_file)
         if path.is_dir():
             path = path / ACTION_SPACE_FILE
-        from neon.checkpoint import read_json
+        from neon.files import read_json
 
         return cls.from_dict(read_json(path, ActionSpaceError))
 

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, JSON reads, safe tensor loading, and saving / loading a NeonVLA.
+"""Checkpoints: safe tensor loading, and saving / loading a NeonVLA (atomic writes and JSON reads: `neon.files`).
 
 A checkpoint directory is written into a temporary sibling and renamed into
 place, so a crash never leaves a half-written checkpoint that loads as valid.
@@ -12,92 +12,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import torch
 
+from neon.files import CheckpointError, atomic_directory, atomic_write_bytes, atomic_write_text, read_json  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, corrupted or incompatible."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `path` only if the block succeeds.
-
-    Files and folders are fsynced, then the new folder and an existing old one swap places in one atomic
-    step (Linux `renameat2(RENAME_EXCHANGE)`), so at every instant `path` holds the old or the new version,
-    whole. Where the kernel cannot swap, the old one is moved aside first and removed after.
-    """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        for f in sorted(tmp.rglob("*"), reverse=True) + [tmp]:  # contents before the rename makes them visible
-            _fsync(f)
-        if path.exists() and _exchange(tmp, path):
-            _fsync(path.parent)
-            shutil.rmtree(tmp, ignore_errors=True)  # now the old version
-            return
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
-    import ctypes
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -199,38 +121,34 @@ def verified_manifest(directory: Path, allow_unverified: bool = False) -> dict:
     return manifest
 
 
-def load_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None, allow_unverified: bool = False):
-    """A NeonVLA from a checkpoint folder or Hub repo id, every file checked (the backbone is loaded separately).
+@dataclass
+class CheckpointContents:
+    """What a checkpoint folder holds, every file checked; `NeonVLA.from_pretrained` builds the model from it."""
 
-    `model.trained_steps` comes from the manifest: 0 (untrained heads) when it records none.
-    """
-    from neon.action_space import ACTION_SPACE_FILE, G1ActionSpace
-    from neon.config import CONFIG_FILE, ConfigError, NeonConfig
-    from neon.model import NeonVLA
-    from neon.normalization import NORM_STATS_FILE, NormStats
+    directory: Path
+    config: dict  # config.json as read (a NeonConfig's dict)
+    state: dict[str, torch.Tensor]  # the trainable weights
+    trained_steps: int  # from the manifest: 0 (untrained heads) when it records none
 
+
+def read_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None,
+                    allow_unverified: bool = False) -> CheckpointContents:
+    """A checkpoint folder or Hub repo id, its manifest verified and its weights read (nothing unpickled)."""
     directory = resolve_checkpoint(path_or_repo, revision)
     manifest = verified_manifest(directory, allow_unverified)
-    try:
-        config = NeonConfig.from_dict(read_json(directory / CONFIG_FILE))
-    except ConfigError as e:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
-    model = NeonVLA(config, NormStats.load(directory) if (directory / NORM_STATS_FILE).exists() else None)
-    if (directory / ACTION_SPACE_FILE).exists() and G1ActionSpace.load(directory).names != model.action_space.names:
-        raise CheckpointError(f"{directory / ACTION_SPACE_FILE} does not match config.json's action space")
+    from neon.config import CONFIG_FILE
+
+    config = read_json(directory / CONFIG_FILE)
     if (directory / WEIGHTS_FILE).exists():
         state = load_safetensors(directory / WEIGHTS_FILE)
     elif (directory / LEGACY_WEIGHTS_FILE).exists():
         state = load_legacy_pt(directory / LEGACY_WEIGHTS_FILE)
     else:
         raise CheckpointError(f"checkpoint {directory} has neither {WEIGHTS_FILE} nor {LEGACY_WEIGHTS_FILE}")
-    _check_weights(model.state_dict(), state, directory)
-    model.load_state_dict(state)
-    model.trained_steps = int(manifest.get("trained_steps", 0))
-    return model.eval()
+    return CheckpointContents(directory, config, state, int(manifest.get("trained_steps", 0)))
 
 
-def _check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: Path) -> None:
+def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: Path) -> None:
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape]
@@ -250,14 +168,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def read_json(path: str | os.PathLike, error: type[Exception] = CheckpointError, missing: str = "not found") -> dict:
-    """A JSON file's content; a missing or malformed file raises `error` naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise error(f"{path} {missing}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path} is not valid JSON: {e}") from None

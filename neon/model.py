@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neon.action_space import G1ActionSpace
+from neon.action_space import ACTION_SPACE_FILE, G1ActionSpace
 from neon.config import BackboneConfig, NeonConfig
 from neon.encoders import AudioProjection, EEFEncoder, PointNetEncoder, PrefixEncoder, ProprioEncoder
 from neon.fusion import Fusion
@@ -214,10 +214,10 @@ class NeonVLA(nn.Module):
         return out, length.long()
 
     def predict(self, **observation):
-        """One chunk for one observation (see `neon.policy.NeonPolicy.predict`)."""
-        from neon.policy import NeonPolicy
+        """One chunk for one observation (see `neon.predictor.Predictor.predict`)."""
+        from neon.predictor import Predictor
 
-        return NeonPolicy(self).predict(**observation)
+        return Predictor(self).predict(**observation)
 
     # ------------------------------------------------------------------ parameters
     def parameter_counts(self) -> dict[str, int]:
@@ -238,9 +238,25 @@ class NeonVLA(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, revision: str | None = None,
                         allow_unverified: bool = False) -> NeonVLA:
-        from neon.checkpoint import load_checkpoint
+        """A model from a checkpoint folder or Hub repo id, every file checked (the backbone is loaded separately,
+        `load_backbone`); `trained_steps` from the manifest (0: untrained heads)."""
+        from neon.checkpoint import CheckpointError, check_weights, read_checkpoint
+        from neon.config import CONFIG_FILE, ConfigError
+        from neon.normalization import NORM_STATS_FILE
 
-        return load_checkpoint(path_or_repo, revision, allow_unverified)
+        ck = read_checkpoint(path_or_repo, revision, allow_unverified)
+        try:
+            config = NeonConfig.from_dict(ck.config)
+        except ConfigError as e:
+            raise CheckpointError(f"{ck.directory / CONFIG_FILE}: {e}") from None
+        model = cls(config, NormStats.load(ck.directory) if (ck.directory / NORM_STATS_FILE).exists() else None)
+        saved = ck.directory / ACTION_SPACE_FILE
+        if saved.exists() and G1ActionSpace.load(ck.directory).names != model.action_space.names:
+            raise CheckpointError(f"{saved} does not match config.json's action space")
+        check_weights(model.state_dict(), ck.state, ck.directory)
+        model.load_state_dict(ck.state)
+        model.trained_steps = ck.trained_steps
+        return model.eval()
 
 
 def count_parameters(config: NeonConfig) -> dict[str, int]:

@@ -73,13 +73,13 @@ class NormStats:
             raise NormStatsError(f"norm stats lack field {e.args[0]!r}") from None
 
     def save(self, directory: str | Path) -> None:
-        from neon.checkpoint import atomic_write_text
+        from neon.files import atomic_write_text
 
         atomic_write_text(Path(directory) / NORM_STATS_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> NormStats:
-        from neon.checkpoint import read_json
+        from neon.files import read_json
 
         return cls.from_dict(read_json(Path(directory) / NORM_STATS_FILE, NormStatsError))
 

@@ -28,7 +28,7 @@ import io
 
 import numpy as np
 
-from neon.observation import IMAGE_SIDES, MAX_LIDAR_POINTS, InputError
+from neon.observation import MAX_LIDAR_POINTS, InputError
 
 # At most 2048 x 2048 pixels (4.2 MP) a request: above what a robot camera sends (the G1's RealSense D435 at most
 # 1920 x 1080 colour, 2.1 MP; a ZED 2i 2208 x 1242, 2.7 MP; 2560 x 1440, 3.7 MP), far below a 4096 x 4096 image

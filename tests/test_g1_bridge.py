@@ -649,7 +649,7 @@ def engaged_loop(log=None, status=None, stop_reason=None, rate_hz=100.0):
         run_loop(ctl, link, stop_reason=lambda: stop_reason(ctl) if stop_reason else "",
                  status=lambda: status(ctl) if status else "", log=log or (lambda m: None), dry_run=True,
                  run_seconds=8.0, log_every_s=0.05)
-    except BaseException as e:  # noqa: BLE001 (the test looks at it)
+    except BaseException as e:
         error = e
     finally:
         stop.set()

@@ -283,7 +283,7 @@ def test_config_json_round_trip_and_validation(tmp_path):
 
 def test_replacing_a_checkpoint_swaps_it_in_one_step(checkpoint, monkeypatch):
     """The new checkpoint takes the old one's place in one atomic exchange: there is no moment without either."""
-    import neon.checkpoint as ck
+    import neon.files as ck  # where atomic_directory lives
 
     model, ckpt = checkpoint
     old_weights = (ckpt / WEIGHTS_FILE).read_bytes()

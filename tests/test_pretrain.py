@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from neon_sim.pretrain import (COLOR_NAMES, PRETRAIN_SEED, VISIBLE_MIN, PerceptionHead, SceneRandomizer, Scenes,
+from neon_sim.pretrain import (COLOR_NAMES, PRETRAIN_SEED, PerceptionHead, SceneRandomizer, Scenes,
                                instructions, render_scenes)
 
 
@@ -39,7 +39,8 @@ def test_scene_labels_match_what_the_camera_sees(gen):
             mask = _block_pixels(gen, i)
             v, u = np.nonzero(mask)
             if visible[i] < 0.9 or not mask.any() or min(u.min(), v.min()) == 0 or max(u.max(), v.max()) == 95:
-                continue  # hidden, or cut by the image's edge  # the projected top centre lies on the block's visible pixels (a few px slack)
+                continue  # hidden, or cut by the image's edge
+            # the projected top centre lies on the block's visible pixels (a few px slack)
             d = np.hypot(u + 0.5 - pixel[i, 0] * 96, v + 0.5 - pixel[i, 1] * 96).min()
             assert d <= 3.0, (seed, COLOR_NAMES[i], d)
             checked += 1

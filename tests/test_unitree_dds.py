@@ -159,7 +159,7 @@ def test_the_image_packed_once_gives_the_crc_of_a_full_repack():
     image, rng, slots = LowCmdImage(cmd), np.random.default_rng(0), np.array([*range(12, 29), 29])
     for _ in range(50):
         q = rng.normal(size=len(slots))
-        for slot, value in zip(slots, q):
+        for slot, value in zip(slots, q, strict=True):
             cmd.motor_cmd[slot].q = float(value)
         cmd.mode_machine = int(rng.integers(0, 256))
         assert image.crc(cmd.mode_machine, slots, q) == low_cmd_crc(cmd)

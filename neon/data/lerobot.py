@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from neon.checkpoint import atomic_directory, read_json
+from neon.files import atomic_directory, read_json
 from neon.data.video import VideoError, VideoWriter, encode_video
 
 log = logging.getLogger(__name__)

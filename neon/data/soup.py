@@ -106,7 +106,7 @@ class DataSoupConfig:
             raise DatasetError(f"soup file {path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        from neon.checkpoint import atomic_write_text
+        from neon.files import atomic_write_text
 
         path = Path(path)
         if path.suffix in (".yaml", ".yml"):

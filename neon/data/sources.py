@@ -128,8 +128,8 @@ class LeRobotSource:
     def chunk(self, actions: np.ndarray, t) -> tuple[np.ndarray, np.ndarray]:
         """(Float[(..., T, D)] actions for the chunk(s) starting at frame(s) t, Bool[(..., T)] inside the episode).
 
-        Step i is the action recorded i / chunk_fps after frame t (the target for one frame later): linear interpolation between frames when the rates differ,
-        the last frame repeated past the episode end.
+        Step i is the action recorded i / chunk_fps after frame t (the target for one frame later): linear
+        interpolation between frames when the rates differ, the last frame repeated past the episode end.
         """
         n = len(actions)
         pos = np.asarray(t)[..., None] + np.arange(self.num_steps) * (self.fps / self.chunk_fps)

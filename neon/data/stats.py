@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from neon.action_space import G1ActionSpace
-from neon.checkpoint import atomic_write_text
+from neon.files import atomic_write_text
 from neon.data.sources import LeRobotSource
 from neon.normalization import ActionTransform, NormStats
 from neon.paths import norm_stats_dir

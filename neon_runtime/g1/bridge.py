@@ -442,7 +442,7 @@ class QueuedLog:
             if self.failed is None:
                 try:
                     self._sink(message)
-                except Exception as e:  # noqa: BLE001 (a closed stdout: the loop goes on, unheard)
+                except Exception as e:
                     self.failed = e
             if self.failed is not None:
                 self.dropped += 1
@@ -523,7 +523,7 @@ def _send_release_tick(controller: Controller, link: RobotLink, now: float, dry_
     if command is not None:
         try:
             link.send(controller.layout, command, write=not dry_run)
-        except Exception:  # noqa: BLE001 (nothing else can be done for the robot but to try again next tick)
+        except Exception:
             pass
 
 

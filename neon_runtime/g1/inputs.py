@@ -185,7 +185,7 @@ class ServerSource:
         instead of dying silently while the watchdog waits."""
         try:
             self._serve()
-        except Exception as e:  # noqa: BLE001 (reported to the control loop, which releases)
+        except Exception as e:
             self.status = f"the request thread failed: {type(e).__name__}: {e}"
             self.failed = e
 
@@ -296,7 +296,7 @@ class RosIO:
     def _spin(self) -> None:
         try:
             self._executor.spin()
-        except Exception as e:  # noqa: BLE001 (after shutdown it is expected; before, neon-g1 releases on it)
+        except Exception as e:
             if self._rclpy.ok():
                 self.failed = e
                 self.log.error(f"the ROS 2 thread failed: {type(e).__name__}: {e}")
