@@ -68,7 +68,7 @@ def resolve_config(args: argparse.Namespace):
     from neon_train.config import SCALE_TRAINING, TrainConfig, get_preset
 
     if args.config:
-        from neon.checkpoint import read_json
+        from neon.files import read_json
         from neon.config import ConfigError
 
         cfg = TrainConfig.from_dict(read_json(args.config, ConfigError))
