@@ -95,6 +95,15 @@ _INSPIRE = ["pinky", "ring", "middle", "index", "thumb_bend", "thumb_rotation"] 
 ARM_JOINTS = tuple(j.name for j in BODY_JOINTS if j.group == "arms")  # the 14 arm joints, left then right
 
 
+# Dex3-1 motor order on rt/dex3/{side}/cmd and /state (xr_teleoperate Dex3_1_{Left,Right}_JointIndex; Unitree's
+# LeRobot G1 datasets list the hands the same way): the left hand has middle before index, the right index first.
+DEX3_MOTOR_ORDER = {
+    "left": ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1", "index_0", "index_1"),
+    "right": ("thumb_0", "thumb_1", "thumb_2", "index_0", "index_1", "middle_0", "middle_1"),
+}
+ARM_SDK_WEIGHT_SLOT = 29  # LowCmd_.motor_cmd[29].q on rt/arm_sdk: 1 = the SDK has the arms, 0 = the robot's own
+
+
 def missing_arm_joints(names) -> list[str]:
     """The arm joints (ARM_JOINTS order) not among `names`: a policy that cannot drive the arms (neon-g1 and the
     simulation refuse it)."""

@@ -54,6 +54,23 @@ def read_token(path: str | Path) -> str:
     return lines[0].removeprefix("NEON_TOKEN=").strip().strip("'\"")
 
 
+def executable_action_space(meta: dict, url: str):
+    """The G1ActionSpace a server's metadata describes, or RemoteError when nothing it sends could move the arms:
+    arm joints missing from its action space, or a dry-run server (--dry-run, or untrained heads). neon-g1 and
+    neon-sim refuse such a server before anything moves."""
+    from neon.action_space import ARM_JOINTS, G1ActionSpace, missing_arm_joints
+
+    missing = missing_arm_joints(j.get("name") for j in meta.get("action_space", {}).get("joints", []))
+    if missing:
+        raise RemoteError(f"the action space of the server at {url} lacks arm joint(s) {', '.join(missing)}: the arms "
+                          f"are driven through all {len(ARM_JOINTS)} ({', '.join(ARM_JOINTS[:2])}, ...)", "no_arms")
+    if meta.get("dry_run", True):
+        raise RemoteError(f"the server at {url} is dry-run only (its metadata says dry_run: true: started with "
+                          "--dry-run, or its heads are untrained): none of its chunks is executable. Serve a trained "
+                          "checkpoint without --dry-run", "dry_run")
+    return G1ActionSpace.from_dict(meta["action_space"])
+
+
 class RemotePolicy:
     def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 10.0, client_id: str | None = None,
                  reply_timeout_s: float = 10.0, _keys: dict | None = None):

@@ -62,7 +62,7 @@ import numpy as np
 from cyclonedds.core import Policy, Qos
 from cyclonedds.sub import DataReader
 
-from neon.action_space import G1ActionSpace
+from neon.action_space import ARM_SDK_WEIGHT_SLOT, G1ActionSpace
 from neon_runtime.unitree import dds
 from neon_runtime.unitree.crc import crc32_words, low_cmd_crc, pack_low_state
 from neon_runtime.unitree.idl import LowCmd_, LowState_
@@ -71,7 +71,7 @@ from neon_sim.scene import EPISODE_S, IMAGE_SIZE, KD, KP, G1Tabletop, SimError, 
 
 LOWSTATE_TOPIC, ARM_SDK_TOPIC = "rt/lowstate", "rt/arm_sdk"
 CAMERA_TOPIC, INSTRUCTION_TOPIC = "/camera/color/image_raw", "/neon/instruction"  # neon-ros's defaults
-WEIGHT_SLOT = 29  # motor_cmd[29].q carries the arm_sdk weight
+WEIGHT_SLOT = ARM_SDK_WEIGHT_SLOT  # motor_cmd[29].q carries the arm_sdk weight
 ARM_SDK_GROUPS = ("torso", "arms")  # what arm_sdk moves while the robot balances: waist and arms
 ENGAGED = 1.0 - 1e-6  # a weight this high counts as 1 (float32 on the wire)
 STATE_HZ = 250.0  # rt/lowstate: the arm loops' rate (the robot sends 500, which 2 cores also keep when not shared)

@@ -74,20 +74,15 @@ class _Remote:
     """A neon-serve as a sim policy: chunks in physical units for the current observation."""
 
     def __init__(self, url: str, token: str | None = None, ablation: str = "none"):
-        from neon.action_space import G1ActionSpace, missing_arm_joints
-        from neon_runtime.client import RemotePolicy
+        from neon_runtime.client import RemoteError, RemotePolicy, executable_action_space
 
         self.policy = RemotePolicy(url, token)
         meta = self.policy.metadata()
-        # Checked on the joint names as served, before they are parsed as Neon's G1 action space (which needs arms).
-        missing = missing_arm_joints(j.get("name") for j in meta.get("action_space", {}).get("joints", []))
-        if missing:
+        try:
+            space = executable_action_space(meta, url)
+        except RemoteError as e:
             self.policy.close()
-            raise SimError(f"{url} serves an action space without the arm joints ({', '.join(missing)} missing)")
-        space = G1ActionSpace.from_dict(meta["action_space"])
-        if meta["dry_run"]:
-            self.policy.close()
-            raise SimError(f"{url} is dry-run only (a --dry-run server or untrained heads): nothing would be executed")
+            raise SimError(str(e)) from None
         self.names, self.round_trips, self.interventions, self.ablation = space.names, [], 0, ablation
         self.heads_round_trips, self.light_requests, self.reused_replies = [], 0, 0  # two-rate's light requests
         self.prefix_max_steps = int(meta.get("prefix_max_steps") or 0)  # committed steps its model takes (0: none)

@@ -13,7 +13,7 @@ unmapped.
 
 from __future__ import annotations
 
-from neon.action_space import G1ActionSpace
+from neon.action_space import DEX3_MOTOR_ORDER, G1ActionSpace
 from neon.data.lerobot import DatasetError
 
 def _names(group: str, side: str = "", hand: str = "dex3") -> list[str]:
@@ -22,9 +22,8 @@ def _names(group: str, side: str = "", hand: str = "dex3") -> list[str]:
     return [j.name for j in joints if j.group == group and j.name.startswith(side)]
 
 
-# Unitree's own Dex3 order differs between the hands (shared/g1_reference.md); used only by position.
-_DEX3_ORDER = {"left": ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1", "index_0", "index_1"),
-               "right": ("thumb_0", "thumb_1", "thumb_2", "index_0", "index_1", "middle_0", "middle_1")}
+# Unitree's own Dex3 order differs between the hands (DEX3_MOTOR_ORDER, shared/g1_reference.md): by position.
+_DEX3_ORDER = DEX3_MOTOR_ORDER
 
 _G1_SLICES: dict[str, list[str]] = {
     **{f"{s}_{part}": _names(group, s + "_") for s in ("left", "right") for part, group in (("arm", "arms"), ("leg", "legs"))},

@@ -30,19 +30,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neon.action_space import ARM_JOINTS, BODY_JOINTS, G1ActionSpace, missing_arm_joints
+from neon.action_space import (
+    ARM_JOINTS,
+    ARM_SDK_WEIGHT_SLOT,
+    BODY_JOINTS,
+    DEX3_MOTOR_ORDER,
+    G1ActionSpace,
+    missing_arm_joints,
+)
 from neon_runtime.executor import ChunkExecutor, limit_step
 from neon_runtime.safety import SafetyConfig
 
 SAFE = SafetyConfig()  # the speed limits every chunk already met on the server: neon-g1's defaults too
-WEIGHT_SLOT = 29  # LowCmd_.motor_cmd[29].q on rt/arm_sdk: 1 = the SDK has the arms, 0 = the robot's own controller
+WEIGHT_SLOT = ARM_SDK_WEIGHT_SLOT  # LowCmd_.motor_cmd[29].q on rt/arm_sdk
 WAIST_JOINTS = tuple(j.name for j in BODY_JOINTS if j.group == "torso")
-# Dex3-1 motor order on rt/dex3/{side}/cmd and /state (xr_teleoperate Dex3_1_{Left,Right}_JointIndex; Unitree's
-# LeRobot G1 datasets list the hands the same way): the left hand has middle before index, the right index first.
-DEX3_MOTORS = {
-    "left": ("thumb_0", "thumb_1", "thumb_2", "middle_0", "middle_1", "index_0", "index_1"),
-    "right": ("thumb_0", "thumb_1", "thumb_2", "index_0", "index_1", "middle_0", "middle_1"),
-}
+DEX3_MOTORS = DEX3_MOTOR_ORDER  # rt/dex3/{side}/cmd and /state, by motor index
 # RIS mode byte of a Dex3 motor: id in bits 0-3, status 1 (FOC) in bits 4-6, timeout bit 7 set: the hand's firmware
 # stops a motor that hears nothing for 1 s (Unitree's Dex3 example sets it; xr_teleoperate leaves it clear).
 DEX3_STATUS_FOC, DEX3_TIMEOUT = 0x01, 0x01

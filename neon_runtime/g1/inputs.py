@@ -33,24 +33,17 @@ MAX_TRAJECTORY_LEAD_S = 0.1  # ... or further in the future (clocks skewed: neve
 # ------------------------------------------------------------------------------------------------------- server mode
 def connect_server(url: str, token: str | None, open_timeout_s: float = 10.0):
     """-> (RemotePolicy, its action space), or BridgeError: unreachable, no arm joints, or dry run."""
-    from neon_runtime.client import RemoteError, RemotePolicy
+    from neon_runtime.client import RemoteError, RemotePolicy, executable_action_space
 
     try:
         policy = RemotePolicy(url, token, open_timeout_s)
     except RemoteError as e:
         raise BridgeError(str(e)) from None
-    meta = policy.metadata()
-    joints = [j.get("name") for j in meta.get("action_space", {}).get("joints", [])]
     try:
-        require_arms(joints, f"the action space of the server at {url}")
-        if meta.get("dry_run", True):
-            raise BridgeError(
-                f"the server at {url} is dry-run only (its metadata says dry_run: true: started with --dry-run, or its "
-                "heads are untrained): none of its chunks is executable. Serve a trained checkpoint without --dry-run")
-        space = G1ActionSpace.from_dict(meta["action_space"])
-    except Exception:
+        space = executable_action_space(policy.metadata(), url)
+    except RemoteError as e:
         policy.close()
-        raise
+        raise BridgeError(str(e)) from None
     return policy, space
 
 
