@@ -612,9 +612,10 @@ def _check_executor(executor: str, blend_s: float, ensemble_s: float = 0.0) -> N
         check_blend_s(ensemble_s, "ensemble_s")
     except ValueError as e:
         raise SimError(str(e)) from None
-    if executor == "plain" and (blend_s or ensemble_s):
-        raise SimError(f"plain chunking neither blends nor ensembles: blend_s {blend_s:g}, ensemble_s {ensemble_s:g} "
-                       "need the executor")
+    if executor == "plain" and blend_s:
+        raise SimError(f"plain chunking does not blend: blend_s {blend_s:g} needs the executor")
+    if executor == "plain" and ensemble_s:
+        raise SimError(f"plain chunking does not ensemble: ensemble_s {ensemble_s:g} needs the executor")
     if blend_s and ensemble_s:
         raise SimError(f"blend_s ({blend_s:g}) and ensemble_s ({ensemble_s:g}) are two ways to hand over: give one")
 
