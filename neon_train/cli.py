@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader workers")
     p.add_argument("--eval-steps", type=int)
+    p.add_argument("--progress-steps", type=int, help="a progress line in the log (step, loss, samples/s, ETA) every "
+                                                       "this many steps (default: 50)")
     p.add_argument("--save-steps", type=int)
     p.add_argument("--no-cache", action="store_true", help="do not use the backbone feature cache")
     p.add_argument("--augment", action="store_true", help="random crop + colour jitter on frames (turns the cache off)")
@@ -97,6 +99,7 @@ def resolve_config(args: argparse.Namespace):
     for arg, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("grad_accum", "gradient_accumulation"),
                       ("lr", "learning_rate"), ("max_steps", "max_steps"), ("seed", "seed"), ("workers", "num_workers"),
                       ("eval_steps", "eval_steps"), ("save_steps", "save_steps"), ("optim", "optim"),
+                      ("progress_steps", "progress_steps"),
                       ("cache_dir", "feature_cache_dir")):
         if getattr(args, arg) is not None:
             setattr(cfg, name, getattr(args, arg))

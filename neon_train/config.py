@@ -51,6 +51,7 @@ class TrainConfig:
     save_steps: int = 500
     eval_steps: int = 250
     logging_steps: int = 10
+    progress_steps: int = 50  # a progress line in the log (step, loss, samples/s, ETA) every this many steps
     val_fraction: float = 0.1  # held-out episodes per source (seeded); recorded in split.json
     val_max_samples: int = 256  # held-out frames scored at each evaluation
     feature_cache: bool | None = None  # None: on unless image augmentation is on
@@ -77,6 +78,7 @@ class TrainConfig:
             (self.gradient_accumulation >= 1, "gradient_accumulation", "must be at least 1"),
             (self.learning_rate > 0, "learning_rate", "must be positive"),
             (self.warmup_steps >= 0, "warmup_steps", "must be >= 0"),
+            (self.progress_steps >= 1, "progress_steps", "must be at least 1"),
             (0 < self.adam_beta1 < 1 and 0 < self.adam_beta2 < 1, "adam_beta1/adam_beta2", "must be in (0, 1)"),
             (self.max_grad_norm > 0, "max_grad_norm", "must be positive"),
             (self.optim in OPTIMIZERS, "optim", f"must be one of {OPTIMIZERS}"),

@@ -154,6 +154,13 @@ def draw_prefix(target: torch.Tensor, max_steps: int, probability: float,
     return prefix, length, given
 
 
+def progress_line(step: int, total: int, loss: float, samples_per_s: float, elapsed_s: float, steps_run: int) -> str:
+    """One progress line for the log (tqdm's bar turns itself off without a terminal; this does not)."""
+    eta = elapsed_s / max(1, steps_run) * (total - step)
+    return (f"step {step}/{total} ({100 * step / max(1, total):.0f}%): loss {loss:.4f}, {samples_per_s:.1f} samples/s, "
+            f"{elapsed_s:.0f} s so far, ETA {eta:.0f} s")
+
+
 class NeonTrainer:
     def __init__(self, config: TrainConfig, device: str | None = None, backbone=None, resume: bool = False,
                  on_step=None):
@@ -235,7 +242,7 @@ class NeonTrainer:
         run = self._setup()
         cfg, state = self.config, run.state
         bar = tqdm(total=run.total, initial=state.step, desc="training", unit="step", disable=not self.dist.main or None)
-        t_start, run.samples_seen, interrupted = time.perf_counter(), 0, False
+        t_start, run.samples_seen, interrupted, first = time.perf_counter(), 0, False, state.step
         try:
             while state.step < run.total:
                 loss, grad_norm = self._step(run)
@@ -244,6 +251,9 @@ class NeonTrainer:
                 rate = run.samples_seen / max(1e-9, time.perf_counter() - t_start)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
                 bar.update(1)
+                if self.dist.main and (state.step % cfg.progress_steps == 0 or state.step == run.total):
+                    log.info("%s", progress_line(state.step, run.total, loss, rate, time.perf_counter() - t_start,
+                                                 state.step - first))
                 if run.writer and state.step % cfg.logging_steps == 0:
                     for name, value in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("samples_per_s", rate)):
                         run.writer.add_scalar(f"train/{name}", value, state.step)

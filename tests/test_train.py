@@ -39,17 +39,25 @@ def small_config(synth, out, feature_dir, **kw) -> TrainConfig:
     return TrainConfig(**defaults)
 
 
-def test_the_defaults_learn(tmp_path):
-    """The first-user sequence with nothing but --max-steps 300 (README): the default synthetic dataset, the
-    CLI's defaults, scored by neon-eval on the held-out episodes the trainer recorded. bench/bench_defaults.py
-    measured the defaults +62% over hold, +55% over the mean and +97% over zero; the target is +30%."""
+def test_the_defaults_learn(tmp_path, caplog):
+    """The first-user sequence (README) cut to 80 steps to stay cheap on a loaded 2-core machine: the default
+    synthetic dataset, the CLI's defaults, scored by neon-eval on the held-out episodes the trainer recorded. 80
+    steps measured +58% over hold, +50% over the mean and +97% over zero here; the bar is +30%. The README's 300
+    steps are bench/bench_defaults.py's (+62%, +55%, +97%). Progress goes to the log, not only to tqdm's bar."""
+    import logging
+
     from neon.data.cli import main as data_main
     from neon_train.eval_cli import main as eval_main
 
     data, ck = tmp_path / "d", tmp_path / "ck"
     assert data_main(["synth", "--out", str(data)]) == 0
-    assert train_main(["--backbone", "neon-tiny/qwen2.5-vl", "--mode", "arms_only", "--dataset", str(data),
-                       "--max-steps", "300", "--no-push", "--output", str(ck), "--cache-dir", str(tmp_path / "f")]) == 0
+    with caplog.at_level(logging.INFO, logger="neon_train.train"):
+        assert train_main(["--backbone", "neon-tiny/qwen2.5-vl", "--mode", "arms_only", "--dataset", str(data),
+                           "--max-steps", "80", "--progress-steps", "40", "--no-push", "--output", str(ck),
+                           "--cache-dir", str(tmp_path / "f")]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(lines) == 2 and lines[-1].startswith("step 80/80 (100%): loss ") and "samples/s" in lines[-1]
+    assert "ETA 0 s" in lines[-1]
     best = ck / "best"
     for name in ("split.json", "training_config.json", "README.md", "norm_stats.json", "neon_weights.safetensors"):
         assert (best / name).is_file(), name
