@@ -72,8 +72,11 @@ def main() -> None:
                 reports[(latency, name, moving)] = evaluate(
                     args.policy, args.episodes, args.seed, token=args.token, video_episodes=0, progress=False,
                     latency_ms=latency, executor="executor", moving_block=moving, **mode)
+                r = reports[(latency, name, moving)]
                 print(f"[{len(reports)}/{runs}] {latency:g} ms, {name}, {'moving' if moving else 'static'}: "
-                      f"{time.perf_counter() - t1:.0f} s", flush=True)
+                      f"success {r['success_rate']:.2f} ({time.perf_counter() - t1:.0f} s)", flush=True)
+                if args.json:  # as it goes: a run that fails later loses nothing
+                    _write(args.json, reports)
     who = ("ORACLE: the scripted expert re-planning from perfect snapshots of the block (measures the control "
            "architecture, not a learned policy)" if args.policy == "oracle" else args.policy)
     print(f"\n# {who}\n# {args.episodes} seeds from {args.seed}; ChunkExecutor blending over {args.blend_s:g} s; "
@@ -96,11 +99,15 @@ def main() -> None:
     print("chunk-rate K: a full request per chunk, run open loop for K steps of 0.1 s; two-rate: heads replies at the "
           "heads rate on the fresh state, blended in (or averaged over the last W s: ensembled)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{"latency_ms": k[0], "mode": k[1], "moving_block": k[2],
-                        **{a: b for a, b in r.items() if a != "results"},
-                        "episodes_summary": [{a: e[a] for a in EPISODE_KEYS} for e in r["results"]]}
-                       for k, r in reports.items()], f, indent=2)
+        _write(args.json, reports)
+
+
+def _write(path: str, reports: dict) -> None:
+    with open(path, "w") as f:
+        json.dump([{"latency_ms": k[0], "mode": k[1], "moving_block": k[2],
+                    **{a: b for a, b in r.items() if a != "results"},
+                    "episodes_summary": [{a: e[a] for a in EPISODE_KEYS} for e in r["results"]]}
+                   for k, r in reports.items()], f, indent=2)
 
 
 EPISODE_KEYS = ("seed", "success", "time_to_success_s", "move_at_s", "final_distance_m", "table_contact")

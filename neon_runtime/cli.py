@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from neon.threads import THREADS_HELP, set_threads
 from neon_runtime.safety import SafetyConfig
 from neon_runtime.sensors import G1_MIC_GROUP, G1_MIC_PORT
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "image is older than this are refused (409); default %(default)s")
     p.add_argument("--max-feature-clients", type=int, default=64,
                    help="clients whose newest backbone features are kept for light requests (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests each lane (full; heads-only) may hold waiting; beyond it a request is answered 503 "
                         "with Retry-After (default %(default)s)")
@@ -72,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        set_threads(args.threads)
+    except ValueError as e:
+        print(f"error: --{e}", file=sys.stderr)
+        return 2
     if args.token_file:
         from neon_runtime.client import RemoteError, read_token
 

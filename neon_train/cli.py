@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from neon.data.soup import DataSoupConfig, DataSourceConfig
+from neon.threads import THREADS_HELP, set_threads
 
 # Unitree's own G1 Dex3 teleoperation data in LeRobot form: the default when no --dataset is given (arms_only).
 DEFAULT_DATASET = {"arms_only": "unitreerobotics/G1_Dex3_ToastedBread_Dataset"}
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a TrainConfig JSON file to start from instead of a preset")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader workers")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--eval-steps", type=int)
     p.add_argument("--progress-steps", type=int, help="a progress line in the log (step, loss, samples/s, ETA) every "
                                                        "this many steps (default: 50)")
@@ -156,6 +158,11 @@ def dry_run(cfg) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        set_threads(args.threads)
+    except ValueError as e:
+        print(f"error: --{e}", file=sys.stderr)
+        return 2
     from neon.hub import HubUnavailableError
     from neon.checkpoint import CheckpointError
     from neon.config import ConfigError

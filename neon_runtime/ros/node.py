@@ -47,6 +47,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from neon.action_space import ActionSpaceError, G1ActionSpace
 from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, EEF_SIDES
+from neon.threads import set_threads
 from neon_runtime.executor import (Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, check_blend_s, safety_hook,
                                    wall_to_mono)
 from neon_runtime.ros.convert import MessageError, cloud_to_array, compressed_to_array, image_to_array, pose_to_array
@@ -67,6 +68,7 @@ PARAMETERS: dict[str, object] = {
     "blend_s": 0.2,  # seconds over which a new chunk takes over from the one in force (min-jerk); 0 = at once
     "control_hz": 0.0,  # stream the executor's target as a JointState command at this rate (>= 10); 0 = off
     "max_chunk_age_s": 1.0,  # the command stream stops when the newest chunk is older than this
+    "threads": 1,  # torch intra-op CPU threads (in-process model; see neon.threads)
     "dry_run": True,  # publish trajectories and commands on the preview topics only
     "camera_topic": "/camera/color/image_raw",
     "camera_compressed_topic": "",  # set to use a CompressedImage topic instead
@@ -150,6 +152,7 @@ class NeonNode(Node):
             self.declare_parameter(name, default)
         self.p = p = {name: self.get_parameter(name).value for name in PARAMETERS}
         check_rates(p)
+        set_threads(p["threads"])
         self.policy, self.source = make_policy(p, self.get_logger())
         meta = self.policy.metadata()
         self.space = space = G1ActionSpace.from_dict(meta["action_space"])
