@@ -42,7 +42,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--eval", type=int, default=50, help="held-out episodes (seeds from 10000)")
     ap.add_argument("--keep", help="work in this folder")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of each process this starts")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each process this starts (1: safe when "
+                                                            "other jobs run; 2 on an otherwise idle 2-core machine)")
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,13 +66,15 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "neon_train.cli", "--backbone", args.backbone, "--mode",
                             "arms_only", *datasets, "--max-steps", str(args.max_steps), "--batch-size",
                             str(args.batch_size), "--grad-accum", "1", "--lr", str(args.lr), "--optim", "adamw",
-                            "--no-push", "--output", str(work / "ck")], check=True, env=env, stdout=subprocess.DEVNULL)
+                            "--no-push", "--output", str(work / "ck"), "--threads", str(args.threads)], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
         t_train = time.perf_counter() - t0
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         server = subprocess.Popen([sys.executable, "-m", "neon_runtime.cli", "--model", str(model),
-                                   "--port", str(port), "--log-level", "warning"], env=env)
+                                   "--port", str(port), "--log-level", "warning", "--threads", str(args.threads)],
+                                  env=env)
         try:
             while True:
                 try:

@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="rendering processes")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads while training")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads while training (default 1, safe "
+                   "when other jobs run; the 735 s build figure is with 2 on a mostly idle 2-core machine)")
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.set_defaults(func=_pretrain)
     args = ap.parse_args(argv)

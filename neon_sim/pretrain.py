@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neon_sim.scene import COLORS, IMAGE_SIZE, G1Tabletop, Task, start_pose
+from neon_sim.scene import COLORS, IMAGE_SIZE, G1Tabletop, SimError, Task, start_pose
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +315,12 @@ def pretrain(out: str | Path | None = None, scenes: int = 3000, val_scenes: int 
     from neon.backbones.processors import QwenVLImageProcessor
     from neon.backbones.registry import get_spec
     from neon.backbones.tiny import SCENES_ID, SCENES_VERSION, build_untrained_scenes, scenes_model_dir
+    from neon.threads import set_threads
 
-    torch.set_num_threads(threads)
+    try:
+        set_threads(threads)
+    except ValueError as e:
+        raise SimError(str(e)) from None
     torch.manual_seed(seed)
     target = Path(out) if out is not None else scenes_model_dir()
     layer = get_spec(SCENES_ID).feature_layer
