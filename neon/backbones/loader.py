@@ -144,7 +144,8 @@ class Backbone:
         finally:
             hf_logging.set_verbosity(level)
         if keep < total:  # the last hidden state is then hidden_states[keep], as the full model gives it: un-normed
-            self.model.model.language_model.norm = torch.nn.Identity()
+            inner = self.model.model  # the text model: `.language_model` of it (transformers >= 5.25), or itself (5.20)
+            getattr(inner, "language_model", inner).norm = torch.nn.Identity()
         if self.device.type != "cuda":
             self.model.to(self.device)
         self.image_token_id = _image_token_id(self.model.config)

@@ -53,12 +53,26 @@ class Qwen3VLImageProcessor(Qwen3VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
+class _NoVideo:
+    """Where Qwen2.5-Omni's processor reads its video processor's merge size for every prompt (transformers 5.20
+    does, with or without video; 5.25 does not): the image processor's, and no video processing."""
+
+    def __init__(self, image_processor):
+        self.merge_size = image_processor.merge_size
+        self.temporal_patch_size = getattr(image_processor, "temporal_patch_size", 2)
+
+    def __call__(self, *args, **kwargs):
+        raise ValueError("Neon's Qwen2.5-Omni processor takes no video")
+
+
 class QwenOmniImageAudioProcessor(Qwen2_5OmniProcessor):
     """Qwen2.5-Omni processor for images, audio and text (no video)."""
 
     def __init__(self, image_processor=None, feature_extractor=None, tokenizer=None, chat_template=None):
         ProcessorMixin.__init__(self, image_processor, feature_extractor, tokenizer, chat_template=chat_template)
         _set_tokens(self, tokenizer, _OMNI_TOKENS)
+        if image_processor is not None:
+            self.video_processor = _NoVideo(image_processor)
 
 
 PROCESSOR_CLASSES = {
