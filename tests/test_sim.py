@@ -170,7 +170,7 @@ def test_eval_refuses_a_server_without_arm_joints_before_anything_moves():
     with serve(lambda ws: (ws.send(wire.packb(hands_only)), requests.extend(ws)), "127.0.0.1", 0) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.socket.getsockname()[1]
-        with pytest.raises(SimError, match="lacks arm joint\(s\) left_shoulder_pitch.*right_wrist_yaw"):
+        with pytest.raises(SimError, match=r"lacks arm joint\(s\) left_shoulder_pitch.*right_wrist_yaw"):
             evaluate(f"ws://127.0.0.1:{port}", episodes=1, progress=False)
         server.shutdown()
     assert requests == []  # no observation was ever sent
