@@ -43,10 +43,31 @@ the instruction on /neon/instruction (ROS 2). A bridge (neon-g1) drives it as it
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("MUJOCO_GL", "egl")
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="neon-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
+    _add_collect(sub)
+    _add_eval(sub)
+    _add_g1(sub)
+    _add_pretrain_backbone(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    args = build_parser().parse_args(argv)
+    from neon.data.lerobot import DatasetError
+    from neon_sim.scene import SimError
+
+    try:
+        return args.func(args)
+    except (SimError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _add_collect(sub) -> None:
+    """The `collect` subcommand's arguments."""
     p = sub.add_parser("collect", help="write the scripted expert's episodes as a LeRobot v3.0 dataset")
     p.add_argument("--out", required=True, help="dataset folder (written atomically)")
     p.add_argument("--episodes", type=int, default=200)
@@ -55,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_collect)
+
+
+def _add_eval(sub) -> None:
+    """The `eval` subcommand's arguments."""
     p = sub.add_parser("eval", help="closed-loop success rate of a policy over fixed seeds")
     p.add_argument("--policy", required=True, help="oracle | hold | ws://host:port/ws of a running neon-serve")
     p.add_argument("--episodes", type=int, default=50)
@@ -100,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation", default="none", choices=["none", "blank-image", "other-block"],
                    help="send a grey frame, or an instruction naming another block (served policies only)")
     p.set_defaults(func=_eval)
+
+
+def _add_g1(sub) -> None:
+    """The `g1` subcommand's arguments."""
     p = sub.add_parser("g1", help="the simulated G1 in real time on Unitree's DDS topics (rt/lowstate out, rt/arm_sdk in) "
                                   "with the head camera and instruction on ROS 2, for a bridge to drive",
                        description=G1_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ros", action="store_true", help="no camera or instruction (DDS only)")
     p.add_argument("--out", help="folder for sim_report.json/.md")
     p.set_defaults(func=_g1)
+
+
+def _add_pretrain_backbone(sub) -> None:
+    """The `pretrain-backbone` subcommand's arguments."""
     p = sub.add_parser("pretrain-backbone", help="build neon-tiny/qwen2.5-vl-scenes: a tiny Qwen2.5-VL pretrained on "
                                                  "perception of rendered scenes (neon_sim/pretrain.py), cached")
     p.add_argument("--out", help="folder to write (default: Neon's cache, where the backbone id resolves)")
@@ -133,15 +166,6 @@ def main(argv: list[str] | None = None) -> int:
                    "when other jobs run; the 735 s build figure is with 2 on a mostly idle 2-core machine)")
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.set_defaults(func=_pretrain)
-    args = ap.parse_args(argv)
-    from neon.data.lerobot import DatasetError
-    from neon_sim.scene import SimError
-
-    try:
-        return args.func(args)
-    except (SimError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 def latencies(text: str) -> list[float]:

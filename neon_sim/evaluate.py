@@ -520,6 +520,22 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         "time_to_success_s": float(np.median(times)) if times else None,
         "joint_limit_violations": sum(r["joint_limit_violation"] for r in results),
         "table_contacts": sum(r["table_contact"] for r in results),
+        **_remote_figures(remote, prefix, executor),
+        "feature_refreshes": sum(r.get("feature_refreshes", 0) for r in results),
+        **jerk_summary(results), "requests": sum(r["requests"] for r in results),
+        "skipped_steps": sum(r["skipped_steps"] for r in results),
+        "executor_safety_limited": sum(r["safety_limited"] for r in results),
+        "seconds_per_episode": round((time.perf_counter() - t0) / episodes, 2),
+        "results": results,
+    }
+    if out is not None:
+        _write_report(Path(out), report, frames)
+    return report
+
+
+def _remote_figures(remote: _Remote | None, prefix: bool, executor: str) -> dict:
+    """What a served policy's report adds: interventions, the prefix sent, round trips, request counts."""
+    return {
         "safety_interventions": remote.interventions if remote else 0,
         "prefix": {"model_takes": remote.prefix_max_steps, "sent": bool(prefix and remote.prefix_max_steps
                                                                            and executor != "plain"),
@@ -533,39 +549,34 @@ def evaluate(policy: str, episodes: int = 50, seed: int = 10_000, out: str | Pat
         "full_requests": len(remote.round_trips) if remote else 0,
         "light_requests": remote.light_requests if remote else 0,
         "light_replies_on_reused_features": remote.reused_replies if remote else 0,
-        "feature_refreshes": sum(r.get("feature_refreshes", 0) for r in results),
-        **jerk_summary(results), "requests": sum(r["requests"] for r in results),
-        "skipped_steps": sum(r["skipped_steps"] for r in results),
-        "executor_safety_limited": sum(r["safety_limited"] for r in results),
-        "seconds_per_episode": round((time.perf_counter() - t0) / episodes, 2),
-        "results": results,
     }
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        if frames:
-            from neon.data.video import encode_video
 
-            encode_video(out / "episodes.mp4", np.stack(frames), FPS)
-            report["video"] = str(out / "episodes.mp4")
-        (out / "sim_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        lo, hi = report["success_ci95"]
-        cj = report["control_jerk"]
-        (out / "sim_report.md").write_text(
-            f"# neon-sim eval: {policy}\n\n- success rate {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over "
-            f"{episodes} seeds from {seed}, {execute_steps} steps a chunk, {latency_ms:g} ms latency\n"
-            f"- {describe_task(moving_block)}; {describe_control(report)}\n"
-            f"- {describe_executor(executor, blend_s, ensemble_s)}: {report['requests']} requests, "
-            f"{report['skipped_steps']} stale "
-            f"steps skipped, {report['executor_safety_limited']} values limited at the control rate\n"
-            f"- jerk of the {CONTROL_HZ:g} Hz target stream, rad/s^3, medians over episodes (hand-over windows: "
-            f"within one step of a hand-over and its blend): largest within chunks {cj['within_max']:.1f}, at "
-            f"hand-overs {cj['boundary_max']:.1f}, ratio {_fmt(cj['ratio_max'])}; rms within {cj['within_rms']:.1f}, "
-            f"at hand-overs {cj['boundary_rms']:.1f}, ratio {_fmt(cj['ratio_rms'])}\n"
-            f"- median time to success {report['time_to_success_s']} s\n"
-            f"- joint-limit violations {report['joint_limit_violations']}, table contacts {report['table_contacts']}, "
-            f"safety interventions {report['safety_interventions']}\n- round trip {report['round_trip_ms']}\n")
-    return report
+
+def _write_report(out: Path, report: dict, frames: list) -> None:
+    """sim_report.json and .md, and the episodes' video when frames were kept, into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    if frames:
+        from neon.data.video import encode_video
+
+        encode_video(out / "episodes.mp4", np.stack(frames), FPS)
+        report["video"] = str(out / "episodes.mp4")
+    (out / "sim_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    lo, hi = report["success_ci95"]
+    cj, r = report["control_jerk"], report
+    (out / "sim_report.md").write_text(
+        f"# neon-sim eval: {r['policy']}\n\n- success rate {r['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}) over "
+        f"{r['episodes']} seeds from {r['seeds'][0]}, {r['execute_steps']} steps a chunk, {r['latency_ms']:g} ms "
+        f"latency\n- {describe_task(r['moving_block'])}; {describe_control(report)}\n"
+        f"- {describe_executor(r['executor'], r['blend_s'], r['ensemble_s'])}: {report['requests']} requests, "
+        f"{report['skipped_steps']} stale "
+        f"steps skipped, {report['executor_safety_limited']} values limited at the control rate\n"
+        f"- jerk of the {CONTROL_HZ:g} Hz target stream, rad/s^3, medians over episodes (hand-over windows: "
+        f"within one step of a hand-over and its blend): largest within chunks {cj['within_max']:.1f}, at "
+        f"hand-overs {cj['boundary_max']:.1f}, ratio {_fmt(cj['ratio_max'])}; rms within {cj['within_rms']:.1f}, "
+        f"at hand-overs {cj['boundary_rms']:.1f}, ratio {_fmt(cj['ratio_rms'])}\n"
+        f"- median time to success {report['time_to_success_s']} s\n"
+        f"- joint-limit violations {report['joint_limit_violations']}, table contacts {report['table_contacts']}, "
+        f"safety interventions {report['safety_interventions']}\n- round trip {report['round_trip_ms']}\n")
 
 
 def jerk_summary(results: list[dict]) -> dict:
