@@ -103,29 +103,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from neon.checkpoint import CheckpointError
     from neon.hub import HubUnavailableError
-    from neon.model import NeonVLA
-    from neon.policy import NeonPolicy
-    from neon_runtime.default_model import DefaultModelError, default_checkpoint
+    from neon_runtime.default_model import DefaultModelError
     from neon_runtime.policy import LocalPolicy, PolicyRunner
     from neon_runtime.server import Metrics, ServerSettings, create_app
 
-    note = ""
     try:
-        if args.model:
-            path = args.model
-        else:
-
-            folder, note = default_checkpoint()
-            path = str(folder)
-            log.info("%s (%s)", note, folder)
-        policy = NeonPolicy(NeonVLA.from_pretrained(path, allow_unverified=args.allow_unverified).load_backbone(args.device))
-        if profile and policy.config.backbone.model_id != profile["expected_backbone"]:
-            log.warning("profile %s expects %s, the model uses %s", args.profile, profile["expected_backbone"],
-                        policy.config.backbone.model_id)
-        if heads == "onnx":
-            from neon_runtime.onnx_heads import OnnxHeads
-
-            policy.heads = OnnxHeads.beside(path)
+        policy, path, note = _load_policy(args, profile, heads)
     except (CheckpointError, HubUnavailableError, FileNotFoundError, DefaultModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -163,6 +146,31 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws_per_message_deflate=False)
     runner.close()
     return 0
+
+
+def _load_policy(args, profile: dict, heads: str):
+    """The policy to serve: --model, or the embedded default (built and cached on first use). -> (NeonPolicy, its
+    path, a note for /metadata)."""
+    from neon.model import NeonVLA
+    from neon.policy import NeonPolicy
+    from neon_runtime.default_model import default_checkpoint
+
+    note = ""
+    if args.model:
+        path = args.model
+    else:
+        folder, note = default_checkpoint()
+        path = str(folder)
+        log.info("%s (%s)", note, folder)
+    policy = NeonPolicy(NeonVLA.from_pretrained(path, allow_unverified=args.allow_unverified).load_backbone(args.device))
+    if profile and policy.config.backbone.model_id != profile["expected_backbone"]:
+        log.warning("profile %s expects %s, the model uses %s", args.profile, profile["expected_backbone"],
+                    policy.config.backbone.model_id)
+    if heads == "onnx":
+        from neon_runtime.onnx_heads import OnnxHeads
+
+        policy.heads = OnnxHeads.beside(path)
+    return policy, path, note
 
 
 if __name__ == "__main__":
