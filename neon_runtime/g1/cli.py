@@ -146,21 +146,11 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from neon.action_space import G1ActionSpace
-    from neon_runtime.executor import ChunkExecutor, ChunkRefused
+    from neon_runtime.executor import ChunkExecutor
     from neon_runtime.g1.bridge import Controller, RobotLink, make_layout, run_loop
-    from neon_runtime.g1.inputs import RosIO, ServerSource, connect_server, trajectory_to_chunk
+    from neon_runtime.g1.inputs import ServerSource
 
-    stop = {"reason": ""}
-
-    def on_signal(signum, frame) -> None:  # from here on a signal releases (or, before anything was sent, just ends)
-        name = signal.Signals(signum).name
-        if stop["reason"]:
-            log(f"{name}: already releasing ({stop['reason']})")
-        stop["reason"] = stop["reason"] or name
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_signal)
+    stop = _catch_stop_signals()
     config = ControlConfig(args.rate_hz, args.ramp_in_s, args.ramp_out_s, args.watchdog_s, args.hold_s,
                            args.state_stale_s).validate()
     gains = Gains(args.kp, args.kd, args.wrist_kp, args.wrist_kd, args.waist_kp, args.waist_kd, args.hand_kp,
@@ -169,19 +159,7 @@ def _run(args) -> int:
         link = RobotLink(args.interface, args.domain)
     except ValueError as e:  # an unknown interface, a domain out of range: the factory names it
         raise BridgeError(str(e)) from None
-    policy = None
-    if args.server:
-        token = args.token
-        if args.token_file:
-            from neon_runtime.client import RemoteError, read_token
-
-            try:
-                token = read_token(args.token_file)
-            except RemoteError as e:
-                raise BridgeError(str(e)) from None
-        policy, space = connect_server(args.server, token)
-    else:
-        space = G1ActionSpace(args.mode, args.hand)
+    policy, space = _policy_and_space(args)
     want_hands = not args.no_hands and space.hand_type == "dex3"
     if not link.wait_for_state(args.state_timeout, want_hands, cancelled=lambda: bool(stop["reason"])):
         if policy is not None:
@@ -198,27 +176,7 @@ def _run(args) -> int:
     executor = ChunkExecutor(space.dim, blend_s=args.blend_s)
     controller = Controller(layout, config, executor)
     inputs = {"status": "", "error": ""}
-
-    def on_trajectory(msg) -> None:
-        try:
-            executor.accept(trajectory_to_chunk(msg, space))
-            inputs["status"] = f"trajectory on {args.trajectory_topic}"
-        except BridgeError as e:
-            if controller.engaged_once:
-                inputs["status"] = f"refused: {e}"
-            else:
-                inputs["error"] = str(e)
-        except (ChunkRefused, ValueError) as e:
-            inputs["status"] = f"refused: {e}"
-
-    try:
-        ros = RosIO(link, space, camera_topic=args.camera_topic if args.server else None,
-                    instruction_topic=args.instruction_topic if args.server else None,
-                    trajectory_topic=None if args.server else args.trajectory_topic, on_trajectory=on_trajectory,
-                    joint_states_topic=None if args.server or args.no_joint_states else args.joint_states_topic)
-    except ImportError as e:
-        raise BridgeError(f"neon-g1 needs ROS 2 (rclpy) for the camera, instruction and trajectory topics: {e} "
-                          "(scripts/setup.sh installs the ros extra)") from None
+    ros = _ros_io(args, link, space, executor, controller, inputs)
     source = None
     if args.server:
         try:
@@ -229,14 +187,7 @@ def _run(args) -> int:
             raise
         source.start()
     link.prepare(layout, writers=args.engage)
-    if args.heads_hz:
-        log(f"two-rate control: features refreshed at {args.request_hz:g} Hz, heads at {args.heads_hz:g} Hz on the "
-            f"fresh rt/lowstate{' with the committed steps as prefix' if source.prefix_max_steps else ''}")
-    log(f"{space.describe()} from {args.server or args.trajectory_topic}; robot on {link.where}; writing "
-        f"{', '.join(layout.names[:2])}, ... ({layout.n} joints{', Dex3 hands' if layout.has_hands else ''}) at "
-        f"{config.rate_hz:g} Hz; " + ("ENGAGE: the arms will move once a first executable chunk arrives" if args.engage
-                                      else "DRY RUN (default): computing and logging only, nothing is published on "
-                                           "rt/arm_sdk; pass --engage to move the robot"))
+    _log_start(args, space, link, layout, config, source)
     try:
         stats = run_loop(controller, link, dry_run=not args.engage, run_seconds=args.run_seconds,
                          log_every_s=args.log_every_s, log=log,
@@ -258,6 +209,80 @@ def _run(args) -> int:
     log(f"released ({controller.reason}){'' if controller.engaged_once else '; it never engaged'}"
         f"{'' if args.engage else '; dry run, nothing was sent'}")
     return 0
+
+
+def _catch_stop_signals() -> dict:
+    """From here on SIGINT, SIGTERM, SIGHUP and SIGQUIT set the returned {"reason"}: the loop then releases (or, before
+    anything was sent, the start ends)."""
+    stop = {"reason": ""}
+
+    def on_signal(signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if stop["reason"]:
+            log(f"{name}: already releasing ({stop['reason']})")
+        stop["reason"] = stop["reason"] or name
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    return stop
+
+
+def _policy_and_space(args):
+    """(a RemotePolicy or None, the action space): the server's (refused without arms or in dry run), or --mode's."""
+    from neon.action_space import G1ActionSpace
+    from neon_runtime.g1.inputs import connect_server
+
+    if not args.server:
+        return None, G1ActionSpace(args.mode, args.hand)
+    token = args.token
+    if args.token_file:
+        from neon_runtime.client import RemoteError, read_token
+
+        try:
+            token = read_token(args.token_file)
+        except RemoteError as e:
+            raise BridgeError(str(e)) from None
+    return connect_server(args.server, token)
+
+
+def _ros_io(args, link, space, executor, controller, inputs: dict):
+    """neon-g1's ROS side: camera and instruction (server mode), or the trajectory topic feeding `executor` (ROS
+    mode; `inputs` gets its status, or the error that refuses the start), and /joint_states republished."""
+    from neon_runtime.executor import ChunkRefused
+    from neon_runtime.g1.inputs import RosIO, trajectory_to_chunk
+
+    def on_trajectory(msg) -> None:
+        try:
+            executor.accept(trajectory_to_chunk(msg, space))
+            inputs["status"] = f"trajectory on {args.trajectory_topic}"
+        except BridgeError as e:
+            if controller.engaged_once:
+                inputs["status"] = f"refused: {e}"
+            else:
+                inputs["error"] = str(e)
+        except (ChunkRefused, ValueError) as e:
+            inputs["status"] = f"refused: {e}"
+
+    try:
+        return RosIO(link, space, camera_topic=args.camera_topic if args.server else None,
+                     instruction_topic=args.instruction_topic if args.server else None,
+                     trajectory_topic=None if args.server else args.trajectory_topic, on_trajectory=on_trajectory,
+                     joint_states_topic=None if args.server or args.no_joint_states else args.joint_states_topic)
+    except ImportError as e:
+        raise BridgeError(f"neon-g1 needs ROS 2 (rclpy) for the camera, instruction and trajectory topics: {e} "
+                          "(scripts/setup.sh installs the ros extra)") from None
+
+
+def _log_start(args, space, link, layout, config, source) -> None:
+    """What is about to run, and whether it moves the robot."""
+    if args.heads_hz:
+        log(f"two-rate control: features refreshed at {args.request_hz:g} Hz, heads at {args.heads_hz:g} Hz on the "
+            f"fresh rt/lowstate{' with the committed steps as prefix' if source.prefix_max_steps else ''}")
+    log(f"{space.describe()} from {args.server or args.trajectory_topic}; robot on {link.where}; writing "
+        f"{', '.join(layout.names[:2])}, ... ({layout.n} joints{', Dex3 hands' if layout.has_hands else ''}) at "
+        f"{config.rate_hz:g} Hz; " + ("ENGAGE: the arms will move once a first executable chunk arrives" if args.engage
+                                      else "DRY RUN (default): computing and logging only, nothing is published on "
+                                           "rt/arm_sdk; pass --engage to move the robot"))
 
 
 def _input_failure(inputs: dict, source, ros) -> str:
