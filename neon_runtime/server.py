@@ -257,37 +257,7 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
               responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
                          413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def predict(request: Request):
-        t0, limit = time.perf_counter(), settings.max_request_bytes
-        if int(request.headers.get("content-length") or 0) > limit:
-            return reject("too_large", 413, f"request is {request.headers['content-length']} bytes, the limit is {limit}")
-        body = bytearray()
-        async for piece in request.stream():  # chunked bodies carry no length: cut them off at the limit
-            body += piece
-            if len(body) > limit:
-                return reject("too_large", 413, f"request is over the {limit}-byte limit")
-        try:
-            data = decode_body(request.headers.get("content-type", ""), bytes(body))
-            header = request.headers.get("x-client-id")
-            out = await answer(runner, settings, data, header, header)
-        except (InputError, wire.WireError) as e:
-            return reject("bad_input", 422 if isinstance(e, InputError) else 400, str(e))
-        except Overloaded as e:
-            response = reject("overloaded", 503, str(e))
-            response.headers["Retry-After"] = str(Overloaded.retry_after_s)
-            return response
-        except (SafetyError, Superseded) as e:
-            reason = ("no_features" if isinstance(e, FeaturesUnavailable) else "unsafe" if isinstance(e, SafetyError)
-                      else "superseded")
-            return reject(reason, 409, str(e))
-        except Exception as e:  # the model failed: say so, keep serving
-            log.exception("inference failed")
-            return reject("inference_failed", 503, f"{type(e).__name__}: {e}")
-        metrics.requests.labels("http").inc()
-        metrics.request.labels("http").observe(time.perf_counter() - t0)
-        if request.headers.get("accept", "").startswith(MSGPACK):
-            return Response(wire.packb(out), media_type=MSGPACK)
-        out["actions"] = np.asarray(out["actions"], np.float32).round(6).tolist()
-        return out
+        return await predict_http(request, runner, settings, metrics, reject)
 
     @app.post("/reload", summary="Swap the checkpoint without dropping connections (token required)",
               responses={401: {"model": ErrorResponse}, 400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
@@ -313,6 +283,41 @@ def create_app(runner: PolicyRunner, settings: ServerSettings | None = None, met
         await serve_socket(socket, runner, settings, metrics)
 
     return app
+
+
+async def predict_http(request: Request, runner: PolicyRunner, settings: ServerSettings, metrics: Metrics, reject):
+    """POST /predict: the body read up to the size limit, decoded, answered; every refusal a JSON error."""
+    t0, limit = time.perf_counter(), settings.max_request_bytes
+    if int(request.headers.get("content-length") or 0) > limit:
+        return reject("too_large", 413, f"request is {request.headers['content-length']} bytes, the limit is {limit}")
+    body = bytearray()
+    async for piece in request.stream():  # chunked bodies carry no length: cut them off at the limit
+        body += piece
+        if len(body) > limit:
+            return reject("too_large", 413, f"request is over the {limit}-byte limit")
+    try:
+        data = decode_body(request.headers.get("content-type", ""), bytes(body))
+        header = request.headers.get("x-client-id")
+        out = await answer(runner, settings, data, header, header)
+    except (InputError, wire.WireError) as e:
+        return reject("bad_input", 422 if isinstance(e, InputError) else 400, str(e))
+    except Overloaded as e:
+        response = reject("overloaded", 503, str(e))
+        response.headers["Retry-After"] = str(Overloaded.retry_after_s)
+        return response
+    except (SafetyError, Superseded) as e:
+        reason = ("no_features" if isinstance(e, FeaturesUnavailable) else "unsafe" if isinstance(e, SafetyError)
+                  else "superseded")
+        return reject(reason, 409, str(e))
+    except Exception as e:  # the model failed: say so, keep serving
+        log.exception("inference failed")
+        return reject("inference_failed", 503, f"{type(e).__name__}: {e}")
+    metrics.requests.labels("http").inc()
+    metrics.request.labels("http").observe(time.perf_counter() - t0)
+    if request.headers.get("accept", "").startswith(MSGPACK):
+        return Response(wire.packb(out), media_type=MSGPACK)
+    out["actions"] = np.asarray(out["actions"], np.float32).round(6).tolist()
+    return out
 
 
 async def serve_socket(socket: WebSocket, runner: PolicyRunner, settings: ServerSettings, metrics: Metrics) -> None:
