@@ -305,7 +305,7 @@ class _LayerTap:
 
 
 def pretrain(out: str | Path | None = None, scenes: int = 3000, val_scenes: int = 200, epochs: int = 6,
-             batch_size: int = 32, lr: float = 2e-3, seed: int = PRETRAIN_SEED, workers: int = 2, threads: int = 2,
+             batch_size: int = 32, lr: float = 2e-3, seed: int = PRETRAIN_SEED, workers: int = 2, threads: int = 1,
              mjcf=None, progress: bool | None = None) -> dict:
     """Render, pretrain and save the scenes backbone; -> a summary (times, held-out perception errors)."""
     import torch
@@ -315,12 +315,7 @@ def pretrain(out: str | Path | None = None, scenes: int = 3000, val_scenes: int 
     from neon.backbones.processors import QwenVLImageProcessor
     from neon.backbones.registry import get_spec
     from neon.backbones.tiny import SCENES_ID, SCENES_VERSION, build_untrained_scenes, scenes_model_dir
-    from neon.threads import set_threads
-
-    try:
-        set_threads(threads)
-    except ValueError as e:
-        raise SimError(str(e)) from None
+    _set_threads(threads)
     torch.manual_seed(seed)
     target = Path(out) if out is not None else scenes_model_dir()
     layer = get_spec(SCENES_ID).feature_layer
@@ -369,10 +364,7 @@ def pretrain(out: str | Path | None = None, scenes: int = 3000, val_scenes: int 
             val_metrics = evaluate_head(model, processor, head, tap, val, seed)
             history.append({"epoch": epoch + 1, **val_metrics})
             log.info("epoch %d: held-out %s", epoch + 1, val_metrics)
-            bar.write(f"epoch {epoch + 1}/{epochs}: held-out named block {val_metrics['named_cm'][0]:.2f} / "
-                      f"{val_metrics['named_cm'][1]:.2f} cm (x / y), in the image "
-                      f"{val_metrics['named_px'][0]:.1f} / {val_metrics['named_px'][1]:.1f} px (u / v); from the image tokens' "
-                      f"mean {val_metrics['pooled_cm'][0]:.2f} / {val_metrics['pooled_cm'][1]:.2f} cm")
+            bar.write(_epoch_line(epoch + 1, epochs, val_metrics))
         bar.close()
         train_s = time.perf_counter() - t1
         tap.remove()
@@ -388,6 +380,22 @@ def pretrain(out: str | Path | None = None, scenes: int = 3000, val_scenes: int 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**summary, "path": str(target)}
+
+
+def _set_threads(threads: int) -> None:
+    from neon.threads import set_threads
+
+    try:
+        set_threads(threads)
+    except ValueError as e:
+        raise SimError(str(e)) from None
+
+
+def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
+    """The progress line after an epoch: the held-out named block's errors, in the table and in the image."""
+    return (f"epoch {epoch}/{epochs}: held-out named block {m['named_cm'][0]:.2f} / {m['named_cm'][1]:.2f} cm (x / y), "
+            f"in the image {m['named_px'][0]:.1f} / {m['named_px'][1]:.1f} px (u / v); from the image tokens' mean "
+            f"{m['pooled_cm'][0]:.2f} / {m['pooled_cm'][1]:.2f} cm")
 
 
 def _batch(processor, data: Scenes, idx: np.ndarray, texts: list[str], named: np.ndarray) -> tuple[dict, dict]:
