@@ -205,6 +205,25 @@ def test_weight_ramped_to_one_moves_the_arm_weight_zero_does_not_and_a_silent_br
         sim.join(timeout=30)
 
 
+def test_in_keep_last_mode_a_bridge_that_dies_at_weight_one_leaves_the_arm_where_it_was_sent():
+    """stale_after_s=0: the last command stays in force, as the robot reportedly keeps applying the last arm_sdk
+    command, so a bridge that dies at weight 1 is visible (the arm stays at its target instead of going home)."""
+    sim = DdsG1(DdsG1Config(domain=fresh_domain(), seed=5, episodes=1, ros=False, stale_after_s=0.0)).start()
+    try:
+        commander = Commander(sim.config.domain)
+        assert sim.next_event("ready").seed == 5
+        commander.state()
+        commander.hold(0.6, lambda t: min(1.0, t / 0.5), POSE)
+        there = lambda: all(abs(sim.joint_positions()[n] - q) < 0.03 for n, q in POSE.items())
+        assert commander.hold_until(there, 1.0, POSE), sim.joint_positions()
+        stale = sim.counts["stale"]
+        time.sleep(1.5)  # the bridge "died" at weight 1: nothing more is sent
+        assert there() and not at_hold(sim) and sim.counts["stale"] == stale
+    finally:
+        sim.stop()
+        sim.join(timeout=30)
+
+
 # --- ROS 2: camera and instruction --------------------------------------------------------------------------------
 
 
