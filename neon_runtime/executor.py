@@ -329,6 +329,19 @@ class ChunkExecutor:
         return np.stack([self._mix(layers, now + (k + 1) / fps) for k in range(d)]).astype(np.float32)
 
 
+def request_due(now: float, last_s: float, period_s: float | None, executor: ChunkExecutor | None = None,
+                latency_s: float = 0.0, margin_s: float = 0.0) -> bool:
+    """The one rule neon-g1 and neon-ros send requests by: due once `period_s` has passed since the last one (None:
+    never by time alone), or, given the `executor` whose chunk is in force (None: nothing in force, or two-rate
+    ticks, which go by time only), once that chunk no longer covers the latency plus `margin_s` (request-ahead,
+    `ChunkExecutor.should_request`). With neither a period nor a chunk in force, at once."""
+    if period_s is not None and now - last_s >= period_s:
+        return True
+    if executor is not None and executor.chunk is not None:
+        return executor.should_request(now, latency_s, margin_s=margin_s)
+    return period_s is None
+
+
 def limit_step(target: np.ndarray, last: np.ndarray | None, lower: np.ndarray, upper: np.ndarray,
                speed: np.ndarray, dt_s: float) -> np.ndarray:
     """The per-tick limiter every control loop uses (neon-g1's Controller, neon-ros's and neon-sim's executors):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from neon.action_space import G1ActionSpace
-from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, min_jerk_ramp, safety_hook
+from neon_runtime.executor import (Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, min_jerk_ramp, request_due,
+                                   safety_hook)
 from neon_runtime.safety import SafetyConfig, SafetyLayer
 
 FPS = 10.0
@@ -266,3 +267,15 @@ def test_execute_bounds_the_step_after_a_stall():
     ex.accept(Chunk.at_fps(np.ones((4, 1), np.float32), 10.0, start_s=0.0, received_s=0.0))
     assert ex.execute(0.5, max_dt_s=0.04)[0] == pytest.approx(0.08)  # 2 rad/s x 0.04 s, not 2 x 0.5
     assert ex.execute(0.52)[0] == pytest.approx(0.12)  # no bound given: the time since, 0.02 s
+
+
+def test_request_due_is_one_rule_for_time_and_request_ahead():
+    """neon-g1 and neon-ros ask by it: the period, or request-ahead on the chunk in force, or at once with neither."""
+    assert request_due(1.0, 0.0, 0.5) and not request_due(0.2, 0.0, 0.5)  # by time
+    assert request_due(0.2, 0.0, None)  # no period, nothing in force: now
+    ex = ChunkExecutor(2)
+    ex.accept(ramp_chunk(0.0, 0.0, slope=0.0, steps=16))  # steps to 1.5 s
+    assert not request_due(0.2, 0.0, None, ex, latency_s=0.2)  # plenty left
+    assert request_due(1.2, 0.0, None, ex, latency_s=0.2)  # 0.3 s left - one step < latency
+    assert request_due(1.0, 0.0, 5.0, ex, latency_s=0.2, margin_s=0.2)  # the margin brings it forward
+    assert not request_due(1.0, 0.0, 5.0, None, latency_s=0.2)  # two-rate ticks: by time alone

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from neon.action_space import G1ActionSpace
-from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, wall_to_mono
+from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, request_due, wall_to_mono
 from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, RobotLink, require_arms
 
 MAX_IMAGE_AGE_S = 0.5  # an older camera frame counts as none (neon-ros's max_image_age_s)
@@ -167,11 +167,9 @@ class ServerSource:
 
     def _due(self, last: float) -> bool:
         """A request is due: 1 / rate after the last one, or (one full request per chunk) request-ahead."""
-        now = time.monotonic()
-        if now - last >= self.period:
-            return True
-        return (self.runner is None and self.executor.chunk is not None and self._fps is not None
-                and self.executor.should_request(now, self.latency.estimate(), margin_s=self.margin_steps / self._fps))
+        ahead = self.runner is None and self._fps is not None  # two-rate ticks go by time alone
+        return request_due(time.monotonic(), last, self.period, self.executor if ahead else None,
+                           self.latency.estimate(), self.margin_steps / self._fps if ahead else 0.0)
 
     def _run(self) -> None:
         """The request thread: `_serve`, and if that ever raises, say so (`failed`, `status`: neon-g1 then releases)

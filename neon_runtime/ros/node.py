@@ -48,8 +48,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from neon.action_space import ActionSpaceError, G1ActionSpace
 from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, EEF_SIDES
 from neon.threads import set_threads
-from neon_runtime.executor import (Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, check_blend_s, safety_hook,
-                                   wall_to_mono)
+from neon_runtime.executor import (Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, check_blend_s, request_due,
+                                   safety_hook, wall_to_mono)
 from neon_runtime.ros.convert import MessageError, cloud_to_array, compressed_to_array, image_to_array, pose_to_array
 from neon_runtime.safety import DRY_RUN_REFUSAL, SafetyConfig, SafetyLayer
 
@@ -306,14 +306,11 @@ class NeonNode(Node):
                            f"{p['max_chunk_age_s']:g})")
             return
         if self.runner is not None:  # two-rate: a heads pass every 1 / heads_hz s
-            due = now - self._last_request >= 1.0 / p["heads_hz"]
-        else:  # at rate_hz, or earlier when the chunk in force no longer covers the latency (request-ahead)
-            due = p["rate_hz"] > 0 and now - self._last_request >= 1.0 / p["rate_hz"]
-            if not self._restart:  # an executable chunk is in force
-                due = due or self.chunk_executor.should_request(now, self.latency.estimate(),
-                                                          margin_s=p["request_ahead_steps"] / self.fps)
-            elif p["rate_hz"] <= 0:  # request-ahead only, and nothing in force: ask now
-                due = True
+            due = request_due(now, self._last_request, 1.0 / p["heads_hz"])
+        else:  # at rate_hz (0: request-ahead only), or earlier when the chunk in force no longer covers the latency
+            in_force = None if self._restart else self.chunk_executor  # _restart: nothing executable in force
+            due = request_due(now, self._last_request, 1.0 / p["rate_hz"] if p["rate_hz"] > 0 else None, in_force,
+                              self.latency.estimate(), p["request_ahead_steps"] / self.fps)
         if not due or self._busy.locked():
             return
         problems, request = self._problems(), None
