@@ -5,7 +5,7 @@
         send(observation, prefix=executor.committed(now, latency.estimate(), fps))
     executor.accept(Chunk.at_fps(actions, fps=30.0, start_s=obs_time + 1 / 30, received_s=now))
     q = executor.target(now)          # Float[(D,)], pure: linear in time between steps, blended across a hand-over
-    q = executor.execute(now)         # the same, through the safety hook, relative to the last executed target
+    q = executor.command(now)         # the same, through the safety hook, relative to the last command: what to send
     executor.age(now)                 # seconds since the newest chunk arrived: what a watchdog reads
 
 Every time here is on the caller's one clock (the G1 bridge uses time.monotonic(), the sim its sim time; tests
@@ -139,7 +139,7 @@ class ChunkExecutor:
 
     blend_s: seconds over which a new chunk takes over from the one in force (0: at once).
     ensemble_s: average the chunks that arrived in the last `ensemble_s` seconds (temporal ensembling; 0: off).
-    safety: applied by `execute` to every executed target, relative to the last executed one (see `safety_hook`).
+    safety: applied by `command` to every command, relative to the last executed one (see `safety_hook`).
     """
 
     max_lead_s = 1.0  # a chunk whose step 0 is due later than this after its arrival is refused (clock skew)
@@ -157,7 +157,7 @@ class ChunkExecutor:
         self.last_refusal = ""
         self.skipped = 0  # steps that were already past when their chunk arrived, over all chunks
         self.last_skipped = 0  # ... in the newest chunk
-        self.safety_limited = 0  # values the safety hook changed in `execute`
+        self.safety_limited = 0  # values the safety hook changed in `command`
         self._last: np.ndarray | None = None  # the last executed target
         self._last_s: float | None = None
 
@@ -256,11 +256,11 @@ class ChunkExecutor:
         layers = self._layers
         return None if not layers else self._mix(layers, now)
 
-    def execute(self, now: float, max_dt_s: float | None = None) -> np.ndarray | None:
-        """`target(now)` as executed: NaN joints keep the last executed target, then the safety hook, relative to
-        the last executed target and the time since it, counted as at most `max_dt_s` (a control loop's bound, e.g.
+    def command(self, now: float, max_dt_s: float | None = None) -> np.ndarray | None:
+        """The command to send now: `target(now)` with NaN joints keeping the last command, then the safety hook,
+        relative to the last command and the time since it, counted as at most `max_dt_s` (a control loop's bound, e.g.
         two periods: after a stall the command still moves one bounded step, not all the way at once).
-        -> Float[(D,)] (the last executed, or None, before a chunk)."""
+        -> Float[(D,)] (the last command, or None, before a chunk). (`execute` is the old name.)"""
         q = self.target(now)
         if q is None:
             return None if self._last is None else self._last.copy()
@@ -275,6 +275,8 @@ class ChunkExecutor:
             q = safe
         self._last, self._last_s = q.copy(), now
         return q
+
+    execute = command  # the old name (it executes nothing: it gives the command to send)
 
     def hold(self, q: np.ndarray, now: float) -> None:
         """Forget the chunks and hold `q` (Float[(D,)], e.g. the robot's pose before the first chunk): the next chunk

@@ -350,7 +350,7 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
 def _control_tick(sim, ex, dt: float, ticks: list, executed: list, frames: list | None, per_frame: int) -> None:
     """One control tick of `_run_executor` / `_run_two_rate`: command the executor's target for the tick's end, run
     the physics to it and log it; every `per_frame` ticks (one policy step) keep the target, and a video frame."""
-    q = ex.execute(sim.time + dt)
+    q = ex.command(sim.time + dt)
     sim.run(q, dt)
     ticks.append((sim.time, q))
     if (len(ticks) - 1) % per_frame == 0:

@@ -167,7 +167,7 @@ def test_every_executed_target_passes_the_safety_layer_at_the_control_rate():
     jump = np.zeros((16, space.dim), np.float32)
     jump[:, elbow], jump[:, hand] = 1.0, 1.0
     ex.accept(Chunk.at_fps(jump, FPS, start_s=0.0, received_s=0.0))  # 1 rad at once
-    qs = [ex.execute(k * 0.02) for k in range(1, 20)]
+    qs = [ex.command(k * 0.02) for k in range(1, 20)]
     moves = np.diff(np.stack([np.zeros(space.dim), *qs]), axis=0)
     assert np.abs(moves[:, elbow]).max() == pytest.approx(2.0 * 0.02, abs=1e-6)  # 2 rad/s at 50 Hz
     assert np.abs(moves[:, hand]).max() == pytest.approx(layer.speed[hand] * 0.02, abs=1e-6)  # the hands' own speed
@@ -175,7 +175,7 @@ def test_every_executed_target_passes_the_safety_layer_at_the_control_rate():
     beyond = np.full((16, space.dim), 50.0, np.float32)  # far outside every limit
     ex.accept(Chunk.at_fps(beyond, FPS, start_s=1.0, received_s=1.0))
     for k in range(1, 400):
-        q = ex.execute(1.0 + k * 0.02)
+        q = ex.command(1.0 + k * 0.02)
     assert np.allclose(q, space.upper, atol=1e-5)  # clamped into the limits
     assert np.allclose(ex.target(2.0), 50.0)  # target() itself is the chunks' plan, unfiltered
 
@@ -185,7 +185,7 @@ def test_nan_means_no_target_and_execute_keeps_the_last_command():
     ex.hold(np.array([0.5, 0.5]), 0.0)
     ex.accept(Chunk.at_fps([[np.nan, 1.0]] * 4, FPS, 0.0, 0.0))
     assert np.isnan(ex.target(0.1)[0]) and ex.target(0.3)[1] == pytest.approx(1.0)
-    q = ex.execute(0.3)
+    q = ex.command(0.3)
     assert q[0] == pytest.approx(0.5) and q[1] == pytest.approx(1.0)
 
 
@@ -265,8 +265,8 @@ def test_execute_bounds_the_step_after_a_stall():
     ex = ChunkExecutor(1, safety=lambda q, last, dt: q if last is None else np.clip(q, last - 2.0 * dt, last + 2.0 * dt))
     ex.hold(np.zeros(1, np.float32), 0.0)
     ex.accept(Chunk.at_fps(np.ones((4, 1), np.float32), 10.0, start_s=0.0, received_s=0.0))
-    assert ex.execute(0.5, max_dt_s=0.04)[0] == pytest.approx(0.08)  # 2 rad/s x 0.04 s, not 2 x 0.5
-    assert ex.execute(0.52)[0] == pytest.approx(0.12)  # no bound given: the time since, 0.02 s
+    assert ex.command(0.5, max_dt_s=0.04)[0] == pytest.approx(0.08)  # 2 rad/s x 0.04 s, not 2 x 0.5
+    assert ex.command(0.52)[0] == pytest.approx(0.12)  # no bound given: the time since, 0.02 s
 
 
 def test_request_due_is_one_rule_for_time_and_request_ahead():

@@ -452,7 +452,7 @@ class NeonNode(Node):
             self._restart = True
             return
         with self._exec_lock:
-            q = self.chunk_executor.execute(now, max_dt_s=2.0 / self.p["control_hz"])  # a stall: one bounded step
+            q = self.chunk_executor.command(now, max_dt_s=2.0 / self.p["control_hz"])  # a stall: one bounded step
         msg = JointState(name=[self.space.names[i] for i in self._joint_idx],
                          position=[float(q[i]) for i in self._joint_idx])
         msg.header.stamp = stamp.to_msg()
