@@ -153,7 +153,8 @@ def test_ddp_two_processes(synth, tmp_path):
            "--max-steps", "3", "--batch-size", "2", "--grad-accum", "2", "--workers", "0", "--eval-steps", "3",
            "--prefix-steps", "4", "--output", str(tmp_path / "ddp"), "--cache-dir", str(tmp_path / "fc")]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    first = [ln for ln in r.stderr.splitlines() if "Error" in ln or "[rank0]" in ln][:20]  # the cause, not the echo
+    assert r.returncode == 0, "\n".join(first) + "\n...\n" + r.stderr[-2000:]
     assert "DDP replicas in sync: True (world size 2)" in r.stderr
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["steps"] == 3
