@@ -134,6 +134,14 @@ def check_blend_s(blend_s: float, name: str = "blend_s") -> float:
     return float(blend_s)
 
 
+def check_handover(blend_s: float, ensemble_s: float) -> float:
+    """ensemble_s (finite, >= 0), or ValueError: also when both it and `blend_s` are given (two ways to hand over)."""
+    ensemble_s = check_blend_s(ensemble_s, "ensemble_s")
+    if ensemble_s and blend_s:
+        raise ValueError(f"blend_s ({blend_s:g}) and ensemble_s ({ensemble_s:g}) are two ways to hand over: give one")
+    return ensemble_s
+
+
 class ChunkExecutor:
     """Holds the chunks in force and answers `target(now)`. Thread-safe: one thread accepts, another reads.
 
@@ -146,10 +154,7 @@ class ChunkExecutor:
 
     def __init__(self, dim: int, blend_s: float = 0.0, safety: SafetyHook | None = None, ensemble_s: float = 0.0):
         self.dim, self.blend_s, self.safety = dim, check_blend_s(blend_s), safety
-        self.ensemble_s = check_blend_s(ensemble_s, "ensemble_s")
-        if self.ensemble_s and self.blend_s:
-            raise ValueError(f"blend_s ({blend_s:g}) and ensemble_s ({ensemble_s:g}) are two ways to hand over: "
-                             "give one")
+        self.ensemble_s = check_handover(self.blend_s, ensemble_s)
         self._layers: tuple[_Layer, ...] = ()  # oldest first; the last is the newest chunk, the one in force
         self._lock = threading.Lock()
         self.accepted = 0
@@ -187,8 +192,7 @@ class ChunkExecutor:
                 done = [i for i, lay in enumerate(layers) if i == 0 or lay.start_s + self.blend_s <= r]
                 layers = layers[done[-1]:] if layers else ()
             elif self.ensemble_s > 0:  # keep the chunks that may still count: arrived inside the window, steps left
-                layers = tuple(lay for lay in layers if lay.chunk is not None and lay.start_s > r - self.ensemble_s
-                               and lay.times[-1] >= r)
+                layers = tuple(lay for lay in layers if self._in_window(lay, r))
             else:
                 layers = ()
             self._layers = (*layers, _Layer(chunk, r, times, targets))
@@ -226,12 +230,15 @@ class ChunkExecutor:
     def _mix(self, layers: tuple[_Layer, ...], now: float) -> np.ndarray:
         return self._ensemble(layers, now) if self.ensemble_s > 0 else self._blend(layers, now)
 
+    def _in_window(self, lay: _Layer, now: float) -> bool:
+        """A chunk (not a held pose) that arrived in the last ensemble_s and still has a step at or after `now`."""
+        return lay.chunk is not None and lay.start_s > now - self.ensemble_s and lay.times[-1] >= now
+
     def _ensemble(self, layers: tuple[_Layer, ...], now: float) -> np.ndarray:
         """The mean over the newest layer and every older chunk arrived inside the window with a step left at now;
         NaN (no target) in one chunk leaves the others' mean for that joint."""
         newest = layers[-1]
-        counted = [lay for lay in layers[:-1] if lay.chunk is not None and lay.start_s > now - self.ensemble_s
-                   and lay.times[-1] >= now]
+        counted = [lay for lay in layers[:-1] if self._in_window(lay, now)]
         if not counted:
             return newest.at(now)
         x = np.stack([lay.at(now) for lay in (*counted, newest)])

@@ -249,6 +249,11 @@ def _settle(future: Future, result=None, error: BaseException | None = None) -> 
         pass
 
 
+def _may_use(owner: str | None, key: str | None) -> bool:
+    """A client_id whose owner key is `owner` (None: free) may be used with `key` (compared in constant time)."""
+    return owner is None or (key is not None and hmac.compare_digest(str(key), owner))
+
+
 class FeatureStore:
     """The newest backbone features per client_id, for at most `max_clients` clients (the one refreshed longest
     ago is dropped first) and at most `max_age_s` old (older ones are dropped). Thread-safe.
@@ -275,7 +280,7 @@ class FeatureStore:
         """FeaturesUnavailable unless a full request carrying `key` may store features under `client`."""
         with self._lock:
             owner = self._owner_key(client)
-        if owner is not None and not (key is not None and hmac.compare_digest(str(key), owner)):
+        if not _may_use(owner, key):
             raise FeaturesUnavailable(f"client_id {client!r} is in use: its stored features belong to another "
                                       "client (send the features_key your first full request got back, or another "
                                       f"client_id; it frees up once they are {self.max_age_s:g} s old)")
@@ -285,7 +290,7 @@ class FeatureStore:
         when the client_id turned out to be another's (nothing stored)."""
         with self._lock:
             owner = self._owner_key(client)
-            if owner is not None and not (key is not None and hmac.compare_digest(str(key), owner)):
+            if not _may_use(owner, key):
                 return None
             key = owner or secrets.token_hex(16)
             self._items[client] = (features, key)

@@ -616,19 +616,16 @@ def _fmt(x: float | None) -> str:
 def _check_executor(executor: str, blend_s: float, ensemble_s: float = 0.0) -> None:
     if executor not in EXECUTORS:
         raise SimError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    from neon_runtime.executor import check_blend_s
+    from neon_runtime.executor import check_blend_s, check_handover
 
     try:
-        check_blend_s(blend_s)
-        check_blend_s(ensemble_s, "ensemble_s")
+        check_handover(check_blend_s(blend_s), ensemble_s)
     except ValueError as e:
         raise SimError(str(e)) from None
     if executor == "plain" and blend_s:
         raise SimError(f"plain chunking does not blend: blend_s {blend_s:g} needs the executor")
     if executor == "plain" and ensemble_s:
         raise SimError(f"plain chunking does not ensemble: ensemble_s {ensemble_s:g} needs the executor")
-    if blend_s and ensemble_s:
-        raise SimError(f"blend_s ({blend_s:g}) and ensemble_s ({ensemble_s:g}) are two ways to hand over: give one")
 
 
 def _check_control(control: str, executor: str, feature_hz: float, heads_hz: float, heads_latency_ms: float) -> None:
