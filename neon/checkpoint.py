@@ -87,7 +87,8 @@ def save_checkpoint(model, directory: str | os.PathLike, extra_files: dict[str, 
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "neon", "neon_version": __version__})
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
-        write_manifest(tmp, trained_steps=model.trained_steps)
+        build = {"backbone_build": model.backbone_build} if model.backbone_build else {}
+        write_manifest(tmp, trained_steps=model.trained_steps, **build)
     return directory
 
 
@@ -129,6 +130,7 @@ class CheckpointContents:
     config: dict  # config.json as read (a NeonConfig's dict)
     state: dict[str, torch.Tensor]  # the trainable weights
     trained_steps: int  # from the manifest: 0 (untrained heads) when it records none
+    backbone_build: str | None = None  # from the manifest: the tiny backbone build the heads were trained on
 
 
 def read_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None,
@@ -145,7 +147,8 @@ def read_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = None
         state = load_legacy_pt(directory / LEGACY_WEIGHTS_FILE)
     else:
         raise CheckpointError(f"checkpoint {directory} has neither {WEIGHTS_FILE} nor {LEGACY_WEIGHTS_FILE}")
-    return CheckpointContents(directory, config, state, int(manifest.get("trained_steps", 0)))
+    return CheckpointContents(directory, config, state, int(manifest.get("trained_steps", 0)),
+                              manifest.get("backbone_build"))
 
 
 def check_weights(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: Path) -> None:

@@ -105,6 +105,7 @@ class NeonVLA(nn.Module):
         self.transform = ActionTransform(self.action_space, self.norm_stats, config.action_scaler)
         self.backbone = None  # a neon.backbones.loader.Backbone once load_backbone() ran; never saved
         self.trained_steps = 0  # optimizer steps behind these weights (the trainer sets it; 0 = untrained heads)
+        self.backbone_build: str | None = None  # a tiny backbone's build (tiny_build) the heads were trained on
 
         c, space = config, self.action_space
         d = c.fusion_dim
@@ -171,10 +172,23 @@ class NeonVLA(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def load_backbone(self, device: str | torch.device | None = None) -> NeonVLA:
-        """Load the frozen backbone named in the config and move the heads next to it."""
+        """Load the frozen backbone named in the config and move the heads next to it. A tiny backbone (built on this
+        machine) must be the build the heads were trained on when the checkpoint records one: a rebuilt or
+        re-pretrained one gives other features, and the heads would act on them without a sign of it."""
         from neon.backbones.loader import Backbone
+        from neon.backbones.tiny import tiny_build
+        from neon.checkpoint import CheckpointError
 
-        self.backbone = Backbone(self.config.backbone, device)
+        cfg = self.config.backbone
+        if cfg.spec.tiny:
+            build = tiny_build(cfg.model_id)
+            if self.backbone_build and self.backbone_build != build:
+                raise CheckpointError(
+                    f"these heads were trained on build {self.backbone_build} of {cfg.model_id}, but this machine "
+                    f"has build {build} (rebuilt or re-pretrained since): its features differ, so the heads would "
+                    "act on features they never saw; retrain them on this build")
+            self.backbone_build = build
+        self.backbone = Backbone(cfg, device)
         self.to(self.backbone.device)
         self.eval()
         return self
@@ -256,6 +270,7 @@ class NeonVLA(nn.Module):
         check_weights(model.state_dict(), ck.state, ck.directory)
         model.load_state_dict(ck.state)
         model.trained_steps = ck.trained_steps
+        model.backbone_build = ck.backbone_build
         return model.eval()
 
 

@@ -18,7 +18,10 @@ image tokens have read it. Per token of the 2-D grid:
   meant (grounding the named object);
 - the named block's place on the table (x, y, robot frame; L1 at its token), and the same from the mean of all image
   tokens (a second linear map): the position must also be linearly readable from the grid as a whole, as the
-  probe and the heads read it.
+  probe and the heads read it;
+- simple relations between the three blocks, from the mean of all image tokens (a third linear map): for each pair
+  of colours, is the first left of the second (robot frame, larger y) and is it nearer the robot (smaller x): a
+  logistic loss per pair where both are visible and they differ by at least RELATION_MIN_M on that axis.
 A block less than VISIBLE_MIN visible is not a target (it cannot be seen). The layers after the one read are not
 trained here; Neon drops them at load. (Tried first: grounding through the instruction's tokens after the image,
 which must find the named colour and then its image tokens, two hops: no better than chance after two epochs.)
@@ -50,6 +53,9 @@ PRETRAIN_SEED = 1_000_000  # scene k uses PRETRAIN_SEED + k: far from collect's 
 VISIBLE_MIN = 0.3  # visible fraction under which a block is not a target
 SCENE_AREA = ((0.17, 0.42), (0.0, 0.27))  # x and |y| ranges of block centres (m): wider than the task's BLOCK_AREA
 MIN_APART_M = 0.08
+RELATION_MIN_M = 0.02  # pairs closer than this on an axis have no "left of" / "nearer" label on it
+PAIRS = ((0, 1), (0, 2), (1, 2))  # colour pairs of the relation labels, COLOR_NAMES order
+RELATIONS = ("left_of", "nearer")
 TABLE_XY = np.array([0.29, 0.0]), np.array([0.10, 0.20])  # centre and scale that bring table positions near +-1
 TEMPLATES = ("touch the {c} block", "reach for the {c} block with your {h} hand", "where is the {c} block?",
              "point at the {c} block")
@@ -223,6 +229,23 @@ def instructions(rng: np.random.Generator, scenes: Scenes, mirrored: np.ndarray)
     return texts, np.array(named)
 
 
+def relation_labels(table, visible) -> tuple:
+    """Float[(B, 3, 2)] table positions (m) and Float[(B, 3)] visible fractions -> (labels, mask), each
+    Float[(B, len(PAIRS), len(RELATIONS))]: is block i left of j (larger y), is it nearer the robot (smaller x); the
+    mask is 0 where either block is less than VISIBLE_MIN visible or the two are within RELATION_MIN_M on that axis."""
+    i, j = (list(k) for k in zip(*PAIRS, strict=True))
+    dy, dx = table[:, i, 1] - table[:, j, 1], table[:, j, 0] - table[:, i, 0]  # > 0: i left of j, i nearer than j
+    delta = (dy, dx)
+    both = (visible[:, i] >= VISIBLE_MIN) & (visible[:, j] >= VISIBLE_MIN)
+    labels = [(d > 0) * 1.0 for d in delta]
+    masks = [both & (abs(d) >= RELATION_MIN_M) for d in delta]
+    if hasattr(table, "new_tensor"):  # torch
+        import torch
+
+        return torch.stack(labels, -1).float(), torch.stack(masks, -1).float()
+    return np.stack(labels, -1).astype(np.float32), np.stack(masks, -1).astype(np.float32)
+
+
 def probe_targets(table: np.ndarray) -> np.ndarray:
     """Float[(..., 2)] table positions (m) -> the normalised targets the grounding head regresses."""
     return (table - TABLE_XY[0]) / TABLE_XY[1]
@@ -230,17 +253,19 @@ def probe_targets(table: np.ndarray) -> np.ndarray:
 
 class PerceptionHead:
     """The discarded head, linear on each image token: per colour and for the named block (heat logit, du, dv), and
-    for the named block its table position (x, y, normalised). Linear on purpose: what it reads, a linear probe on
-    Neon's grid features can read too."""
+    for the named block its table position (x, y, normalised); linear on the image tokens' mean: the named block's
+    table position again, and the relation logits (left of, nearer) per colour pair. Linear on purpose: what it
+    reads, a linear probe on Neon's grid features can read too."""
 
     def __init__(self, hidden: int):
         import torch
 
         self.linear = torch.nn.Linear(hidden, 3 * (len(COLOR_NAMES) + 1) + 2)
         self.pooled = torch.nn.Linear(hidden, 2)  # the named block's table x, y from the image tokens' mean
+        self.relations = torch.nn.Linear(hidden, len(PAIRS) * len(RELATIONS))  # from the image tokens' mean
 
     def parameters(self):
-        return list(self.linear.parameters()) + list(self.pooled.parameters())
+        return [p for m in (self.linear, self.pooled, self.relations) for p in m.parameters()]
 
     def loss(self, hidden, image_mask, grid_hw, batch: dict) -> tuple:
         """-> (loss, metrics) for Float[(B, N, H)] hidden states of the layer read."""
@@ -269,6 +294,13 @@ class PerceptionHead:
         table = (xy[idx, cell[:, -1]] - goal).abs().sum(-1)[named_in].mean() if named_in.any() else zero
         pooled_err = (self.pooled(tokens.mean(1)) - goal).abs()  # (B, 2)
         pooled = pooled_err.sum(-1)[named_in].mean() if named_in.any() else zero
+        rel_logits = self.relations(tokens.mean(1)).view(b, len(PAIRS), len(RELATIONS))
+        rel_labels, rel_mask = relation_labels(batch["table"], batch["visible"])
+        rel_n = rel_mask.sum()
+        relation = ((F.binary_cross_entropy_with_logits(rel_logits, rel_labels, reduction="none") * rel_mask).sum()
+                    / rel_n) if rel_n > 0 else zero
+        rel_right = (((rel_logits > 0).float() == rel_labels).float() * rel_mask).sum(0)  # (pairs, relations)
+        rel_count = rel_mask.sum(0)
         # held-out figures: read at the named heat's arg-max, as a user of the features would
         best = logits[:, -1].argmax(-1)
         scale = torch.as_tensor(TABLE_XY[1], dtype=xy.dtype)
@@ -278,11 +310,13 @@ class PerceptionHead:
         px = (uv - pix[:, -1]).abs()[named_in]
         nan2 = [float("nan")] * 2
         pooled_cm = (pooled_err.detach() * scale * 100)[named_in]
-        return ce + offset + table + pooled, {"heat": float(ce.detach()), "offset": float(offset.detach()),
-                                              "table": float(table.detach()), "pooled": float(pooled.detach()),
+        return ce + offset + table + pooled + relation, {
+            "heat": float(ce.detach()), "offset": float(offset.detach()), "table": float(table.detach()),
+            "pooled": float(pooled.detach()), "relation": float(relation.detach()),
+            "relation_right": rel_right.sum(0).tolist(), "relation_count": rel_count.sum(0).tolist(),
                                               "named_cm": cm.mean(0).tolist() if named_in.any() else nan2,
                                               "pooled_cm": pooled_cm.mean(0).tolist() if named_in.any() else nan2,
-                                     "named_uv": px.mean(0).tolist() if named_in.any() else nan2}
+            "named_uv": px.mean(0).tolist() if named_in.any() else nan2}
 
 
 class _LayerTap:
@@ -395,7 +429,8 @@ def _epoch_line(epoch: int, epochs: int, m: dict) -> str:
     """The progress line after an epoch: the held-out named block's errors, in the table and in the image."""
     return (f"epoch {epoch}/{epochs}: held-out named block {m['named_cm'][0]:.2f} / {m['named_cm'][1]:.2f} cm (x / y), "
             f"in the image {m['named_px'][0]:.1f} / {m['named_px'][1]:.1f} px (u / v); from the image tokens' mean "
-            f"{m['pooled_cm'][0]:.2f} / {m['pooled_cm'][1]:.2f} cm")
+            f"{m['pooled_cm'][0]:.2f} / {m['pooled_cm'][1]:.2f} cm; relations right: left of "
+            f"{m['relation_accuracy']['left_of']:.1%}, nearer {m['relation_accuracy']['nearer']:.1%}")
 
 
 def _batch(processor, data: Scenes, idx: np.ndarray, texts: list[str], named: np.ndarray) -> tuple[dict, dict]:
@@ -409,6 +444,7 @@ def _batch(processor, data: Scenes, idx: np.ndarray, texts: list[str], named: np
                        return_tensors="pt")
     labels = {"pixel": torch.as_tensor(data.pixel[idx]), "visible": torch.as_tensor(data.visible[idx]),
               "table_n": torch.as_tensor(probe_targets(data.table[idx]), dtype=torch.float32),
+              "table": torch.as_tensor(data.table[idx], dtype=torch.float32),
               "named": torch.as_tensor(named[idx])}
     return dict(inputs), labels
 
@@ -427,11 +463,13 @@ def _step(model, processor, head, tap, data: Scenes, idx, texts, named):
 
 
 def evaluate_head(model, processor, head, tap, val: Scenes, seed: int) -> dict:
-    """The perception head's held-out errors: the named block on the table (cm, x / y) and in the image (px)."""
+    """The perception head's held-out errors: the named block on the table (cm, x / y) and in the image (px), and the
+    relations' accuracy (left of, nearer; over the labelled pairs)."""
     import torch
 
     texts, named = instructions(np.random.default_rng(seed + 1), val, np.zeros(len(val.images), bool))
     cms, uvs, pooled = [], [], []
+    right, count = np.zeros(len(RELATIONS)), np.zeros(len(RELATIONS))
     model.eval()
     with torch.no_grad():
         for k in range(0, len(val.images), 50):
@@ -440,11 +478,14 @@ def evaluate_head(model, processor, head, tap, val: Scenes, seed: int) -> dict:
             cms.append(metrics["named_cm"])
             pooled.append(metrics["pooled_cm"])
             uvs.append(metrics["named_uv"])
+            right += metrics["relation_right"]
+            count += metrics["relation_count"]
     model.train()
     cm, px = np.nanmean(np.array(cms), axis=0), np.nanmean(np.array(uvs), axis=0) * val.images.shape[1]
     pooled_cm = np.nanmean(np.array(pooled), axis=0)
     return {"named_cm": [round(float(v), 2) for v in cm], "named_px": [round(float(v), 1) for v in px],
-            "pooled_cm": [round(float(v), 2) for v in pooled_cm]}
+            "pooled_cm": [round(float(v), 2) for v in pooled_cm],
+            "relation_accuracy": {r: round(float(right[k] / max(count[k], 1)), 3) for k, r in enumerate(RELATIONS)}}
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:

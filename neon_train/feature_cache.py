@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neon.backbones.tiny import tiny_model_dir
+from neon.backbones.tiny import tiny_build
 from neon.config import BackboneConfig
 from neon.observation import ObservationBatch
 
@@ -40,14 +40,8 @@ def backbone_key(cfg: BackboneConfig) -> dict:
         "hidden_layer": cfg.hidden_layer, "pooling": cfg.pooling, "token_budget": cfg.token_budget,
         "grid_size": cfg.grid_size, "text_tokens": cfg.text_tokens, "image_size": cfg.image_size,
         "audio_encoder": cfg.resolved_audio_encoder,
-        "preprocessing": PREPROCESSING_VERSION, "tiny_build": _tiny_build(cfg.model_id) if cfg.spec.tiny else None,
+        "preprocessing": PREPROCESSING_VERSION, "tiny_build": tiny_build(cfg.model_id) if cfg.spec.tiny else None,
     }
-
-
-def _tiny_build(model_id: str) -> str:
-    """A tiny backbone's build record (recipe version; for the scenes backbone its pretraining run too): a rebuilt
-    or re-pretrained tiny backbone never reuses features cached from another build."""
-    return hashlib.sha256((tiny_model_dir(model_id) / "neon_tiny.json").read_bytes()).hexdigest()[:16]
 
 
 def _digest(obj) -> str:

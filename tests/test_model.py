@@ -431,3 +431,25 @@ def test_untrained_prefix_heads_hold_the_last_committed_step(backbones):
     assert np.array_equal(out.actions[:4], prefix)
     assert np.allclose(out.actions[4:], np.broadcast_to(prefix[-1], (12, len(state))), atol=1e-5)
     assert np.allclose(model.predict(image=scene(), instruction="wave", state=state).actions, state, atol=1e-5)
+
+
+def test_heads_refuse_a_tiny_backbone_build_they_were_not_trained_on(tmp_path):
+    """A re-pretrained scenes backbone (or a rebuilt tiny one) gives other features: a checkpoint records the build
+    its heads were trained on, and loading it onto another build is refused, naming both."""
+    from neon.backbones.tiny import tiny_build
+
+    model = randomize(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl"))).load_backbone()
+    assert model.backbone_build == tiny_build("neon-tiny/qwen2.5-vl")
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["backbone_build"] == model.backbone_build
+    NeonVLA.from_pretrained(ckpt).load_backbone()  # the same build: loads
+    manifest["backbone_build"] = "0" * 16  # trained on another build of the same id
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    other = NeonVLA.from_pretrained(ckpt)
+    with pytest.raises(CheckpointError, match=f"trained on build 0{{16}} of neon-tiny/qwen2.5-vl, but this machine "
+                                              f"has build {model.backbone_build}"):
+        other.load_backbone()
+    del manifest["backbone_build"]  # a checkpoint from before builds were recorded: loads as before
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    assert NeonVLA.from_pretrained(ckpt).load_backbone().backbone_build == model.backbone_build

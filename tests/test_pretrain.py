@@ -9,8 +9,8 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from neon_sim.pretrain import (COLOR_NAMES, PRETRAIN_SEED, PerceptionHead, SceneRandomizer, Scenes,
-                               instructions, render_scenes)
+from neon_sim.pretrain import (COLOR_NAMES, PAIRS, PRETRAIN_SEED, RELATIONS, PerceptionHead, SceneRandomizer, Scenes,
+                               instructions, relation_labels, render_scenes)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_the_perception_head_targets_the_true_cell_and_ignores_hidden_blocks():
     mask[:, 3:] = True
     batch = {"pixel": torch.tensor([[[0.1, 0.1], [0.6, 0.3], [0.9, 0.9]]] * b),
              "visible": torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]),
-             "table_n": torch.zeros(b, 3, 2), "named": torch.tensor([1, 1])}
+             "table_n": torch.zeros(b, 3, 2), "table": torch.zeros(b, 3, 2), "named": torch.tensor([1, 1])}
     loss, metrics = head.loss(h, mask, (rows, cols), batch)
     loss.backward()
     assert torch.isfinite(loss) and set(metrics) >= {"heat", "offset", "table", "named_cm", "named_uv"}
@@ -167,3 +167,46 @@ def test_the_robots_group_0_meshes_hide_blocks_too(gen):
     the red block; visibility once counted it whole."""
     image, pixel, table, visible = gen.sample(PRETRAIN_SEED + 4)
     assert visible[0] < 0.05 and visible[1] > 0.95
+
+
+def test_relation_labels_left_of_and_nearer_and_what_has_none():
+    """Block i left of j: larger y (the robot's left); nearer: smaller x. No label where either block is hidden or
+    the two are within RELATION_MIN_M on that axis; mirroring flips "left of" and keeps "nearer"."""
+    table = np.array([[[0.20, 0.10], [0.30, -0.10], [0.21, 0.105]]], np.float32)  # red, green, blue
+    visible = np.ones((1, 3), np.float32)
+    labels, mask = relation_labels(table, visible)
+    assert labels.shape == mask.shape == (1, len(PAIRS), len(RELATIONS)) and PAIRS[0] == (0, 1)
+    left, near = RELATIONS.index("left_of"), RELATIONS.index("nearer")
+    assert labels[0, 0, left] == 1 and labels[0, 0, near] == 1  # red is left of green and nearer
+    assert labels[0, 2, left] == 0 and labels[0, 2, near] == 0  # green is right of blue and farther
+    assert mask[0, 1].tolist() == [0.0, 0.0]  # red and blue 0.5 / 1 cm apart: no label either way
+    assert mask[0, 0].tolist() == [1.0, 1.0]
+    flipped, _ = relation_labels(table * np.array([1, -1], np.float32), visible)
+    assert flipped[0, 0, left] == 0 and flipped[0, 0, near] == 1
+    visible[0, 1] = 0.1  # green hidden: no relation involving it
+    _, mask = relation_labels(table, visible)
+    assert mask[0, 0].sum() == 0 and mask[0, 2].sum() == 0
+
+
+def test_the_perception_head_learns_relations_only_from_labelled_pairs():
+    import torch
+
+    b, cells, hidden = 4, 16, 8
+    head = PerceptionHead(hidden)
+    mask = torch.ones(b, cells, dtype=torch.bool)
+    table = torch.tensor([[[0.20, 0.10], [0.30, -0.10], [0.35, 0.20]]] * b)
+    batch = {"pixel": torch.full((b, 3, 2), 0.5), "visible": torch.ones(b, 3), "table_n": torch.zeros(b, 3, 2),
+             "table": table, "named": torch.zeros(b, dtype=torch.long)}
+    h = torch.randn(b, cells, hidden)
+    _, before = head.loss(h, mask, (4, 4), batch)
+    assert before["relation_count"] == [b * 3.0, b * 3.0] and before["relation"] > 0
+    opt = torch.optim.Adam(head.relations.parameters(), lr=0.1)
+    for _ in range(100):
+        loss, m = head.loss(h, mask, (4, 4), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert m["relation"] < 0.05 and m["relation_right"] == m["relation_count"]
+    batch["visible"] = torch.zeros(b, 3)  # nothing visible: no relation loss, nothing counted
+    _, hidden_all = head.loss(h, mask, (4, 4), batch)
+    assert hidden_all["relation"] == 0 and hidden_all["relation_count"] == [0.0, 0.0]

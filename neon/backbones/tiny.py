@@ -75,7 +75,7 @@ TINY_IDS = ("neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni", "neon-tiny/whisper
 # The tiny Qwen2.5-VL that was taught to see the sim's tabletop: wider and deeper than neon-tiny/qwen2.5-vl, built
 # (pretrained on rendered scenes) by `neon-sim pretrain-backbone`, not here: neon never imports the simulator.
 SCENES_ID = "neon-tiny/qwen2.5-vl-scenes"
-SCENES_VERSION = 1  # bump when neon_sim.pretrain's recipe changes; an older build is then refused, not rebuilt
+SCENES_VERSION = 2  # 2: relation labels (left of, nearer) in the pretraining. Bump when neon_sim.pretrain's recipe changes; an older build is then refused, not rebuilt
 SCENES_TEXT = dict(_TEXT, hidden_size=128, intermediate_size=256, num_hidden_layers=4,  # Neon reads layer 2
                    rope_parameters=dict(_TEXT["rope_parameters"], mrope_section=[4, 6, 6]))  # head_dim 32
 SCENES_VISION = dict(_VISION, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=128)
@@ -179,6 +179,14 @@ def build_untrained_scenes(out: Path) -> None:
 def scenes_model_dir() -> Path:
     """Where `neon-sim pretrain-backbone` caches the scenes backbone (built or not)."""
     return tiny_models_dir() / f"{SCENES_ID.split('/')[-1]}-v{SCENES_VERSION}"
+
+
+def tiny_build(model_id: str) -> str:
+    """A tiny backbone's build record: the digest of its neon_tiny.json (recipe version; for the scenes backbone its
+    pretraining run too). Features cached and heads trained on one build are not valid on another."""
+    import hashlib
+
+    return hashlib.sha256((tiny_model_dir(model_id) / "neon_tiny.json").read_bytes()).hexdigest()[:16]
 
 
 def tiny_model_dir(model_id: str) -> Path:
