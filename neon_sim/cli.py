@@ -1,6 +1,7 @@
 """`neon-sim`: the simulated G1 tabletop.
 
     neon-sim collect --out data/sim --episodes 200 --seed 0      # expert episodes as a LeRobot v3.0 dataset
+    neon-sim collect --out data/moving --episodes 150 --seed 300 --moving-block   # ... reacting to a moved block
     neon-sim eval --policy oracle|hold|ws://127.0.0.1:8000/ws --episodes 50 --seed 10000 --out eval_sim/
     neon-sim eval --policy oracle --episodes 20 --latency-ms 0,100,200,300 --out eval_lat/   # success vs latency
     neon-sim eval --policy oracle --latency-ms 300 --executor blend --blend-s 0.2   # request-ahead, skip, blend
@@ -75,6 +76,9 @@ def _add_collect(sub) -> None:
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="head camera frames, pixels (AV1 needs >= 64)")
     p.add_argument("--mjcf", help=MJCF_HELP)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--moving-block", action="store_true",
+                   help="the moving-block variant: the named block jumps once mid-episode and the expert re-plans "
+                        "to it (demonstrations of reacting; use seeds apart from the static ones')")
     p.set_defaults(func=_collect)
 
 
@@ -306,7 +310,7 @@ def _collect(args) -> int:
         return 2
     t0 = time.perf_counter()
     summary = collect(args.out, args.episodes, args.seed, args.image_size, args.mjcf, progress=True,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, moving_block=args.moving_block)
     summary["seconds_per_episode"] = round((time.perf_counter() - t0) / args.episodes, 2)
     print(json.dumps(summary, indent=2))
     return 0

@@ -2,7 +2,10 @@
 
 Each episode: a new seeded task, the expert's reach, recorded at FPS frames per second (head camera
 frame, arm joint state, the joint targets commanded for the next frame, both palm poses, the
-instruction) until the block has been touched for SETTLE_S, or EPISODE_S. Between frames the joint
+instruction) until the block has been touched for SETTLE_S, or EPISODE_S. With `moving_block` the task is the
+moving-block variant (`scene.episode_task`): the named block jumps once mid-episode and the expert, seeing the block
+every frame, re-plans from its current motion to the new spot, so the data shows a reach that turns when the
+scene changes (a policy trained on static reaches only goes where the block was). Between frames the joint
 targets are interpolated at CONTROL_HZ and tracked at the physics timestep. The layout is the real G1
 data path's: G1 joint names, the real fps, so `neon-train --dataset DIR` needs nothing special.
 """
@@ -17,7 +20,7 @@ import numpy as np
 from neon.data.lerobot import EpisodeData, write_dataset
 from neon.observation import EEF_FIELDS, EEF_SIDES
 from neon_sim.expert import Expert
-from neon_sim.scene import EPISODE_S, IMAGE_SIZE, G1Tabletop, sample_task
+from neon_sim.scene import EPISODE_S, IMAGE_SIZE, G1Tabletop, episode_task
 
 FPS = 10.0  # frames (and policy steps) per second
 CONTROL_HZ = 50.0  # joint targets between two frames are interpolated at this rate
@@ -41,15 +44,18 @@ def palm_poses(sim: G1Tabletop) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def expert_episode(seed: int, image_size: int = IMAGE_SIZE, mjcf=None) -> tuple[EpisodeData, bool]:
+def expert_episode(seed: int, image_size: int = IMAGE_SIZE, mjcf=None,
+                   moving_block: bool = False) -> tuple[EpisodeData, bool]:
     """(the recorded episode, whether the expert succeeded)."""
-    sim = G1Tabletop(sample_task(np.random.default_rng(seed)), mjcf, image_size)
+    sim = G1Tabletop(episode_task(seed, moving_block), mjcf, image_size)
     expert = Expert(sim)
     arm = [i for i, j in enumerate(sim.space.joints) if j.group == "arms"]
     frames: dict[str, list] = {"observation.state": [], "action": [], "observation.eef": []}
     images, done_at = [], None
     while sim.time < EPISODE_S - 1e-9 and (done_at is None or sim.time < done_at + SETTLE_S - 1e-9):
         state = sim.state()
+        if moving_block:
+            expert.see(sim.block_top(), sim.time)  # the block where this frame shows it
         goal = expert.targets(sim.time + 1.0 / FPS)
         images.append(sim.render("head"))
         frames["observation.state"].append(state[arm])
@@ -64,8 +70,9 @@ def expert_episode(seed: int, image_size: int = IMAGE_SIZE, mjcf=None) -> tuple[
 
 
 def collect(out: str | Path, episodes: int, seed: int = 0, image_size: int = IMAGE_SIZE, mjcf=None,
-            progress: bool | None = None, overwrite: bool = False) -> dict:
-    """Write `episodes` expert episodes (seeds seed, seed+1, ...) to `out`; -> a summary."""
+            progress: bool | None = None, overwrite: bool = False, moving_block: bool = False) -> dict:
+    """Write `episodes` expert episodes (seeds seed, seed+1, ...; the moving-block variant when `moving_block`) to
+    `out`; -> a summary."""
     from tqdm import tqdm
 
     from neon.action_space import G1ActionSpace
@@ -83,12 +90,13 @@ def collect(out: str | Path, episodes: int, seed: int = 0, image_size: int = IMA
     def episodes_iter():
         for s in tqdm(range(seed, seed + episodes), desc="collecting expert episodes", unit="ep",
                       disable=None if progress is None else not progress):
-            episode, ok = expert_episode(s, image_size, mjcf)
+            episode, ok = expert_episode(s, image_size, mjcf, moving_block)
             successes.append(ok)
             yield episode
 
     meta = {"neon_sim.json": {"generator": "neon_sim.collect", "seed": seed, "episodes": episodes, "fps": FPS,
-                              "image_size": image_size}}
+                              "image_size": image_size, "moving_block": moving_block}}
     root = write_dataset(out, episodes_iter(), fps=FPS, features=features, robot_type="unitree_g1",
                          extra_meta=meta, overwrite=overwrite)
-    return {"root": str(root), "episodes": episodes, "expert_success_rate": float(np.mean(successes))}
+    return {"root": str(root), "episodes": episodes, "moving_block": moving_block,
+            "expert_success_rate": float(np.mean(successes))}

@@ -110,6 +110,27 @@ def test_collect_writes_a_dataset_that_neon_reads(tmp_path):
     assert sim_main(["collect", "--out", str(tmp_path / "bad"), "--episodes", "0"]) == 2
 
 
+def test_moving_block_demonstrations_turn_to_where_the_block_went():
+    """collect --moving-block: the named block jumps mid-episode; the expert's recorded reach ends on its new spot,
+    not its old one, and the frames before the jump are the static task's."""
+    from neon_sim.collect import FPS, expert_episode
+    from neon_sim.scene import episode_task
+
+    seed = 303
+    task = episode_task(seed, moving_block=True)
+    episode, ok = expert_episode(seed, image_size=64, moving_block=True)
+    static, _ = expert_episode(seed, image_size=64)
+    assert ok
+    eef = episode.frames["observation.eef"]
+    side = slice(0, 3) if task.arm == "left" else slice(7, 10)
+    old = G1Tabletop(episode_task(seed)).block_top()
+    new = np.r_[task.move.position, old[2]]
+    assert np.linalg.norm(eef[-1, side] - new) <= 0.035 and np.linalg.norm(eef[-1, side] - old) >= 0.07
+    before = int(task.move.at_s * FPS)  # frames recorded before the jump
+    np.testing.assert_allclose(episode.frames["action"][:before], static.frames["action"][:before], atol=1e-6)
+    assert not np.allclose(episode.frames["action"][before + 2], static.frames["action"][before + 2], atol=1e-3)
+
+
 def test_eval_oracle_and_hold_report(tmp_path):
     from neon_sim.evaluate import evaluate
 
