@@ -79,6 +79,9 @@ def _add_collect(sub) -> None:
     p.add_argument("--moving-block", action="store_true",
                    help="the moving-block variant: the named block jumps once mid-episode and the expert re-plans "
                         "to it (demonstrations of reacting; use seeds apart from the static ones')")
+    p.add_argument("--noise-rad", type=float, default=0.0,
+                   help="noise-injected demonstrations (DART): drive the arm to the expert's target plus Gaussian "
+                        "noise of this std (rad) per joint per frame; the recorded action stays the clean target")
     p.set_defaults(func=_collect)
 
 
@@ -305,12 +308,12 @@ def _pretrain(args) -> int:
 def _collect(args) -> int:
     from neon_sim.collect import collect
 
-    if args.episodes < 1 or args.image_size < 64:
-        print("error: --episodes must be >= 1 and --image-size >= 64", file=sys.stderr)
+    if args.episodes < 1 or args.image_size < 64 or not (math.isfinite(args.noise_rad) and args.noise_rad >= 0):
+        print("error: --episodes must be >= 1, --image-size >= 64 and --noise-rad finite and >= 0", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     summary = collect(args.out, args.episodes, args.seed, args.image_size, args.mjcf, progress=True,
-                      overwrite=args.overwrite, moving_block=args.moving_block)
+                      overwrite=args.overwrite, moving_block=args.moving_block, noise_rad=args.noise_rad)
     summary["seconds_per_episode"] = round((time.perf_counter() - t0) / args.episodes, 2)
     print(json.dumps(summary, indent=2))
     return 0

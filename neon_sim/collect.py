@@ -5,7 +5,12 @@ frame, arm joint state, the joint targets commanded for the next frame, both pal
 instruction) until the block has been touched for SETTLE_S, or EPISODE_S. With `moving_block` the task is the
 moving-block variant (`scene.episode_task`): the named block jumps once mid-episode and the expert, seeing the block
 every frame, re-plans from its current motion to the new spot, so the data shows a reach that turns when the
-scene changes (a policy trained on static reaches only goes where the block was). Between frames the joint
+scene changes (a policy trained on static reaches only goes where the block was).
+
+With `noise_rad` > 0 the demonstrations are noise-injected (DART, Laskey et al. 2017): each frame the arm is
+driven to the expert's target plus Gaussian noise (that standard deviation per joint, its own random stream), but
+the recorded action is the clean target. The data then shows states off the expert's path and the way back to it,
+which a policy that re-plans every tick visits (its own errors compound; see bench/bench_position_policy.py). Between frames the joint
 targets are interpolated at CONTROL_HZ and tracked at the physics timestep. The layout is the real G1
 data path's: G1 joint names, the real fps, so `neon-train --dataset DIR` needs nothing special.
 """
@@ -26,6 +31,7 @@ FPS = 10.0  # frames (and policy steps) per second
 CONTROL_HZ = 50.0  # joint targets between two frames are interpolated at this rate
 SETTLE_S = 0.5  # keep recording this long after success: the data shows staying on the block
 CAMERA = "observation.images.head_camera"
+NOISE_STREAM = 2  # an episode's injected noise is drawn from default_rng((seed, NOISE_STREAM))
 
 
 def step(sim: G1Tabletop, start: np.ndarray, goal: np.ndarray, fps: float = FPS) -> None:
@@ -44,11 +50,14 @@ def palm_poses(sim: G1Tabletop) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def expert_episode(seed: int, image_size: int = IMAGE_SIZE, mjcf=None,
-                   moving_block: bool = False) -> tuple[EpisodeData, bool]:
-    """(the recorded episode, whether the expert succeeded)."""
+def expert_episode(seed: int, image_size: int = IMAGE_SIZE, mjcf=None, moving_block: bool = False,
+                   noise_rad: float = 0.0, render: bool = True) -> tuple[EpisodeData, bool]:
+    """(the recorded episode, whether the expert succeeded); `render` False leaves the camera out (no videos)."""
+    if not (math.isfinite(noise_rad) and noise_rad >= 0):
+        raise ValueError(f"noise_rad must be finite and >= 0, got {noise_rad}")
     sim = G1Tabletop(episode_task(seed, moving_block), mjcf, image_size)
     expert = Expert(sim)
+    noise = np.random.default_rng((seed, NOISE_STREAM))
     arm = [i for i, j in enumerate(sim.space.joints) if j.group == "arms"]
     frames: dict[str, list] = {"observation.state": [], "action": [], "observation.eef": []}
     images, done_at = [], None
@@ -57,22 +66,29 @@ def expert_episode(seed: int, image_size: int = IMAGE_SIZE, mjcf=None,
         if moving_block:
             expert.see(sim.block_top(), sim.time)  # the block where this frame shows it
         goal = expert.targets(sim.time + 1.0 / FPS)
-        images.append(sim.render("head"))
+        if render:
+            images.append(sim.render("head"))
         frames["observation.state"].append(state[arm])
-        frames["action"].append(goal[arm].astype(np.float32))
+        frames["action"].append(goal[arm].astype(np.float32))  # the clean target, noise or not
         frames["observation.eef"].append(palm_poses(sim))
-        step(sim, state, goal)
+        driven = goal.copy()
+        if noise_rad > 0:
+            driven[arm] += noise.normal(0.0, noise_rad, len(arm))
+            driven = np.clip(driven, sim.space.lower, sim.space.upper)
+        step(sim, state, driven)
         if done_at is None and sim.success():
             done_at = sim.time
     sim.close()
     arrays = {k: np.stack(v).astype(np.float32) for k, v in frames.items()}
-    return EpisodeData(sim.task.instruction, arrays, {CAMERA: np.stack(images)}), done_at is not None
+    videos = {CAMERA: np.stack(images)} if render else {}
+    return EpisodeData(sim.task.instruction, arrays, videos), done_at is not None
 
 
 def collect(out: str | Path, episodes: int, seed: int = 0, image_size: int = IMAGE_SIZE, mjcf=None,
-            progress: bool | None = None, overwrite: bool = False, moving_block: bool = False) -> dict:
-    """Write `episodes` expert episodes (seeds seed, seed+1, ...; the moving-block variant when `moving_block`) to
-    `out`; -> a summary."""
+            progress: bool | None = None, overwrite: bool = False, moving_block: bool = False,
+            noise_rad: float = 0.0) -> dict:
+    """Write `episodes` expert episodes (seeds seed, seed+1, ...; the moving-block variant when `moving_block`,
+    noise-injected when `noise_rad` > 0) to `out`; -> a summary."""
     from tqdm import tqdm
 
     from neon.action_space import G1ActionSpace
@@ -90,13 +106,14 @@ def collect(out: str | Path, episodes: int, seed: int = 0, image_size: int = IMA
     def episodes_iter():
         for s in tqdm(range(seed, seed + episodes), desc="collecting expert episodes", unit="ep",
                       disable=None if progress is None else not progress):
-            episode, ok = expert_episode(s, image_size, mjcf, moving_block)
+            episode, ok = expert_episode(s, image_size, mjcf, moving_block, noise_rad)
             successes.append(ok)
             yield episode
 
     meta = {"neon_sim.json": {"generator": "neon_sim.collect", "seed": seed, "episodes": episodes, "fps": FPS,
-                              "image_size": image_size, "moving_block": moving_block}}
+                              "image_size": image_size, "moving_block": moving_block,
+                              "noise_rad": noise_rad}}
     root = write_dataset(out, episodes_iter(), fps=FPS, features=features, robot_type="unitree_g1",
                          extra_meta=meta, overwrite=overwrite)
-    return {"root": str(root), "episodes": episodes, "moving_block": moving_block,
+    return {"root": str(root), "episodes": episodes, "moving_block": moving_block, "noise_rad": noise_rad,
             "expert_success_rate": float(np.mean(successes))}

@@ -131,6 +131,24 @@ def test_moving_block_demonstrations_turn_to_where_the_block_went():
     assert not np.allclose(episode.frames["action"][before + 2], static.frames["action"][before + 2], atol=1e-3)
 
 
+def test_noise_injected_demonstrations_record_the_clean_target():
+    """DART: the arm is driven off the expert's path by noise, but each frame records the expert's own target, so the
+    data shows the way back; no camera frames when not rendering."""
+    from neon_sim.collect import expert_episode
+
+    clean, _ = expert_episode(101, render=False)
+    noisy, ok = expert_episode(101, noise_rad=0.05, render=False)
+    again, _ = expert_episode(101, noise_rad=0.05, render=False)
+    assert clean.videos == {} and ok
+    n = min(clean.length, noisy.length)
+    np.testing.assert_allclose(noisy.frames["action"][:n], clean.frames["action"][:n], atol=1e-6)  # the same plan
+    off = np.abs(noisy.frames["observation.state"][:n] - clean.frames["observation.state"][:n]).max(1)
+    assert off[0] == 0 and off[1:].mean() > 0.01  # ... from states the clean run never visits
+    np.testing.assert_array_equal(noisy.frames["observation.state"], again.frames["observation.state"])  # seeded
+    with pytest.raises(ValueError, match="noise_rad"):
+        expert_episode(101, noise_rad=float("nan"), render=False)
+
+
 def test_eval_oracle_and_hold_report(tmp_path):
     from neon_sim.evaluate import evaluate
 
