@@ -10,9 +10,9 @@ import uvicorn
 
 
 @contextlib.contextmanager
-def serve(app):
-    """Run `app` on 127.0.0.1 at a free port; yield 'host:port'."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws_per_message_deflate=False)
+def serve(app, port: int = 0):
+    """Run `app` on 127.0.0.1 at `port` (0: a free one); yield 'host:port'."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -496,6 +496,127 @@ def test_a_closed_stdout_neither_stops_the_loop_nor_skips_the_release(robot, ser
     assert w[-1] == 0.0 and (np.diff(w[top:]) <= 0).all() and len(w) - top > 300
 
 
+ARM_SLOTS = [15 + k for k in range(14)]
+
+
+def arm_steps(robot, since: int = 0) -> np.ndarray:
+    """|rad| between consecutive arm commands the robot heard, from command `since` on."""
+    q = np.array([[c.motor_cmd[s].q for s in ARM_SLOTS] for _, c in robot.commands[since:]])
+    return np.abs(np.diff(q, axis=0))
+
+
+def phases(out: str) -> list[str]:
+    """The phase changes neon-g1 logged ("-> holding, weight 1.00" ...), in order."""
+    return [line.split("-> ", 1)[1].split(",")[0].split(" (")[0] for line in out.splitlines() if "-> " in line]
+
+
+def test_a_server_restarted_within_the_hold_is_held_through_then_followed_again(robot, model, camera):
+    """neon-serve stops while neon-g1 is engaged (its port closed, the connection dropped) and a new one comes up on the
+    same address: neon-g1 holds the last command at weight 1 (nothing jumps, nothing ramps), reconnects, runs the
+    new server's chunks, and SIGTERM still ramps out."""
+    import contextlib
+
+    from serving import serve
+
+    runner, ctx = served(model, dry_run=False)
+    first = contextlib.ExitStack()
+    addr = first.enter_context(ctx)
+    proc = neon_g1("--server", f"ws://{addr}/ws", "--instruction", "wave", "--engage", "--ramp-in-s", 1,
+                   "--hold-s", 5, domain=robot.domain)
+    second = contextlib.ExitStack()
+    try:
+        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 100 or proc.poll() is not None, 40)
+        first.close()  # the server goes away
+        down = len(robot.commands)
+        time.sleep(1.6)  # past --watchdog-s 1: holding
+        held = arm_steps(robot, down)
+        second.enter_context(serve(create_app_for(runner), port=int(addr.rsplit(":", 1)[1])))  # back, same port
+        up = len(robot.commands)
+        assert wait_for(lambda: len(robot.commands) > up + 500 or proc.poll() is not None, 40)
+        assert proc.poll() is None, finish(proc)
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc)
+    finally:
+        proc.kill()
+        second.close()
+        first.close()
+        runner.close()
+    assert proc.returncode == 0 and "released (SIGTERM)" in out, out
+    seen = phases(out)
+    assert seen[:2] == ["engaging", "running"] and "holding" in seen, out
+    assert seen[seen.index("holding") + 1] == "running" and seen[-2:] == ["releasing", "released"], out
+    w = robot.weights()
+    engaged, top = np.flatnonzero(w == 1.0)[[0, -1]]
+    assert (w[engaged:top + 1] == 1.0).all()  # held at full weight through the outage, never ramped
+    assert held[len(held) // 2:].max() == 0.0  # the last command held still while the server was gone
+    assert arm_steps(robot).max() <= 2.0 * 2 / 250 + 1e-5  # 2 rad/s at most through hold and resume
+
+
+def create_app_for(runner):
+    from neon_runtime.server import ServerSettings, create_app
+
+    return create_app(runner, ServerSettings())
+
+
+def test_a_hung_server_is_held_through_a_short_hang_and_released_from_a_long_one(robot, model, tmp_path, camera):
+    """A real neon-serve process stopped with SIGSTOP (it accepts nothing, answers nothing: a hung server). Stopped
+    1.6 s: neon-g1 holds the last command at weight 1, then follows the resumed server's chunks. Stopped longer than
+    --watchdog-s + --hold-s: it releases with the ramp and exits 1 (a fault), as documented."""
+    import httpx
+
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "neon_runtime.cli", "--model", str(ckpt), "--port", str(port),
+                               "--max-obs-age", "2", "--log-level", "warning", "--threads", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = None
+    try:
+        ready = lambda: server.poll() is not None or _responds(httpx, f"http://127.0.0.1:{port}/ready")
+        assert wait_for(ready, 120) and server.poll() is None, server.communicate()[0]
+        proc = neon_g1("--server", f"ws://127.0.0.1:{port}/ws", "--instruction", "wave", "--engage", "--ramp-in-s", 1,
+                       "--hold-s", 2, domain=robot.domain)
+        assert wait_for(lambda: (robot.weights() == 1.0).sum() > 100 or proc.poll() is not None, 60)
+        server.send_signal(signal.SIGSTOP)
+        time.sleep(1.6)  # past --watchdog-s 1, inside the hold
+        server.send_signal(signal.SIGCONT)
+        resumed = len(robot.commands)
+        assert wait_for(lambda: len(robot.commands) > resumed + 500 or proc.poll() is not None, 40)
+        assert proc.poll() is None, finish(proc)
+        short = len(robot.commands)
+        server.send_signal(signal.SIGSTOP)  # now for good: 1 s watchdog + 2 s hold, then the release
+        out = finish(proc, timeout=40)
+    finally:
+        if proc is not None:
+            proc.kill()
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait(timeout=30)
+    assert proc.returncode == 1 and "released after a fault: watchdog" in out, out
+    seen = phases(out)
+    first_hold = seen.index("holding")
+    assert seen[first_hold + 1] == "running" and seen[-3:] == ["holding", "releasing", "released"], out
+    w = robot.weights()
+    engaged, top = np.flatnonzero(w == 1.0)[[0, -1]]
+    assert (w[engaged:top + 1] == 1.0).all() and top > short  # the short hang never touched the weight
+    assert w[-1] == 0.0 and (np.diff(w[top:]) <= 0).all() and len(w) - top > 300  # ramped out over ~2 s
+    assert arm_steps(robot).max() <= 2.0 * 2 / 250 + 1e-5
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _responds(httpx, url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def passes(server: str) -> dict[str, float]:
     """How many backbone and heads passes the server has made so far (its /metrics): a full request makes one of
     each, a light request (reuse_features) only a heads pass."""
