@@ -174,7 +174,7 @@ def main() -> None:
     assert link.wait_for_state(5.0, want_hands=False), "no rt/lowstate on loopback"
     layout = bridge.make_layout(space, bridge.Gains(), hands=False)
     link.prepare(layout, writers=True)
-    cfg = bridge.ControlConfig(rate_hz=args.rate_hz, ramp_in_s=1.0, ramp_out_s=2.0, watchdog_s=0.5, hold_s=1.0,
+    cfg = bridge.ControlConfig(rate_hz=args.rate_hz, ramp_in_s=1.0, ramp_out_s=2.0, max_chunk_age_s=0.5, hold_s=1.0,
                                state_stale_s=0.1)
     period = 1.0 / args.rate_hz
     max_weight_step = 2 * period / min(cfg.ramp_in_s, cfg.ramp_out_s) + 1e-5

@@ -68,7 +68,7 @@ def robot(k: str, url: str, stop: threading.Event, light_rt: list, errors: list)
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
-            policy.tick(np.zeros(28, np.float32), timestamp=time.time())
+            policy.heads(np.zeros(28, np.float32), timestamp=time.time())
             light_rt.append(time.perf_counter() - t0)
         except RemoteError as e:
             errors.append(f"light: {e}")

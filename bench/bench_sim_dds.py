@@ -55,7 +55,7 @@ ENGAGE_TIMEOUT_S = 30.0  # an episode whose bridge never engages ends after this
 # neon-g1's own limits (rt/lowstate silent 0.1 s, no fresh chunk 0.5 s + 1 s holding) assume a robot computer that
 # keeps its cores for the bridge; on a shared 2-core machine that also runs the sim and neon-serve, scheduling alone
 # trips them. Appended to neon-g1's argv unless --bridge-args says otherwise ("" for neon-g1's defaults).
-LOADED_MACHINE = "--state-stale-s 0.5 --watchdog-s 1.0 --hold-s 2.0"
+LOADED_MACHINE = "--state-stale-s 0.5 --max-chunk-age-s 1.0 --hold-s 2.0"
 
 
 # ------------------------------------------------------------------------------------------- the oracle over DDS

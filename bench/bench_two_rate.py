@@ -116,7 +116,7 @@ def two_rate(policy, feature_hz: float, control_hz: float, robot: Robot, trials:
         cam = threading.Thread(target=camera, args=(runner.observe, stop), daemon=True)
         cam.start()
         try:
-            return measure(lambda s, t: runner.tick(s, timestamp=t), control_hz, robot, trials, rng)
+            return measure(lambda s, t: runner.heads(s, timestamp=t), control_hz, robot, trials, rng)
         finally:
             stop.set()
             cam.join()

@@ -137,9 +137,12 @@ class RemotePolicy:
             self._keys["features"] = key
         return reply
 
-    def tick(self, state, timestamp: float | None = None, **fields) -> dict:
-        """A light request: `state` (and eef, lidar, prefix) on this client's newest features on the server."""
+    def heads(self, state, timestamp: float | None = None, **fields) -> dict:
+        """A light request, the heads only: `state` (and eef, lidar, prefix) on this client's newest features on the
+        server."""
         return self.infer({"state": state, "timestamp": timestamp, **fields}, reuse_features=True)
+
+    tick = heads  # the old name
 
     def sibling(self) -> RemotePolicy:
         """Another connection to the same server under the same client_id (so it shares the stored features)."""

@@ -3,18 +3,18 @@
     runner = TwoRateRunner(LocalPolicy(policy, safety), feature_hz=5.0)     # in-process (ROS node, G1 bridge)
     runner = TwoRateRunner(RemotePolicy("ws://host:8000/ws"), feature_hz=5.0)  # against neon-serve
     runner.observe(image=frame, instruction="wave", timestamp=t_frame)      # every camera frame, any thread
-    reply = runner.tick(state=joints, timestamp=t_state)                    # at >= 30 Hz: heads only
+    reply = runner.heads(state=joints, timestamp=t_state)                   # at >= 30 Hz: heads only
     runner.close()
 
 A background thread encodes the newest camera frame + instruction (+ audio) at most `feature_hz` times a
-second (a frame is encoded once; no new frame, no backbone pass). `tick` runs only the heads on the newest
+second (a frame is encoded once; no new frame, no backbone pass). `heads` runs only the heads on the newest
 features with the state it is given, so the chunk always starts from where the robot is; it goes through
 the same safety layer as a full request (a stale state timestamp is refused, none is a dry run, features
 older than `max_feature_age_s` are refused with `FeaturesUnavailable`, or `RemoteError` "no_features").
 
 In-process it calls `LocalPolicy.encode` / `LocalPolicy.infer(request, features=)`; against a server the
 refresh thread sends full requests on a second connection (`RemotePolicy.sibling`, same client_id) and a
-tick is a light request (`reuse_features`), so a tick never waits behind a backbone pass on the wire.
+heads pass is a light request (`reuse_features`), so it never waits behind a backbone pass on the wire.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class TwoRateRunner:
         self._frame: dict | None = None  # the newest camera observation (image, instruction, audio, timestamp)
         self._frame_seq = self._encoded_seq = 0
         self._features = None  # Features (in-process), or the server's description of its stored ones
-        self._proprio: dict = {}  # the newest tick's state, eef, lidar (a full request to a server needs a state)
+        self._proprio: dict = {}  # the newest heads pass's state, eef, lidar (a full request to a server needs a state)
         self._refreshing = threading.Lock()  # one backbone pass at a time (the thread, or a caller's refresh())
         self._fresh = threading.Condition(self._lock)
         self.refreshes = 0  # backbone passes made
@@ -54,7 +54,7 @@ class TwoRateRunner:
     def observe(self, image, instruction: str, audio=None, timestamp: float | None = None, state=None) -> None:
         """The newest camera frame and instruction (`timestamp`: the frame's Unix time); encoded by the
         background thread at its next turn. Thread-safe, never blocks on the model. `state`: only for a server
-        before the first tick (its full requests carry the newest tick's state)."""
+        before the first heads pass (its full requests carry the newest heads pass's state)."""
         with self._lock:
             self._frame = {"image": image, "instruction": instruction, "audio": audio, "timestamp": timestamp}
             if state is not None:
@@ -104,7 +104,7 @@ class TwoRateRunner:
         with self._lock:
             return self._features
 
-    def tick(self, state, timestamp: float | None = None, eef=None, lidar=None, prefix=None) -> dict:
+    def heads(self, state, timestamp: float | None = None, eef=None, lidar=None, prefix=None) -> dict:
         """The policy's reply for this state on the newest features: only the heads run. Thread-safe."""
         request = {"state": state, "timestamp": timestamp, "eef": eef, "lidar": lidar, "prefix": prefix}
         request = {k: v for k, v in request.items() if v is not None}
@@ -117,6 +117,8 @@ class TwoRateRunner:
                                           "(call observe(), then wait_for_features())")
             return self.policy.infer(request, features)
         return self.policy.infer(request, reuse_features=True)
+
+    tick = heads  # the old name
 
     def close(self) -> None:
         """Stop the refresh thread (after its current pass) and close the refresh connection."""

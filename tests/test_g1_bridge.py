@@ -147,7 +147,7 @@ def test_commands_stay_inside_the_limits_and_the_velocity_limit():
 
 
 def test_watchdog_holds_the_last_command_then_releases():
-    ctl, layout = controller(watchdog_s=0.5, hold_s=1.0)
+    ctl, layout = controller(max_chunk_age_s=0.5, hold_s=1.0)
     measured = pose(layout)
     goal = np.zeros(SPACE.dim, np.float32)
     drive(ctl, 0.0, 1.5, measured, fresh_chunks(ctl, goal))  # engaged, last chunk at t = 1.49
@@ -161,7 +161,7 @@ def test_watchdog_holds_the_last_command_then_releases():
 
 
 def test_a_fresh_chunk_ends_the_hold():
-    ctl, layout = controller(watchdog_s=0.5, hold_s=1.0)
+    ctl, layout = controller(max_chunk_age_s=0.5, hold_s=1.0)
     measured = pose(layout)
     goal = np.zeros(SPACE.dim, np.float32)
     drive(ctl, 0.0, 1.5, measured, fresh_chunks(ctl, goal))
@@ -227,7 +227,7 @@ def test_a_released_controller_needs_neither_state_nor_executor():
 
 def test_settings_outside_the_safe_range_are_refused():
     for field, value in (("rate_hz", 49.0), ("rate_hz", 1000.0), ("ramp_in_s", 0.9), ("ramp_out_s", 1.9),
-                         ("ramp_out_s", 60.0), ("watchdog_s", 0.0), ("watchdog_s", 30.0), ("hold_s", 60.0),
+                         ("ramp_out_s", 60.0), ("max_chunk_age_s", 0.0), ("max_chunk_age_s", 30.0), ("hold_s", 60.0),
                          ("state_stale_s", 5.0), ("state_stale_s", float("nan"))):
         with pytest.raises(BridgeError, match=f"--{field.replace('_', '-')} must be"):
             ControlConfig(**{field: value}).validate()
@@ -342,7 +342,7 @@ def robot():
 # How late the fake robot's 200 Hz state and the chunks arrive is up to this (shared, loaded, 2-core) machine's
 # scheduler, not the bridge: the processes here allow rt/lowstate 2 s of silence and chunks 1 s (+ 2 s holding).
 # The defaults (0.1 s; 0.5 s + 1 s) are tested on the injected clock above.
-LOADED_MACHINE = ("--state-stale-s", 2.0, "--watchdog-s", 1.0, "--hold-s", 2.0)
+LOADED_MACHINE = ("--state-stale-s", 2.0, "--max-chunk-age-s", 1.0, "--hold-s", 2.0)
 
 
 def neon_g1(*args, domain: int) -> subprocess.Popen:
@@ -528,7 +528,7 @@ def test_a_server_restarted_within_the_hold_is_held_through_then_followed_again(
         assert wait_for(lambda: (robot.weights() == 1.0).sum() > 100 or proc.poll() is not None, 40)
         first.close()  # the server goes away
         down = len(robot.commands)
-        time.sleep(1.6)  # past --watchdog-s 1: holding
+        time.sleep(1.6)  # past --max-chunk-age-s 1: holding
         held = arm_steps(robot, down)
         second.enter_context(serve(create_app_for(runner), port=int(addr.rsplit(":", 1)[1])))  # back, same port
         up = len(robot.commands)
@@ -561,7 +561,7 @@ def create_app_for(runner):
 def test_a_hung_server_is_held_through_a_short_hang_and_released_from_a_long_one(robot, model, tmp_path, camera):
     """A real neon-serve process stopped with SIGSTOP (it accepts nothing, answers nothing: a hung server). Stopped
     1.6 s: neon-g1 holds the last command at weight 1, then follows the resumed server's chunks. Stopped longer than
-    --watchdog-s + --hold-s: it releases with the ramp and exits 1 (a fault), as documented."""
+    --max-chunk-age-s + --hold-s: it releases with the ramp and exits 1 (a fault), as documented."""
     import httpx
 
     ckpt = model.save_pretrained(tmp_path / "ckpt")
@@ -577,7 +577,7 @@ def test_a_hung_server_is_held_through_a_short_hang_and_released_from_a_long_one
                        "--hold-s", 2, domain=robot.domain)
         assert wait_for(lambda: (robot.weights() == 1.0).sum() > 100 or proc.poll() is not None, 60)
         server.send_signal(signal.SIGSTOP)
-        time.sleep(1.6)  # past --watchdog-s 1, inside the hold
+        time.sleep(1.6)  # past --max-chunk-age-s 1, inside the hold
         server.send_signal(signal.SIGCONT)
         resumed = len(robot.commands)
         assert wait_for(lambda: len(robot.commands) > resumed + 500 or proc.poll() is not None, 40)
@@ -1038,3 +1038,12 @@ def test_a_served_chunk_is_timed_from_the_monotonic_observation_time_not_the_wal
     chunk = reply_to_chunk(reply, SPACE, observed_mono=now - 0.05)
     assert chunk.times[0] == pytest.approx(now - 0.05 + 1 / 30, abs=1e-9)
     assert reply_to_chunk(reply, SPACE).times[0] < now - 900  # without it: where the wall clock puts it
+
+
+def test_the_watchdog_is_max_chunk_age_s_as_in_neon_ros_and_the_old_flag_still_works():
+    from neon_runtime.g1.cli import build_parser
+
+    base = ["--server", "ws://127.0.0.1:1/ws", "--interface", "lo", "--domain", "7"]
+    assert build_parser().parse_args(base).max_chunk_age_s == ControlConfig().max_chunk_age_s == 0.5
+    assert build_parser().parse_args(base + ["--max-chunk-age-s", "1.5"]).max_chunk_age_s == 1.5
+    assert build_parser().parse_args(base + ["--watchdog-s", "1.25"]).max_chunk_age_s == 1.25

@@ -46,7 +46,7 @@ ARMS = [j.name for j in BODY_JOINTS if j.group == "arms"]
 # Python processes and inference share it), not the stack: the bridge is given 2 s of rt/lowstate silence and 1 s
 # (+ 2 s holding) without a fresh trajectory, appended after g1.yaml's flags (argparse keeps the last). The defaults
 # (0.1 s; 0.5 s + 1 s) are tested on an injected clock in test_g1_bridge.py.
-LOADED_MACHINE = ["--state-stale-s", "2.0", "--watchdog-s", "1.0", "--hold-s", "2.0"]
+LOADED_MACHINE = ["--state-stale-s", "2.0", "--max-chunk-age-s", "1.0", "--hold-s", "2.0"]
 
 
 def load_launch_file():

@@ -152,7 +152,7 @@ def test_light_request_runs_the_heads_on_the_clients_features(server):
         assert remote.metadata()["safety"]["max_feature_age_s"] == 1.5
         stored = remote.infer({"image": image(2), "instruction": "wave", "state": np.zeros(28, np.float32),
                                "timestamp": time.time()})["features"]
-        tick = remote.tick(np.zeros(28, np.float32), timestamp=time.time())
+        tick = remote.heads(np.zeros(28, np.float32), timestamp=time.time())
         assert tick["features"]["id"] == stored["id"] and tick["actions"].shape == (16, 28)
     finally:
         remote.close()
@@ -277,7 +277,7 @@ def test_remote_policy_and_its_siblings_carry_the_key(patient_server):
         remote.infer({**obs, "timestamp": time.time()})
         sibling = remote.sibling()  # a refresh connection: the same client_id and key
         sibling.infer({**obs, "timestamp": time.time()})
-        assert remote.tick(np.zeros(28, np.float32), timestamp=time.time())["actions"].shape == (16, 28)
+        assert remote.heads(np.zeros(28, np.float32), timestamp=time.time())["actions"].shape == (16, 28)
         with pytest.raises(RemoteError, match="is in use"):
             other.infer({**obs, "timestamp": time.time()})
         sibling.close()
@@ -292,13 +292,13 @@ def test_two_rate_runner_in_process(backbones, count_backbone):
     space = model.action_space
     with TwoRateRunner(LocalPolicy(NeonPolicy(model), SAFE), feature_hz=20.0) as runner:
         with pytest.raises(FeaturesUnavailable, match="no backbone features yet"):
-            runner.tick(mid_state(space), timestamp=time.time())
+            runner.heads(mid_state(space), timestamp=time.time())
         runner.observe(image(7), "wave", timestamp=time.time())
         assert runner.wait_for_features(30)
         time.sleep(0.2)  # several refresh turns: the same frame is not encoded again
         assert runner.refreshes == 1 and len(calls) == 1
-        before = runner.tick(mid_state(space), timestamp=time.time())
-        after = runner.tick(mid_state(space, 0.3), timestamp=time.time())
+        before = runner.heads(mid_state(space), timestamp=time.time())
+        after = runner.heads(mid_state(space, 0.3), timestamp=time.time())
         assert len(calls) == 1  # the state change reached the chunk without a backbone pass
         assert after["features"]["id"] == before["features"]["id"] and after["features"]["reused"]
         step = after["actions"][0] - before["actions"][0]
@@ -307,7 +307,7 @@ def test_two_rate_runner_in_process(backbones, count_backbone):
         deadline = time.monotonic() + 30
         while runner.refreshes < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(calls) == 2 and runner.tick(mid_state(space), timestamp=time.time())["features"]["id"] != \
+        assert len(calls) == 2 and runner.heads(mid_state(space), timestamp=time.time())["features"]["id"] != \
             before["features"]["id"]
     assert not runner._thread.is_alive()
 
@@ -318,12 +318,12 @@ def test_two_rate_runner_against_a_server(server):
     remote = RemotePolicy(f"ws://{addr}/ws", token=TOKEN)
     with TwoRateRunner(remote, feature_hz=20.0) as two:
         with pytest.raises(RemoteError) as refused:
-            two.tick(mid_state(space), timestamp=time.time())
+            two.heads(mid_state(space), timestamp=time.time())
         assert refused.value.reason == "no_features"
         two.observe(image(9), "wave", timestamp=time.time(), state=mid_state(space))
         assert two.wait_for_features(60)
-        a = two.tick(mid_state(space), timestamp=time.time())
-        b = two.tick(mid_state(space, 0.3), timestamp=time.time())
+        a = two.heads(mid_state(space), timestamp=time.time())
+        b = two.heads(mid_state(space, 0.3), timestamp=time.time())
         assert a["features"]["id"] == b["features"]["id"] == two.features["id"] and b["features"]["reused"]
         assert two.refreshes == 1 and np.all(b["actions"][0] - a["actions"][0] > 0.15)
     remote.close()
@@ -340,4 +340,4 @@ def test_a_refresh_that_fails_is_reported_and_ticks_age_out(backbones):
         time.sleep(0.4)
         assert isinstance(runner.last_error, InputError) and runner.refreshes == 1
         with pytest.raises(SafetyError, match="max_feature_age_s"):  # never on vision older than the limit
-            runner.tick(mid_state(model.action_space), timestamp=time.time())
+            runner.heads(mid_state(model.action_space), timestamp=time.time())

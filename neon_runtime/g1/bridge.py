@@ -5,7 +5,7 @@
 - `Controller`: one `tick(now, measured, measured_at)` per control period, clock injected, no I/O:
   waiting -> engaging (weight 0 -> 1 over ramp_in_s, commanding the pose measured at engage) -> running
   (chunk targets interpolated in time, velocity-clamped, inside the limits) <-> holding (no fresh chunk for
-  watchdog_s: the last command held) -> releasing (weight -> 0 over ramp_out_s, the last command held) -> released.
+  max_chunk_age_s: the last command held) -> releasing (weight -> 0 over ramp_out_s, the last command held) -> released.
   Both weight ramps advance by the time since the last tick capped at two periods, as the joint steps do: a loop
   that stalls moves the weight by at most two periods' share of the ramp on its next tick, never all the way.
 - `run_loop`: the control loop. Every way out of it (release done, an exception in any part, KeyboardInterrupt,
@@ -143,7 +143,7 @@ class ControlConfig:
     rate_hz: float = 250.0  # rt/arm_sdk publishing rate (Unitree: 50 Hz example, 250 Hz teleoperation)
     ramp_in_s: float = 3.0  # weight 0 -> 1 on engage (Unitree's example: 3 s)
     ramp_out_s: float = 2.0  # weight 1 -> 0 on release (xr_teleoperate: 0.01 every 20 ms)
-    watchdog_s: float = 0.5  # no fresh executable chunk for this long: hold the last command
+    max_chunk_age_s: float = 0.5  # no fresh executable chunk for this long: hold the last command
     hold_s: float = 1.0  # ... and after holding this long, release
     state_stale_s: float = 0.1  # no rt/lowstate for this long while engaged: release
 
@@ -151,7 +151,7 @@ class ControlConfig:
         checks = [("rate_hz", 50 <= self.rate_hz <= 500, "in [50, 500] Hz (the robot's arm_sdk expects 50-500 Hz)"),
                   ("ramp_in_s", 1.0 <= self.ramp_in_s <= 30.0, "in [1, 30] s"),
                   ("ramp_out_s", 2.0 <= self.ramp_out_s <= 10.0, "in [2, 10] s"),
-                  ("watchdog_s", 0 < self.watchdog_s <= 2.0, "in (0, 2] s"), ("hold_s", 0 <= self.hold_s <= 5.0, "in [0, 5] s"),
+                  ("max_chunk_age_s", 0 < self.max_chunk_age_s <= 2.0, "in (0, 2] s"), ("hold_s", 0 <= self.hold_s <= 5.0, "in [0, 5] s"),
                   ("state_stale_s", 0 < self.state_stale_s <= 2.0, "in (0, 2] s")]
         for name, ok, need in checks:
             value = getattr(self, name)
@@ -213,7 +213,7 @@ class Controller:
         state_ok = (measured is not None and measured_at is not None and now - measured_at <= cfg.state_stale_s
                     and bool(np.isfinite(measured).all()))
         age = self.executor.age(now)
-        fresh = age is not None and age <= cfg.watchdog_s
+        fresh = age is not None and age <= cfg.max_chunk_age_s
         if self.phase in ("engaging", "running", "holding") and not state_ok:
             if measured is not None and measured_at is not None and now - measured_at <= cfg.state_stale_s:
                 bad = [n for n, v in zip(self.layout.names, measured, strict=True) if not np.isfinite(v)]
@@ -230,8 +230,8 @@ class Controller:
             self.q, self.phase, self._since, self.engaged_once = self._pose.copy(), "engaging", now, True
             self._ramped_at = now
         if self.phase == "engaging":
-            if age is None or age > cfg.watchdog_s + cfg.hold_s:
-                self.release(now, f"watchdog: no fresh executable chunk for {cfg.watchdog_s + cfg.hold_s:.2f} s "
+            if age is None or age > cfg.max_chunk_age_s + cfg.hold_s:
+                self.release(now, f"watchdog: no fresh executable chunk for {cfg.max_chunk_age_s + cfg.hold_s:.2f} s "
                              "while engaging", fault=True)
             else:
                 self.weight = min(1.0, self.weight + self._ramp_dt(now) / cfg.ramp_in_s)
@@ -244,7 +244,7 @@ class Controller:
             if fresh:
                 self.phase, self._since = "running", now
             elif now - self._since >= cfg.hold_s:
-                self.release(now, f"watchdog: no fresh executable chunk for {cfg.watchdog_s + cfg.hold_s:.2f} s "
+                self.release(now, f"watchdog: no fresh executable chunk for {cfg.max_chunk_age_s + cfg.hold_s:.2f} s "
                              f"(last {'never' if age is None else f'{age:.2f} s ago'})", fault=True)
             else:
                 return Command(self.q.copy(), self.weight, "holding")

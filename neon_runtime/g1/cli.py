@@ -7,7 +7,7 @@
 Chunks come from a running neon-serve (camera from ROS, state from rt/lowstate) or from neon-ros's trajectory topic.
 At --rate-hz the arms get the chunk's targets interpolated in time, inside the joint limits and --max-vel of the last
 command. --engage ramps the arm_sdk weight 0 -> 1 over --ramp-in-s holding the measured pose, once rt/lowstate and a
-first executable chunk are there; chunks run from then on. No fresh executable chunk for --watchdog-s: hold the last
+first executable chunk are there; chunks run from then on. No fresh executable chunk for --max-chunk-age-s: hold the last
 command; --hold-s later: release. Release (SIGINT/SIGTERM/SIGHUP/SIGQUIT, --run-seconds, watchdog, rt/lowstate
 silent for --state-stale-s, an error anywhere in the loop, its logging included): weight -> 0 over --ramp-out-s from
 where it is, holding the last command; each tick moves the weight by at most two periods' share of the ramp, so a
@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--ramp-out-s", type=float, default=CONTROL.ramp_out_s, help="weight 1 -> 0, 2-10 (default: %(default)s)")
     ctl.add_argument("--blend-s", type=float, default=0.2, help="blend each new chunk into the one in force over this "
                      "long, min-jerk (0: switch at once; default: %(default)s)")
-    ctl.add_argument("--watchdog-s", type=float, default=CONTROL.watchdog_s,
-                     help="no fresh executable chunk for this long: hold, at most 2 (default: %(default)s)")
+    ctl.add_argument("--max-chunk-age-s", "--watchdog-s", type=float, default=CONTROL.max_chunk_age_s,
+                     help="the watchdog: no fresh executable chunk for this long: hold, at most 2 (neon-ros's "
+                          "max_chunk_age_s; --watchdog-s is its old name) (default: %(default)s)")
     ctl.add_argument("--hold-s", type=float, default=CONTROL.hold_s, help="then release after holding this long, "
                      "at most 5 (default: %(default)s)")
     ctl.add_argument("--state-stale-s", type=float, default=CONTROL.state_stale_s,
@@ -151,7 +152,7 @@ def _run(args) -> int:
     from neon_runtime.g1.inputs import ServerSource
 
     stop = _catch_stop_signals()
-    config = ControlConfig(args.rate_hz, args.ramp_in_s, args.ramp_out_s, args.watchdog_s, args.hold_s,
+    config = ControlConfig(args.rate_hz, args.ramp_in_s, args.ramp_out_s, args.max_chunk_age_s, args.hold_s,
                            args.state_stale_s).validate()
     gains = Gains(args.kp, args.kd, args.wrist_kp, args.wrist_kd, args.waist_kp, args.waist_kd, args.hand_kp,
                   args.hand_kd).validate()

@@ -150,7 +150,7 @@ class ServerSource:
         self._fps = float(reply["fps"])
         return reply, observed
 
-    def _tick(self) -> tuple[dict, float]:
+    def _heads_request(self) -> tuple[dict, float]:
         """Hand the runner a new camera frame (if one came), then one light request on the newest rt/lowstate."""
         image, image_age = self.ros.image, self.ros.image_age()
         instruction = self.ros.instruction or self.instruction
@@ -160,7 +160,7 @@ class ServerSource:
             self._frame = (image, instruction)
         state, state_age = state_vector(self.space, self.link), time.monotonic() - self.link.state_at
         observed = time.monotonic() - state_age
-        reply = self.runner.tick(state, time.time() - state_age, prefix=self._prefix(observed))
+        reply = self.runner.heads(state, time.time() - state_age, prefix=self._prefix(observed))
         self.latency.add(time.monotonic() - observed)
         self._fps = float(reply["fps"])
         return reply, observed
@@ -190,7 +190,7 @@ class ServerSource:
             self.status = self._missing()
             if not self.status:
                 try:
-                    reply, observed = self._tick() if self.runner else self._full_request()
+                    reply, observed = self._heads_request() if self.runner else self._full_request()
                     self.executor.accept(reply_to_chunk(reply, self.space, observed_mono=observed))
                     self.status = "ok"
                 except ChunkRefused as e:

@@ -194,7 +194,7 @@ class NeonNode(Node):
             from neon_runtime.two_rate import TwoRateRunner
 
             self.runner = TwoRateRunner(self.policy, feature_hz=p["rate_hz"])
-        self.create_timer(min(0.05, 1.0 / p["heads_hz"]) if p["heads_hz"] > 0 else 0.05, self._tick)
+        self.create_timer(min(0.05, 1.0 / p["heads_hz"]) if p["heads_hz"] > 0 else 0.05, self._schedule)
         if p["control_hz"] > 0:
             self.create_timer(1.0 / p["control_hz"], self._control)
         optional = ("audio", "lidar", "eef")
@@ -295,7 +295,8 @@ class NeonNode(Node):
             request["eef"] = np.concatenate([self.latest["eef_l"].value, self.latest["eef_r"].value])
         return request
 
-    def _tick(self):
+    def _schedule(self):
+        """The timer: the watchdog on a request in flight, else a request when one is due (`request_due`)."""
         now = time.monotonic()
         p = self.p
         sent = self._in_flight_since
@@ -366,7 +367,7 @@ class NeonNode(Node):
                                 state=request["state"])
             self._frame = (image, instruction)
         request["timestamp"] = time.time() - self.latest["joints"].age()  # the state's time: the chunk starts there
-        return self.runner.tick(**self._with_prefix(request))
+        return self.runner.heads(**self._with_prefix(request))
 
     def _with_prefix(self, request: dict) -> dict:
         """For a prefix-conditioned model: the steps the executor will run from the request's observation until its
@@ -448,7 +449,7 @@ class NeonNode(Node):
         age = self.chunk_executor.age(now)
         if self._restart or age is None or age > self.p["max_chunk_age_s"]:
             return
-        if self._problems():  # the next chunk starts again from the measured pose (the tick says why)
+        if self._problems():  # the next chunk starts again from the measured pose (`_schedule` says why)
             self._restart = True
             return
         with self._exec_lock:
