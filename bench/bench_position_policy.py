@@ -9,8 +9,9 @@ The policy: an MLP from the arm joint state, the named block's position on the t
 what a perfect camera would give) and the hand one-hot to a 16-step chunk of joint targets relative to the state
 (normalised by the data's mean and std), trained by behaviour cloning on `neon-sim collect`'s expert episodes
 (seeds 0..N-1, generated here without the camera), once on clean demonstrations and once per --noise-rad level on
-noise-injected ones (DART: the arm driven to the expert's target plus noise, the clean target recorded). In the sim each chunk goes through Neon's SafetyLayer, then through
-`neon_sim.evaluate.run_episode` like a served policy's: the rows, same seeds, one run:
+noise-injected ones (DART: the arm driven to the expert's target plus noise, the clean target recorded). In the
+sim each chunk goes through Neon's SafetyLayer, then through `neon_sim.evaluate.run_episode` like a served policy's:
+the rows, same seeds, one run:
 
   chunk-rate K      a request per chunk, K steps of 0.1 s run open loop (plain synchronous chunking)
   two-rate          "features" (the block position) every 1 / --feature-hz s; the heads at --heads-hz on the fresh

@@ -33,7 +33,8 @@ Hand-over, when a chunk arrives (`received_s` = r) while another is in force:
   executing only those lets it compound (the arm runs away); averaging the overlapping predictions of the last w
   seconds cancels much of it. A new chunk moves the target by 1/n of its disagreement with the others.
 
-Request-ahead: `should_request(now, latency_s)` is True once what is left of the chunk in force no longer covers
+Request-ahead: `RequestScheduler` decides when requests leave (every control loop's one scheduler);
+`should_request(now, latency_s)` is True once what is left of the chunk in force no longer covers
 the latency plus one step (or, with `execute_steps` K, once the reply would arrive after the chunk has been in
 force for K steps); `LatencyEstimator` turns measured round trips into that latency. `committed` gives the
 steps that will run while a request sent now is under way (what a prefix-conditioned model is given).
@@ -340,15 +341,81 @@ class ChunkExecutor:
 
 def request_due(now: float, last_s: float, period_s: float | None, executor: ChunkExecutor | None = None,
                 latency_s: float = 0.0, margin_s: float = 0.0) -> bool:
-    """The one rule neon-g1 and neon-ros send requests by: due once `period_s` has passed since the last one (None:
-    never by time alone), or, given the `executor` whose chunk is in force (None: nothing in force, or two-rate
-    ticks, which go by time only), once that chunk no longer covers the latency plus `margin_s` (request-ahead,
-    `ChunkExecutor.should_request`). With neither a period nor a chunk in force, at once."""
+    """Due once `period_s` has passed since the last request (None: never by time alone), or, given the `executor`
+    whose chunk is in force (None: nothing in force, or two-rate heads requests, which go by time only), once that
+    chunk no longer covers the latency plus `margin_s` (request-ahead, `ChunkExecutor.should_request`). With neither
+    a period nor a chunk in force, at once. `RequestScheduler.due` is the rule as the control loops use it."""
     if period_s is not None and now - last_s >= period_s:
         return True
     if executor is not None and executor.chunk is not None:
         return executor.should_request(now, latency_s, margin_s=margin_s)
     return period_s is None
+
+
+class RequestScheduler:
+    """The one request scheduler of neon-g1 (`ServerSource`), neon-ros (`NeonNode`) and neon-sim (`_run_executor`,
+    `_run_two_rate`): when the next request leaves, the steps it commits, and the latency it plans with. Clock-free:
+    every call takes `now` on the caller's clock (monotonic, or sim time). One request in flight at a time.
+
+    Chunk-rate (full requests): due every `period_s` (None: by request-ahead alone), or sooner once the chunk in
+    force no longer covers the measured latency plus `margin_steps` steps; with `execute_steps` K instead, once the
+    reply would arrive after the chunk in force has run K steps (the sim's fixed-K rows). Two-rate (`two_rate`):
+    heads requests by time alone, on the grid k * period_s of the caller's clock: due at the first `due` call at or
+    after the next grid point (within `slack_s`; points passed while a request was in flight are dropped), so heads
+    run at 1 / period_s on average whatever the caller's polling rate. `prefix` gives a prefix-conditioned model's committed steps;
+    `replied` feeds the latency estimator (observation -> reply usable) and records the chunk's fps."""
+
+    def __init__(self, executor: ChunkExecutor, period_s: float | None = None, *, two_rate: bool = False,
+                 margin_steps: int = 0, execute_steps: int | None = None, prefix_max_steps: int = 0,
+                 latency: LatencyEstimator | None = None, fps: float | None = None, slack_s: float = 1e-6):
+        if period_s is not None and not (math.isfinite(period_s) and period_s > 0):
+            raise ValueError(f"period_s must be positive and finite (or None), got {period_s}")
+        if two_rate and period_s is None:
+            raise ValueError("two-rate heads requests need a period")
+        self.executor, self.period_s, self.two_rate = executor, period_s, two_rate
+        self.margin_steps, self.execute_steps, self.prefix_max_steps = margin_steps, execute_steps, prefix_max_steps
+        self.latency = latency or LatencyEstimator()
+        self.fps: float | None = fps  # the chunks' (the newest reply's, or known beforehand)
+        self.last_s = -math.inf  # when the last request left
+        self.next_s = -math.inf  # two-rate: the grid point the next heads request waits for
+        self.in_flight, self.slack_s = False, slack_s
+
+    def due(self, now: float, in_force: bool = True) -> bool:
+        """A request should leave now (none is in flight). `in_force` False: the chunk the executor holds must not
+        be planned ahead from (e.g. after a halt), so only time counts, or at once without a period."""
+        if self.in_flight:
+            return False
+        if self.two_rate:
+            return now >= self.next_s - self.slack_s
+        ahead = in_force and self.fps is not None and self.executor.chunk is not None
+        if ahead and self.execute_steps is not None:
+            return self.executor.should_request(now, self.latency.estimate(), self.execute_steps)
+        return request_due(now, self.last_s, self.period_s, self.executor if ahead else None,
+                           self.latency.estimate(), self.margin_steps / self.fps if ahead else 0.0)
+
+    def sent(self, now: float) -> None:
+        self.last_s, self.in_flight = now, True
+        if self.two_rate:
+            self.next_s = (math.floor((now + self.slack_s) / self.period_s) + 1) * self.period_s
+
+    def prefix(self, observed: float, fps: float | None = None, latency_s: float | None = None) -> np.ndarray | None:
+        """The executor's steps that run while a request observed at `observed` is under way (at most
+        prefix_max_steps, on the grid of the chunk asked for), for a prefix-conditioned model; None otherwise."""
+        fps = fps or self.fps
+        if self.prefix_max_steps <= 0 or not fps:
+            return None
+        latency = self.latency.estimate() if latency_s is None else latency_s
+        steps = self.executor.committed(observed, latency, fps, self.prefix_max_steps)
+        return steps if len(steps) else None
+
+    def replied(self, observed: float, usable: float | None, fps: float | None = None) -> None:
+        """The request came back (`usable`: when its chunk could run, None: it failed): latency observed ->
+        usable into the estimator, and the chunk's fps."""
+        self.in_flight = False
+        if usable is not None:
+            self.latency.add(usable - observed)
+        if fps:
+            self.fps = float(fps)
 
 
 def limit_step(target: np.ndarray, last: np.ndarray | None, lower: np.ndarray, upper: np.ndarray,

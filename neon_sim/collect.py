@@ -2,17 +2,19 @@
 
 Each episode: a new seeded task, the expert's reach, recorded at FPS frames per second (head camera
 frame, arm joint state, the joint targets commanded for the next frame, both palm poses, the
-instruction) until the block has been touched for SETTLE_S, or EPISODE_S. With `moving_block` the task is the
-moving-block variant (`scene.episode_task`): the named block jumps once mid-episode and the expert, seeing the block
-every frame, re-plans from its current motion to the new spot, so the data shows a reach that turns when the
-scene changes (a policy trained on static reaches only goes where the block was).
+instruction) until the block has been touched for SETTLE_S, or EPISODE_S. Between frames the joint
+targets are interpolated at CONTROL_HZ and tracked at the physics timestep. The layout is the real G1
+data path's: G1 joint names, the real fps, so `neon-train --dataset DIR` needs nothing special.
+
+With `moving_block` the task is the moving-block variant (`scene.episode_task`): the named block jumps once
+mid-episode and the expert, seeing the block every frame, re-plans from its current motion to the new spot, so the
+data shows a reach that turns when the scene changes (a policy trained on static reaches only goes where the block
+was).
 
 With `noise_rad` > 0 the demonstrations are noise-injected (DART, Laskey et al. 2017): each frame the arm is
 driven to the expert's target plus Gaussian noise (that standard deviation per joint, its own random stream), but
 the recorded action is the clean target. The data then shows states off the expert's path and the way back to it,
-which a policy that re-plans every tick visits (its own errors compound; see bench/bench_position_policy.py). Between frames the joint
-targets are interpolated at CONTROL_HZ and tracked at the physics timestep. The layout is the real G1
-data path's: G1 joint names, the real fps, so `neon-train --dataset DIR` needs nothing special.
+which a policy that re-plans every tick visits (its own errors compound; see bench/bench_position_policy.py).
 """
 
 from __future__ import annotations

@@ -312,39 +312,44 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
     tick's end (as `collect.step` commands each tick's end), every target through the safety layer's limits
     (max_joint_velocity per tick) relative to the last one.
 
-    Requests leave when `should_request` says so (request-ahead, one in flight): each chunk is in force for
-    `execute_steps` steps from its arrival, so a request leaves every `execute_steps` steps at any latency (as plain
+    Requests leave when the `RequestScheduler` (neon-g1's and neon-ros's) says so (request-ahead, one in flight):
+    each chunk is in force for `execute_steps` steps from its arrival, so a request leaves every `execute_steps` steps at any latency (as plain
     chunking asks at zero latency). The observation is taken at the request's tick t; the reply is the chunk with
     step k due at t + (k + 1) / fps, accepted at t + latency (from the first tick starting then), so the steps
     already due are skipped by time (the chunk runs steps d .. d + execute_steps - 1, d = those skipped) and it
     blends over `blend_s`. The round trip fed to the latency estimator is the injected latency (sim time stands still
     during a real one). With `prefix_max_steps` > 0 (a prefix-conditioned model) each request carries the steps the
     executor will run while it is under way (`committed`, at most that many), which the reply's first steps repeat."""
-    from neon_runtime.executor import Chunk, ChunkExecutor, LatencyEstimator, safety_hook
+    from neon_runtime.executor import Chunk, ChunkExecutor, RequestScheduler, safety_hook
     from neon_runtime.safety import SafetyLayer
 
     ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)), ensemble_s)
     ex.hold(ticks[0][1], sim.time)  # the first reply takes over from the start pose
-    latency = LatencyEstimator()
+    scheduler = RequestScheduler(ex, None, execute_steps=execute_steps, prefix_max_steps=prefix_max_steps, fps=FPS)
     dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
-    pending, handovers, requests, fps = None, [], 0, FPS
+    pending, handovers, requests = None, [], 0
     executed, boundaries = [ticks[0][1]], []  # the target every 1 / FPS; where each chunk took over
     while not over():
         now = sim.time
-        if pending is None and ex.should_request(now, latency.estimate(), execute_steps):
-            committed = ex.committed(now, latency.estimate(), fps, prefix_max_steps) if prefix_max_steps else None
-            chunk, fps = plan(now, committed)
+        if scheduler.due(now):
+            scheduler.sent(now)
+            chunk, fps = plan(now, scheduler.prefix(now))
             pending = Chunk.at_fps(chunk, fps, start_s=now + 1.0 / fps, received_s=now + latency_s)
             requests += 1
         if pending is not None and pending.received_s <= now + half_tick:
             ex.accept(pending)
-            latency.add(latency_s)
+            scheduler.replied(pending.received_s - latency_s, pending.received_s, pending_fps(pending))
             handovers.append(pending.received_s)
             boundaries.append(len(executed))
             pending = None
         _control_tick(sim, ex, dt, ticks, executed, frames, per_frame)
-    return {"requests": requests, "handovers": handovers, "fps": fps, "skipped_steps": ex.skipped,
+    return {"requests": requests, "handovers": handovers, "fps": scheduler.fps, "skipped_steps": ex.skipped,
             "safety_limited": ex.safety_limited, "step_targets": executed, "step_boundaries": boundaries}
+
+
+def pending_fps(chunk) -> float:
+    """A chunk's steps per second (its step spacing)."""
+    return 1.0 / chunk.step_s
 
 
 def _control_tick(sim, ex, dt: float, ticks: list, executed: list, frames: list | None, per_frame: int) -> None:
@@ -365,20 +370,23 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
 
     Feature refreshes on the 1 / feature_hz grid, one in flight: `observe()` at the refresh's tick t, usable (and
     `land`ed) at t + latency_s; one in flight still at a grid point delays the next to its landing (as
-    `TwoRateRunner`'s thread, which refreshes back to back when a pass is slower than its period). Heads ticks on the
-    1 / heads_hz grid, once features are usable, at the first control tick at or after each grid point (grid
+    `TwoRateRunner`'s thread, which refreshes back to back when a pass is slower than its period: this loop is that
+    thread on the sim clock). Heads requests when the `RequestScheduler` (neon-g1's and neon-ros's, two-rate) says,
+    once features are usable: on the 1 / heads_hz grid, at the first control tick at or after each grid point (grid
     points with no tick of their own are dropped): `heads(t, newest usable features)` with step k due at
     t + (k + 1) / fps, accepted at t + heads_latency_s, blended over `blend_s`; a prefix-conditioned model is sent the
     steps that run meanwhile (at most `prefix_max_steps`)."""
-    from neon_runtime.executor import Chunk, ChunkExecutor, safety_hook
+    from neon_runtime.executor import Chunk, ChunkExecutor, RequestScheduler, safety_hook
     from neon_runtime.safety import SafetyLayer
 
     ex = ChunkExecutor(len(ticks[0][1]), blend_s, safety_hook(SafetyLayer(sim.space)), ensemble_s)
     ex.hold(ticks[0][1], sim.time)  # the first reply takes over from the start pose
     dt, half_tick, per_frame = 1.0 / CONTROL_HZ, sim.model.opt.timestep / 2, max(1, round(CONTROL_HZ / FPS))
+    scheduler = RequestScheduler(ex, 1.0 / heads_hz, two_rate=True, prefix_max_steps=prefix_max_steps, fps=FPS,
+                                 slack_s=half_tick)  # the heads requests: neon-g1's and neon-ros's scheduler
     features, refreshing, pending = None, None, None  # newest usable features; (usable_s, obs) in flight; a reply
-    next_refresh = next_heads = sim.time
-    refreshes_s, heads_s, handovers, fps = [], [], [], FPS
+    next_refresh = sim.time
+    refreshes_s, heads_s, handovers = [], [], []
     executed, boundaries = [ticks[0][1]], []
 
     def next_on_grid(now: float, hz: float) -> float:
@@ -388,6 +396,7 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
         nonlocal pending
         if pending is not None and pending.received_s <= now + half_tick:
             ex.accept(pending)
+            scheduler.replied(pending.received_s - heads_latency_s, pending.received_s, pending_fps(pending))
             handovers.append(pending.received_s)
             boundaries.append(len(executed))
             pending = None
@@ -404,15 +413,15 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
                 refreshing = (now + latency_s, observe())
                 refreshes_s.append(now)
                 next_refresh = next_on_grid(now, feature_hz)
-        if features is not None and pending is None and now >= next_heads - half_tick:
-            committed = ex.committed(now, heads_latency_s, fps, prefix_max_steps) if prefix_max_steps else None
-            chunk, fps = heads(now, features, committed)
+        if features is not None and scheduler.due(now):
+            scheduler.sent(now)
+            chunk, fps = heads(now, features, scheduler.prefix(now, latency_s=heads_latency_s))
             pending = Chunk.at_fps(chunk, fps, start_s=now + 1.0 / fps, received_s=now + heads_latency_s)
             heads_s.append(now)
-            next_heads = next_on_grid(now, heads_hz)
         accept_if_due(now)  # with no heads latency: at once
         _control_tick(sim, ex, dt, ticks, executed, frames, per_frame)
-    return {"requests": len(heads_s), "feature_refreshes": len(refreshes_s), "handovers": handovers, "fps": fps,
+    return {"requests": len(heads_s), "feature_refreshes": len(refreshes_s), "handovers": handovers,
+            "fps": scheduler.fps,
             "skipped_steps": ex.skipped, "safety_limited": ex.safety_limited, "step_targets": executed,
             "step_boundaries": boundaries, "heads_ticks_s": [round(t, 3) for t in heads_s],
             "refreshes_s": [round(t, 3) for t in refreshes_s]}

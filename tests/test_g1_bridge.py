@@ -659,34 +659,60 @@ def test_request_ahead_keeps_chunks_coming_below_the_request_rate(robot, server,
     assert requests >= 6, requests  # over >= 3 s (ramp + 2 s engaged): 2 at 0.5 Hz
 
 
-def test_request_ahead_follows_the_measured_latency(server):
-    """ServerSource._due: before a chunk only the rate; then once the chunk in force covers only the latency estimate
-    plus 2 steps; never in two-rate mode (the heads run at their own rate)."""
-    from neon_runtime.client import RemotePolicy
-    from neon_runtime.executor import Chunk, ChunkExecutor
-    from neon_runtime.g1.inputs import ServerSource
+def test_the_request_scheduler_paces_requests_by_rate_request_ahead_or_the_heads_rate():
+    """RequestScheduler (neon-g1, neon-ros and neon-sim ask through it), on an injected clock: before a chunk only the
+    rate; then once the chunk in force covers only the latency estimate plus 2 steps; one request in flight; in
+    two-rate mode the heads' own rate alone; with execute_steps K, every K steps of the chunk in force."""
+    from neon_runtime.executor import Chunk, ChunkExecutor, RequestScheduler
 
     ex = ChunkExecutor(SPACE.dim)
-    source = ServerSource(RemotePolicy(server), SPACE, None, None, ex, request_hz=0.1, instruction="wave")
-    try:
-        now = time.monotonic()
-        assert source._due(now - 11) and not source._due(now)  # the 10 s period; no chunk in force yet
-        source._fps = 30.0
-        ex.accept(Chunk.at_fps(np.zeros((16, SPACE.dim)), 30.0, start_s=now + 0.5, received_s=now))  # ends in 1 s
-        source.latency.add(0.1)
-        assert not source._due(now)  # 1 s left - 1 step - 2 steps of margin > 0.1 s
-        source.latency.add(0.95)
-        source.latency.add(0.95)
-        assert source.latency.estimate() > 0.9 and source._due(now)  # the reply would come after the chunk ran out
-    finally:
-        source.close()
-    two_rate = ServerSource(RemotePolicy(server), SPACE, None, None, ex, request_hz=0.1, instruction="wave",
-                            heads_hz=10)
-    try:
-        two_rate._fps, two_rate.latency = 30.0, source.latency
-        assert not two_rate._due(time.monotonic())  # two-rate: the heads' own rate only
-    finally:
-        two_rate.close()
+    sched = RequestScheduler(ex, 10.0, margin_steps=2)
+    now = 1000.0
+    assert sched.due(now)  # nothing sent yet
+    sched.sent(now - 5)
+    assert not sched.due(now) and not sched.due(now + 4.9)  # in flight
+    sched.replied(now - 5, now - 4.9, 30.0)
+    assert not sched.due(now) and sched.due(now + 5)  # the 10 s period; no chunk in force yet
+    ex.accept(Chunk.at_fps(np.zeros((16, SPACE.dim)), 30.0, start_s=now + 0.5, received_s=now))  # ends in 1 s
+    assert not sched.due(now)  # 1 s left - 1 step - 2 steps of margin > 0.1 s
+    sched.latency.add(0.95)
+    sched.latency.add(0.95)
+    assert sched.latency.estimate() > 0.9 and sched.due(now)  # the reply would come after the chunk ran out
+    assert not sched.due(now, in_force=False)  # a chunk not to plan ahead from: the period alone
+    sched.sent(now)
+    sched.replied(now, None)  # a failed request measures nothing
+    assert len(sched.latency) == 3 and not sched.in_flight
+
+    heads = RequestScheduler(ex, 0.1, two_rate=True)
+    heads.replied(now, now + 0.01, 30.0)
+    heads.latency.add(0.95)
+    heads.sent(now)
+    heads.replied(now, now + 0.01)
+    assert not heads.due(now + 0.05) and heads.due(now + 0.1)  # the heads' own rate only, chunk or not
+    heads.sent(now + 0.13)  # late (the caller polls): the next still on the grid, not 0.1 s after this one
+    heads.replied(now + 0.13, None)
+    assert not heads.due(now + 0.19) and heads.due(now + 0.2)
+    heads.sent(now + 0.35)  # a grid point passed in flight is dropped: the next is the one after now
+    heads.replied(now + 0.35, None)
+    assert not heads.due(now + 0.39) and heads.due(now + 0.4)
+
+    fixed = RequestScheduler(ex, None, execute_steps=8)
+    fixed.replied(now, now, 30.0)
+    assert not fixed.due(now + 7 / 30) and fixed.due(now + 8 / 30)  # in force 8 steps from its arrival
+    with pytest.raises(ValueError, match="period"):
+        RequestScheduler(ex, None, two_rate=True)
+
+
+def test_the_scheduler_gives_a_prefix_model_the_steps_that_run_meanwhile():
+    from neon_runtime.executor import Chunk, ChunkExecutor, RequestScheduler
+
+    ex = ChunkExecutor(2)
+    ex.accept(Chunk.at_fps(np.arange(32, dtype=np.float32).reshape(16, 2), 10.0, start_s=0.1, received_s=0.0))
+    assert RequestScheduler(ex, 1.0).prefix(0.0, fps=10.0, latency_s=0.35) is None  # not a prefix model
+    sched = RequestScheduler(ex, 1.0, prefix_max_steps=2)
+    assert sched.prefix(0.0) is None  # no fps known yet
+    np.testing.assert_allclose(sched.prefix(0.0, fps=10.0, latency_s=0.35), [[0, 1], [2, 3]])  # 3 run, 2 sent
+    assert sched.prefix(0.0, fps=10.0, latency_s=0.05) is None  # nothing runs meanwhile
 
 
 def test_heads_hz_below_the_control_rate_is_refused_before_anything_opens(capsys):

@@ -447,7 +447,7 @@ def test_command_stream_hands_over_through_the_executor(graph, checkpoint, blend
     every command within the speed limit of the one before."""
     neon = graph(make_node(f"neon_cmd_{int(blend_s * 10)}", model=str(checkpoint), dry_run=False, rate_hz=0.001,
                            control_hz=50.0, blend_s=blend_s))
-    neon._last_request = time.monotonic()  # rate_hz 0.001: its first request is 1000 s away
+    neon.scheduler.last_s = time.monotonic()  # rate_hz 0.001: its first request is 1000 s away
     sim = G1Sim(graph(rclpy.create_node(f"g1_sim_cmd_{int(blend_s * 10)}")), neon.space.names)
     assert wait_for(lambda: neon.latest["joints"].value is not None and neon.latest["image"].value is not None)
     with neon._busy:  # and no request-ahead either: the test hands the node its chunks
@@ -500,7 +500,7 @@ def test_command_stream_stops_on_stale_state_and_restarts_from_the_measured_pose
     trip the next chunk starts from the measured pose (not from the chunk of before). Dry run: preview topic only."""
     neon = graph(make_node("neon_cmd_stale", model=str(checkpoint), dry_run=False, rate_hz=0.001, control_hz=50.0,
                            max_chunk_age_s=0.6))
-    neon._last_request = time.monotonic()  # rate_hz 0.001: its first request is 1000 s away
+    neon.scheduler.last_s = time.monotonic()  # rate_hz 0.001: its first request is 1000 s away
     sim = G1Sim(graph(rclpy.create_node("g1_sim_cmd_stale")), neon.space.names)
     assert wait_for(lambda: neon.latest["joints"].value is not None and neon.latest["image"].value is not None)
     with neon._busy:

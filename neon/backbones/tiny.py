@@ -75,7 +75,9 @@ TINY_IDS = ("neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni", "neon-tiny/whisper
 # The tiny Qwen2.5-VL that was taught to see the sim's tabletop: wider and deeper than neon-tiny/qwen2.5-vl, built
 # (pretrained on rendered scenes) by `neon-sim pretrain-backbone`, not here: neon never imports the simulator.
 SCENES_ID = "neon-tiny/qwen2.5-vl-scenes"
-SCENES_VERSION = 2  # 2: relation labels (left of, nearer) in the pretraining. Bump when neon_sim.pretrain's recipe changes; an older build is then refused, not rebuilt
+# Bump SCENES_VERSION when neon_sim.pretrain's recipe changes: an older build is then not found (not rebuilt), and
+# heads trained on it are refused (checkpoints record the build). 2: relation labels (left of, nearer).
+SCENES_VERSION = 2
 SCENES_TEXT = dict(_TEXT, hidden_size=128, intermediate_size=256, num_hidden_layers=4,  # Neon reads layer 2
                    rope_parameters=dict(_TEXT["rope_parameters"], mrope_section=[4, 6, 6]))  # head_dim 32
 SCENES_VISION = dict(_VISION, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=128)

@@ -151,7 +151,8 @@ class ControlConfig:
         checks = [("rate_hz", 50 <= self.rate_hz <= 500, "in [50, 500] Hz (the robot's arm_sdk expects 50-500 Hz)"),
                   ("ramp_in_s", 1.0 <= self.ramp_in_s <= 30.0, "in [1, 30] s"),
                   ("ramp_out_s", 2.0 <= self.ramp_out_s <= 10.0, "in [2, 10] s"),
-                  ("max_chunk_age_s", 0 < self.max_chunk_age_s <= 2.0, "in (0, 2] s"), ("hold_s", 0 <= self.hold_s <= 5.0, "in [0, 5] s"),
+                  ("max_chunk_age_s", 0 < self.max_chunk_age_s <= 2.0, "in (0, 2] s"),
+                  ("hold_s", 0 <= self.hold_s <= 5.0, "in [0, 5] s"),
                   ("state_stale_s", 0 < self.state_stale_s <= 2.0, "in (0, 2] s")]
         for name, ok, need in checks:
             value = getattr(self, name)

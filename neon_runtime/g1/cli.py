@@ -278,7 +278,7 @@ def _log_start(args, space, link, layout, config, source) -> None:
     """What is about to run, and whether it moves the robot."""
     if args.heads_hz:
         log(f"two-rate control: features refreshed at {args.request_hz:g} Hz, heads at {args.heads_hz:g} Hz on the "
-            f"fresh rt/lowstate{' with the committed steps as prefix' if source.prefix_max_steps else ''}")
+            f"fresh rt/lowstate{' with the committed steps as prefix' if source.scheduler.prefix_max_steps else ''}")
     log(f"{space.describe()} from {args.server or args.trajectory_topic}; robot on {link.where}; writing "
         f"{', '.join(layout.names[:2])}, ... ({layout.n} joints{', Dex3 hands' if layout.has_hands else ''}) at "
         f"{config.rate_hz:g} Hz; " + ("ENGAGE: the arms will move once a first executable chunk arrives" if args.engage

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from neon.action_space import G1ActionSpace
-from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, request_due, wall_to_mono
+from neon_runtime.executor import Chunk, ChunkExecutor, ChunkRefused, RequestScheduler, wall_to_mono
 from neon_runtime.g1.bridge import DEX3_MOTORS, BridgeError, RobotLink, require_arms
 
 MAX_IMAGE_AGE_S = 0.5  # an older camera frame counts as none (neon-ros's max_image_age_s)
@@ -79,11 +79,12 @@ def state_vector(space: G1ActionSpace, link: RobotLink) -> np.ndarray:
 
 
 class ServerSource:
-    """A thread feeding the executor from neon-serve once camera, instruction and state are there: a full request every
-    1 / request_hz s, or sooner once the chunk in force covers only the measured latency (observation to reply, the
-    `LatencyEstimator`'s 90th percentile) plus `margin_steps` (request-ahead); or (heads_hz > 0) a light request every
-    1 / heads_hz s on features a `TwoRateRunner` refreshes every 1 / request_hz s. Requests carry the executor's
-    committed steps as `prefix` when the server's model takes one (its metadata's prefix_max_steps > 0)."""
+    """A thread feeding the executor from neon-serve once camera, instruction and state are there, when its
+    `RequestScheduler` says: a full request every 1 / request_hz s, or sooner once the chunk in force covers only the
+    measured latency (observation to reply, the `LatencyEstimator`'s 90th percentile) plus `margin_steps`
+    (request-ahead); or (heads_hz > 0) a light request every 1 / heads_hz s on features a `TwoRateRunner` refreshes
+    every 1 / request_hz s. Requests carry the executor's committed steps as `prefix` when the server's model takes
+    one (its metadata's prefix_max_steps > 0)."""
 
     margin_steps = 2  # request-ahead: a reply should arrive with this many steps of the chunk in force still ahead
     poll_s = 0.005  # how often request-ahead is checked between requests
@@ -103,8 +104,9 @@ class ServerSource:
                 self.runner = TwoRateRunner(policy, feature_hz=request_hz)
             except RemoteError as e:
                 raise BridgeError(f"two-rate control needs a second connection to the server: {e}") from None
-        self.prefix_max_steps = int(policy.metadata().get("prefix_max_steps") or 0)
-        self.latency, self._fps, self._frame = LatencyEstimator(), None, None
+        self.scheduler = RequestScheduler(executor, self.period, two_rate=bool(heads_hz), margin_steps=self.margin_steps,
+                                          prefix_max_steps=int(policy.metadata().get("prefix_max_steps") or 0))
+        self.latency, self._frame = self.scheduler.latency, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neon-g1-infer", daemon=True)
 
@@ -128,14 +130,6 @@ class ServerSource:
             return f"waiting for an instruction (--instruction or {self.ros.instruction_topic})"
         return ""
 
-    def _prefix(self, observed_mono: float) -> np.ndarray | None:
-        """The executor's steps that run while a request observed at `observed_mono` is under way (prefix-conditioned
-        models only), or None."""
-        if not (self.prefix_max_steps > 0 and self._fps):
-            return None
-        prefix = self.executor.committed(observed_mono, self.latency.estimate(), self._fps, self.prefix_max_steps)
-        return prefix if len(prefix) else None
-
     def _full_request(self) -> tuple[dict, float]:
         """One full request: the newest camera image, instruction and state. -> (the reply, when the observation was
         taken on the monotonic clock)."""
@@ -144,10 +138,9 @@ class ServerSource:
         observed = time.monotonic() - age
         request = {"image": image, "instruction": self.ros.instruction or self.instruction,
                    "state": state_vector(self.space, self.link), "timestamp": time.time() - age,
-                   "prefix": self._prefix(observed)}
+                   "prefix": self.scheduler.prefix(observed)}
         reply = self.policy.infer({k: v for k, v in request.items() if v is not None})
-        self.latency.add(time.monotonic() - observed)  # observation -> chunk usable: what request-ahead plans for
-        self._fps = float(reply["fps"])
+        self.scheduler.replied(observed, time.monotonic(), reply["fps"])  # observation -> chunk usable
         return reply, observed
 
     def _heads_request(self) -> tuple[dict, float]:
@@ -160,16 +153,9 @@ class ServerSource:
             self._frame = (image, instruction)
         state, state_age = state_vector(self.space, self.link), time.monotonic() - self.link.state_at
         observed = time.monotonic() - state_age
-        reply = self.runner.heads(state, time.time() - state_age, prefix=self._prefix(observed))
-        self.latency.add(time.monotonic() - observed)
-        self._fps = float(reply["fps"])
+        reply = self.runner.heads(state, time.time() - state_age, prefix=self.scheduler.prefix(observed))
+        self.scheduler.replied(observed, time.monotonic(), reply["fps"])
         return reply, observed
-
-    def _due(self, last: float) -> bool:
-        """A request is due: 1 / rate after the last one, or (one full request per chunk) request-ahead."""
-        ahead = self.runner is None and self._fps is not None  # two-rate ticks go by time alone
-        return request_due(time.monotonic(), last, self.period, self.executor if ahead else None,
-                           self.latency.estimate(), self.margin_steps / self._fps if ahead else 0.0)
 
     def _run(self) -> None:
         """The request thread: `_serve`, and if that ever raises, say so (`failed`, `status`: neon-g1 then releases)
@@ -181,12 +167,12 @@ class ServerSource:
             self.failed = e
 
     def _serve(self) -> None:
-        t0 = -float("inf")
         while not self._stop.is_set():
-            if not self._due(t0):
+            if not self.scheduler.due(time.monotonic()):
                 self._stop.wait(self.poll_s)
                 continue
             t0 = time.monotonic()
+            self.scheduler.sent(t0)
             self.status = self._missing()
             if not self.status:
                 try:
@@ -200,6 +186,8 @@ class ServerSource:
                     refresh = self.runner.last_error if self.runner is not None else None
                     if refresh is not None:  # e.g. no_features: say why there are none
                         self.status += f" (feature refresh: {type(refresh).__name__}: {refresh})"
+            if self.scheduler.in_flight:  # it failed, or never left: no latency measured
+                self.scheduler.replied(t0, None)
             if self.status != "ok":  # nothing in force to plan ahead from: wait out the period
                 self._stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
 

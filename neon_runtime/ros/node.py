@@ -48,7 +48,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from neon.action_space import ActionSpaceError, G1ActionSpace
 from neon.observation import AUDIO_SAMPLE_RATE, AUDIO_WINDOW_S, EEF_SIDES
 from neon.threads import set_threads
-from neon_runtime.executor import (Chunk, ChunkExecutor, ChunkRefused, LatencyEstimator, check_blend_s, request_due,
+from neon_runtime.executor import (Chunk, ChunkExecutor, ChunkRefused, RequestScheduler, check_blend_s,
                                    safety_hook, wall_to_mono)
 from neon_runtime.ros.convert import MessageError, cloud_to_array, compressed_to_array, image_to_array, pose_to_array
 from neon_runtime.safety import DRY_RUN_REFUSAL, SafetyConfig, SafetyLayer
@@ -179,11 +179,17 @@ class NeonNode(Node):
         self.chunk_executor = ChunkExecutor(space.dim, p["blend_s"], safety_hook(self.safety))
         self._exec_lock = threading.Lock()  # accept / hold (inference thread) vs execute (control timer)
         self._restart = True  # nothing in force: the next chunk starts from the measured pose (executor.hold)
-        self.latency = LatencyEstimator()  # observation -> chunk usable, seconds: what request-ahead plans for
         self.prefix_max_steps = int(meta.get("prefix_max_steps") or 0)
+        if p["heads_hz"] > 0:  # two-rate: a heads request every 1 / heads_hz s
+            self.scheduler = RequestScheduler(self.chunk_executor, 1.0 / p["heads_hz"], two_rate=True,
+                                              prefix_max_steps=self.prefix_max_steps, fps=self.fps)
+        else:  # at rate_hz (0: request-ahead only), or earlier when the chunk in force no longer covers the latency
+            self.scheduler = RequestScheduler(self.chunk_executor, 1.0 / p["rate_hz"] if p["rate_hz"] > 0 else None,
+                                              margin_steps=p["request_ahead_steps"],
+                                              prefix_max_steps=self.prefix_max_steps, fps=self.fps)
+        self.latency = self.scheduler.latency  # observation -> chunk usable, seconds: what request-ahead plans for
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neon-infer")
         self._busy = threading.Lock()
-        self._last_request = 0.0
         self._in_flight_since: float | None = None  # when the request in flight left (None: none)
         self._stalled = False  # the request in flight has outlived max_chunk_age_s (halted once for it)
         self._frame = None  # (image, instruction) last handed to the two-rate runner
@@ -296,7 +302,7 @@ class NeonNode(Node):
         return request
 
     def _schedule(self):
-        """The timer: the watchdog on a request in flight, else a request when one is due (`request_due`)."""
+        """The timer: the watchdog on a request in flight, else a request when the scheduler says one is due."""
         now = time.monotonic()
         p = self.p
         sent = self._in_flight_since
@@ -306,13 +312,8 @@ class NeonNode(Node):
                 self._halt(f"no reply from the policy for {now - sent:.2f} s (max_chunk_age_s "
                            f"{p['max_chunk_age_s']:g})")
             return
-        if self.runner is not None:  # two-rate: a heads pass every 1 / heads_hz s
-            due = request_due(now, self._last_request, 1.0 / p["heads_hz"])
-        else:  # at rate_hz (0: request-ahead only), or earlier when the chunk in force no longer covers the latency
-            in_force = None if self._restart else self.chunk_executor  # _restart: nothing executable in force
-            due = request_due(now, self._last_request, 1.0 / p["rate_hz"] if p["rate_hz"] > 0 else None, in_force,
-                              self.latency.estimate(), p["request_ahead_steps"] / self.fps)
-        if not due or self._busy.locked():
+        # _restart: nothing executable in force to plan ahead from
+        if not self.scheduler.due(now, in_force=not self._restart) or self._busy.locked():
             return
         problems, request = self._problems(), None
         if not problems:
@@ -320,8 +321,9 @@ class NeonNode(Node):
                 request = self._request()
             except MessageError as e:
                 problems.append(str(e))
-        self._last_request = now
+        self.scheduler.sent(now)
         if problems:
+            self.scheduler.replied(now, None)
             self._halt("; ".join(problems))
             return
         self._busy.acquire()
@@ -354,6 +356,8 @@ class NeonNode(Node):
             else:
                 self._halt(f"inference failed: {type(e).__name__}: {e}")
         finally:
+            if self.scheduler.in_flight:  # it failed, or was not published: no latency measured
+                self.scheduler.replied(0.0, None)
             self._in_flight_since = None
             self._busy.release()
 
@@ -372,11 +376,9 @@ class NeonNode(Node):
     def _with_prefix(self, request: dict) -> dict:
         """For a prefix-conditioned model: the steps the executor will run from the request's observation until its
         chunk can arrive (the latency estimate), on the grid of the chunk it asks for."""
-        if self.prefix_max_steps > 0 and not self._restart:
-            committed = self.chunk_executor.committed(wall_to_mono(request["timestamp"]), self.latency.estimate(),
-                                                      self.fps, self.prefix_max_steps)
-            if len(committed):
-                request["prefix"] = committed
+        committed = None if self._restart else self.scheduler.prefix(wall_to_mono(request["timestamp"]))
+        if committed is not None:
+            request["prefix"] = committed
         return request
 
     def _publish(self, reply: dict, sensed: float):
@@ -397,8 +399,8 @@ class NeonNode(Node):
         if problems:
             self._halt("not published: " + "; ".join(problems))
             return
-        self.latency.add(age)
         keep, now = times > 0, time.monotonic()
+        self.scheduler.replied(now - age, now)  # observation -> chunk usable: what request-ahead plans for
         raw = np.asarray(reply["actions"], np.float32)
         refusals = [n for n in reply["safety"]["notes"] if n.startswith("not executable")]
         why = "; ".join(refusals)
