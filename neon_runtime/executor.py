@@ -362,8 +362,8 @@ class RequestScheduler:
     reply would arrive after the chunk in force has run K steps (the sim's fixed-K rows). Two-rate (`two_rate`):
     heads requests by time alone, on the grid k * period_s of the caller's clock: due at the first `due` call at or
     after the next grid point (within `slack_s`; points passed while a request was in flight are dropped), so heads
-    run at 1 / period_s on average whatever the caller's polling rate. `prefix` gives a prefix-conditioned model's committed steps;
-    `replied` feeds the latency estimator (observation -> reply usable) and records the chunk's fps."""
+    run at 1 / period_s on average whatever the caller's polling rate. `prefix` gives a prefix-conditioned model's
+    committed steps; `replied` feeds the latency estimator (observation -> reply usable) and records the chunk's fps."""
 
     def __init__(self, executor: ChunkExecutor, period_s: float | None = None, *, two_rate: bool = False,
                  margin_steps: int = 0, execute_steps: int | None = None, prefix_max_steps: int = 0,

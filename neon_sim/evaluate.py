@@ -313,13 +313,14 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
     (max_joint_velocity per tick) relative to the last one.
 
     Requests leave when the `RequestScheduler` (neon-g1's and neon-ros's) says so (request-ahead, one in flight):
-    each chunk is in force for `execute_steps` steps from its arrival, so a request leaves every `execute_steps` steps at any latency (as plain
-    chunking asks at zero latency). The observation is taken at the request's tick t; the reply is the chunk with
-    step k due at t + (k + 1) / fps, accepted at t + latency (from the first tick starting then), so the steps
-    already due are skipped by time (the chunk runs steps d .. d + execute_steps - 1, d = those skipped) and it
-    blends over `blend_s`. The round trip fed to the latency estimator is the injected latency (sim time stands still
-    during a real one). With `prefix_max_steps` > 0 (a prefix-conditioned model) each request carries the steps the
-    executor will run while it is under way (`committed`, at most that many), which the reply's first steps repeat."""
+    each chunk is in force for `execute_steps` steps from its arrival, so a request leaves every `execute_steps`
+    steps at any latency (as plain chunking asks at zero latency). The observation is taken at the request's tick
+    t; the reply is the chunk with step k due at t + (k + 1) / fps, accepted at t + latency (from the first tick
+    starting then), so the steps already due are skipped by time (the chunk runs steps d .. d + execute_steps - 1,
+    d = those skipped) and it blends over `blend_s`. The round trip fed to the latency estimator is the injected
+    latency (sim time stands still during a real one). With `prefix_max_steps` > 0 (a prefix-conditioned model) each
+    request carries the steps the executor will run while it is under way (`committed`, at most that many), which
+    the reply's first steps repeat."""
     from neon_runtime.executor import Chunk, ChunkExecutor, RequestScheduler, safety_hook
     from neon_runtime.safety import SafetyLayer
 
@@ -338,18 +339,13 @@ def _run_executor(sim, plan, over, ticks, frames, latency_s, execute_steps, blen
             requests += 1
         if pending is not None and pending.received_s <= now + half_tick:
             ex.accept(pending)
-            scheduler.replied(pending.received_s - latency_s, pending.received_s, pending_fps(pending))
+            scheduler.replied(pending.received_s - latency_s, pending.received_s, fps)
             handovers.append(pending.received_s)
             boundaries.append(len(executed))
             pending = None
         _control_tick(sim, ex, dt, ticks, executed, frames, per_frame)
     return {"requests": requests, "handovers": handovers, "fps": scheduler.fps, "skipped_steps": ex.skipped,
             "safety_limited": ex.safety_limited, "step_targets": executed, "step_boundaries": boundaries}
-
-
-def pending_fps(chunk) -> float:
-    """A chunk's steps per second (its step spacing)."""
-    return 1.0 / chunk.step_s
 
 
 def _control_tick(sim, ex, dt: float, ticks: list, executed: list, frames: list | None, per_frame: int) -> None:
@@ -386,7 +382,7 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
                                  slack_s=half_tick)  # the heads requests: neon-g1's and neon-ros's scheduler
     features, refreshing, pending = None, None, None  # newest usable features; (usable_s, obs) in flight; a reply
     next_refresh = sim.time
-    refreshes_s, heads_s, handovers = [], [], []
+    refreshes_s, heads_s, handovers, fps = [], [], [], FPS
     executed, boundaries = [ticks[0][1]], []
 
     def next_on_grid(now: float, hz: float) -> float:
@@ -396,7 +392,7 @@ def _run_two_rate(sim, observe, land, heads, over, ticks, frames, latency_s, ble
         nonlocal pending
         if pending is not None and pending.received_s <= now + half_tick:
             ex.accept(pending)
-            scheduler.replied(pending.received_s - heads_latency_s, pending.received_s, pending_fps(pending))
+            scheduler.replied(pending.received_s - heads_latency_s, pending.received_s, fps)
             handovers.append(pending.received_s)
             boundaries.append(len(executed))
             pending = None

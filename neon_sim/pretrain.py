@@ -230,20 +230,18 @@ def instructions(rng: np.random.Generator, scenes: Scenes, mirrored: np.ndarray)
 
 
 def relation_labels(table, visible) -> tuple:
-    """Float[(B, 3, 2)] table positions (m) and Float[(B, 3)] visible fractions -> (labels, mask), each
-    Float[(B, len(PAIRS), len(RELATIONS))]: is block i left of j (larger y), is it nearer the robot (smaller x); the
-    mask is 0 where either block is less than VISIBLE_MIN visible or the two are within RELATION_MIN_M on that axis."""
+    """Float[(B, 3, 2)] table positions (m) and Float[(B, 3)] visible fractions (arrays or tensors) -> (labels,
+    mask), each a float tensor [(B, len(PAIRS), len(RELATIONS))]: is block i left of j (larger y), is it nearer the
+    robot (smaller x); the mask is 0 where either block is less than VISIBLE_MIN visible or the two are within
+    RELATION_MIN_M on that axis."""
+    import torch
+
+    table, visible = torch.as_tensor(table), torch.as_tensor(visible)
     i, j = (list(k) for k in zip(*PAIRS, strict=True))
     dy, dx = table[:, i, 1] - table[:, j, 1], table[:, j, 0] - table[:, i, 0]  # > 0: i left of j, i nearer than j
-    delta = (dy, dx)
     both = (visible[:, i] >= VISIBLE_MIN) & (visible[:, j] >= VISIBLE_MIN)
-    labels = [(d > 0) * 1.0 for d in delta]
-    masks = [both & (abs(d) >= RELATION_MIN_M) for d in delta]
-    if hasattr(table, "new_tensor"):  # torch
-        import torch
-
-        return torch.stack(labels, -1).float(), torch.stack(masks, -1).float()
-    return np.stack(labels, -1).astype(np.float32), np.stack(masks, -1).astype(np.float32)
+    labels = torch.stack([dy > 0, dx > 0], -1).float()
+    return labels, (both[..., None] & (torch.stack([dy, dx], -1).abs() >= RELATION_MIN_M)).float()
 
 
 def probe_targets(table: np.ndarray) -> np.ndarray:

@@ -104,7 +104,8 @@ class ServerSource:
                 self.runner = TwoRateRunner(policy, feature_hz=request_hz)
             except RemoteError as e:
                 raise BridgeError(f"two-rate control needs a second connection to the server: {e}") from None
-        self.scheduler = RequestScheduler(executor, self.period, two_rate=bool(heads_hz), margin_steps=self.margin_steps,
+        self.scheduler = RequestScheduler(executor, self.period, two_rate=bool(heads_hz),
+                                          margin_steps=self.margin_steps,
                                           prefix_max_steps=int(policy.metadata().get("prefix_max_steps") or 0))
         self.latency, self._frame = self.scheduler.latency, None
         self._stop = threading.Event()

@@ -179,14 +179,13 @@ class NeonNode(Node):
         self.chunk_executor = ChunkExecutor(space.dim, p["blend_s"], safety_hook(self.safety))
         self._exec_lock = threading.Lock()  # accept / hold (inference thread) vs execute (control timer)
         self._restart = True  # nothing in force: the next chunk starts from the measured pose (executor.hold)
-        self.prefix_max_steps = int(meta.get("prefix_max_steps") or 0)
-        if p["heads_hz"] > 0:  # two-rate: a heads request every 1 / heads_hz s
-            self.scheduler = RequestScheduler(self.chunk_executor, 1.0 / p["heads_hz"], two_rate=True,
-                                              prefix_max_steps=self.prefix_max_steps, fps=self.fps)
-        else:  # at rate_hz (0: request-ahead only), or earlier when the chunk in force no longer covers the latency
-            self.scheduler = RequestScheduler(self.chunk_executor, 1.0 / p["rate_hz"] if p["rate_hz"] > 0 else None,
-                                              margin_steps=p["request_ahead_steps"],
-                                              prefix_max_steps=self.prefix_max_steps, fps=self.fps)
+        # Two-rate: a heads request every 1 / heads_hz s; else at rate_hz (0: request-ahead only), or earlier when
+        # the chunk in force no longer covers the latency plus request_ahead_steps.
+        two_rate = p["heads_hz"] > 0
+        period = 1.0 / p["heads_hz"] if two_rate else (1.0 / p["rate_hz"] if p["rate_hz"] > 0 else None)
+        self.scheduler = RequestScheduler(self.chunk_executor, period, two_rate=two_rate,
+                                          margin_steps=p["request_ahead_steps"], fps=self.fps,
+                                          prefix_max_steps=int(meta.get("prefix_max_steps") or 0))
         self.latency = self.scheduler.latency  # observation -> chunk usable, seconds: what request-ahead plans for
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neon-infer")
         self._busy = threading.Lock()
