@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, field
 
 from neon.action_space import CONTROL_MODES, HAND_TYPES, G1ActionSpace
-from neon.backbones.registry import DEFAULT_WHISPER, WHISPER_DIMS, BackboneSpec, canonical_id, get_spec
+from neon.backbones.registry import (COMPILE_MODES, DEFAULT_WHISPER, STATIC_FAMILIES, WHISPER_DIMS, BackboneSpec,
+                                     canonical_id, get_spec)
 
 CONFIG_FILE = "config.json"
 
@@ -67,6 +68,13 @@ class BackboneConfig:
     attn_implementation: str = "auto"  # "auto" = flash_attention_2 if installed, else sdpa
     audio_encoder_id: str | None = None  # None = the backbone's own audio tower or the default Whisper
     revision: str | None = None
+    # How `Backbone.encode` runs (see neon/backbones/static.py): "eager" (transformers' forward, as loaded) or
+    # "static" (prompts, rope and window indices fixed once, the prompt padded to a multiple of `prompt_bucket`
+    # tokens; the same features); `compile_mode` other than "none" captures the static path with torch.compile
+    # ("reduce-overhead": CUDA graphs on a GPU).
+    encode: str = "eager"
+    prompt_bucket: int = 32
+    compile_mode: str = "none"
 
     @property
     def spec(self) -> BackboneSpec:
@@ -119,6 +127,14 @@ class BackboneConfig:
         _check(self.attn_implementation in ("auto", "flash_attention_2", "sdpa", "eager"),
                "backbone.attn_implementation",
                f"must be auto, flash_attention_2, sdpa or eager, got {self.attn_implementation!r}")
+        _check(self.encode in ("eager", "static"), "backbone.encode", f"must be eager or static, got {self.encode!r}")
+        _check(self.encode == "eager" or self.spec.family in STATIC_FAMILIES, "backbone.encode",
+               f"static supports the {', '.join(STATIC_FAMILIES)} families; {self.model_id} is {self.spec.family}")
+        _check(1 <= self.prompt_bucket <= 1024, "backbone.prompt_bucket", f"must be in 1..1024, got {self.prompt_bucket}")
+        _check(self.compile_mode in COMPILE_MODES, "backbone.compile_mode",
+               f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        _check(self.compile_mode == "none" or self.encode == "static", "backbone.compile_mode",
+               "compiles the static encode path: set backbone.encode='static' too")
         enc = self.resolved_audio_encoder
         _check(enc is None or enc in WHISPER_DIMS, "backbone.audio_encoder_id",
                f"must be one of {', '.join(WHISPER_DIMS)}, got {enc!r}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neon.backbones.registry import BACKBONES
+from neon.backbones.registry import BACKBONES, STATIC_FAMILIES, get_spec
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 REAL = [k for k, v in BACKBONES.items() if not v.tiny]
@@ -50,22 +50,26 @@ def test_published_configs_build_the_published_models(model_id):
 
 def test_smoke_prints_every_row_with_finite_numbers(tmp_path):
     """--smoke runs the whole path (build, save, load through Backbone in nf4 and bf16, encode, heads, chunk, tick)
-    on CPU for all six scaled-down architectures and prints one table row per backbone x precision x batch."""
+    on CPU for all six scaled-down architectures and prints one table row per backbone x precision x batch x encode
+    path (static: the four Qwen2.5 builds; Cosmos-Reason2 has none)."""
     out = tmp_path / "rows.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two cores shared with the rest of the suite: no spinning threads
     proc = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--smoke", "--iters", "2", "--warmup", "0",
-                           "--workdir", str(tmp_path), "--json", str(out)],
+                           "--workdir", str(tmp_path), "--json", str(out), "--encode", "eager", "static"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     number = r"\s+([-\w.]+)"
-    row = re.compile(r"^(\S+/\S+)\s+(nf4|bf16)\s+(\d+)\s+(\d+)" + number * 2 + r"((?:\s+[\d.]+/\s*[\d.]+){4})\s*$")
+    row = re.compile(r"^(\S+/\S+)\s+(nf4|bf16)\s+(\d+)\s+(\d+)" + number * 2 + r"((?:\s+[\d.]+/\s*[\d.]+){4})\s+(\S+)\s*$")
     rows = {}
     for line in proc.stdout.splitlines():
         m = row.match(line)
         if m:
             pairs = [tuple(map(float, p.split("/"))) for p in re.findall(r"[\d.]+/\s*[\d.]+", m.group(7))]
-            rows[(m.group(1), m.group(2), int(m.group(3)))] = (int(m.group(4)), pairs)
-    expected = {(mid, prec, b) for mid in REAL for prec in ("nf4", "bf16") for b in (1, 8)}
+            rows[(m.group(1), m.group(2), int(m.group(3)), m.group(8))] = (int(m.group(4)), pairs)
+    static = [mid for mid in REAL if get_spec(mid).family in STATIC_FAMILIES]  # Cosmos-Reason2 runs eager only
+    expected = {(mid, prec, b, "eager") for mid in REAL for prec in ("nf4", "bf16") for b in (1, 8)}
+    expected |= {(mid, prec, b, "static") for mid in static for prec in ("nf4", "bf16") for b in (1, 8)}
+    assert len(static) == 4
     assert set(rows) == expected, proc.stdout
     for key, (tokens, pairs) in rows.items():
         assert tokens > 64, key  # 64 image tokens for 224x224, plus the prompt
@@ -74,7 +78,7 @@ def test_smoke_prints_every_row_with_finite_numbers(tmp_path):
             assert math.isfinite(p50) and math.isfinite(p99) and 0 < p50 <= p99, (key, pairs)
     assert "n/a (smoke)" in proc.stdout
     data = json.loads(out.read_text())
-    assert {(r["model_id"], r["precision"], r["batch"]) for r in data["rows"]} == expected
+    assert {(r["model_id"], r["precision"], r["batch"], r["encode"]) for r in data["rows"]} == expected
     for r in data["rows"]:  # nf4 really is 4-bit, bf16 really is not
         assert (r["nf4_linears"] > 0) == (r["precision"] == "nf4"), r
     assert not any(tmp_path.glob("neon-bench-gpu-*")), "the random-weight builds must be deleted"

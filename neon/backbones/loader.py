@@ -156,6 +156,11 @@ class Backbone:
         self.whisper_features = None
         if cfg.resolved_audio_encoder is not None:
             self._load_whisper(cfg.resolved_audio_encoder)
+        self.static = None  # the static-shape encode path, when cfg.encode == "static"
+        if cfg.encode == "static":
+            from neon.backbones.static import StaticEncoder
+
+            self.static = StaticEncoder(self, cfg.prompt_bucket, cfg.compile_mode)
         log.info("loaded backbone %s (%s, 4-bit=%s, attn=%s, %d of %d language-model layers) on %s", cfg.model_id,
                  self.info.dtype, self.info.quantized_4bit, attn, keep, total, self.device)
 
@@ -180,8 +185,16 @@ class Backbone:
         """Float[(B, K, H)] feature tokens for B (uint8 HxWx3 image, instruction) pairs, K = `cfg.num_tokens`.
 
         The language model's last hidden state is hidden_states[`hidden_layer`] (the layers after it were never
-        loaded), pooled as `cfg.pooling` says (see `pool_grid`, `pool_tokens`).
+        loaded), pooled as `cfg.pooling` says (see `pool_grid`, `pool_tokens`). With `cfg.encode == "static"` the
+        same features come from `StaticEncoder` (neon/backbones/static.py).
         """
+        if self.static is not None:
+            return self.static.encode(images, instructions)
+        return self.encode_eager(images, instructions)
+
+    @torch.no_grad()
+    def encode_eager(self, images: list[np.ndarray], instructions: list[str]) -> torch.Tensor:
+        """`encode` through transformers' own forward: the processor, then the model as loaded."""
         c, size = self.cfg, self.cfg.image_size
         pil = [Image.fromarray(im).convert("RGB").resize((size, size), Image.BILINEAR) for im in images]
         inputs = self.processor(images=pil, text=[self._prompt(t) for t in instructions],

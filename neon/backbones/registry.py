@@ -37,6 +37,9 @@ class BackboneSpec:
 
 # Whisper encoder used for audio by backbones without an audio tower.
 DEFAULT_WHISPER = "openai/whisper-base"
+# Families whose encode can run on the static-shape path (neon/backbones/static.py), and its torch.compile modes.
+STATIC_FAMILIES = ("qwen2_5_vl", "qwen2_5_omni")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 WHISPER_DIMS = {"openai/whisper-base": 512, "openai/whisper-small": 768, "neon-tiny/whisper": 64}
 
 BACKBONES: dict[str, BackboneSpec] = {
