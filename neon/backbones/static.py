@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-log = logging.getLogger(__name__)
-
 from neon.backbones.registry import COMPILE_MODES, STATIC_FAMILIES
+
+log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8)  # a batch is padded up to one of these (repeating its last sample); larger: as is
 _MAX_PLANS = 64  # (instructions, batch) plans kept; the least recently used is dropped
@@ -153,6 +153,9 @@ class StaticEncoder:
         self._vision: dict[int, dict[str, torch.Tensor]] = {}
         windows = torch.diff(self._vision_kwargs(1)["cu_window_seqlens"])
         use_block_diagonal_attention(self.visual, equal_segments=bool((windows == windows[0]).all()))
+        log.info("static encode for %s: %dx%d image tokens, prompts padded to multiples of %d tokens, windows of "
+                 "equal length: %s, compile: %s", backbone.cfg.model_id, self.rows, self.cols, prompt_bucket,
+                 self.visual.blocks[0].attn.equal_segments, compile_mode)
         self._run = self._features if compile_mode == "none" else torch.compile(
             self._features, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
 
