@@ -25,7 +25,8 @@ p50 <= 1 ms, p99 <= 1.5 x p50.
 
 --encode eager static runs each encode path as its own rows, side by side (static: neon/backbones/static.py, the
 prompt, rope and window indices fixed once; Qwen2.5-VL and Qwen2.5-Omni), and --compile-mode reduce-overhead
-captures the static path as CUDA graphs (compiled during the warm-up runs: keep --warmup >= 3):
+captures the static path and the heads (`neon.predictor.compiled_heads`) as CUDA graphs (compiled during the
+warm-up runs: keep --warmup >= 3):
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python bench/bench_gpu.py --backbones vl3b --batches 1 \
         --encode eager static --compile-mode reduce-overhead
@@ -79,6 +80,7 @@ from neon.backbones.static import parts as static_parts
 from neon.model import NeonVLA
 from neon.observation import collate
 from neon.policy import NeonPolicy
+from neon.predictor import compiled_heads
 from neon.presets import model_config
 
 FULL = ("vl3b", "vl7b", "omni3b", "omni7b", "cosmos2b", "cosmos8b")
@@ -409,7 +411,8 @@ def main() -> int:
                 n4 = sum(type(m).__name__ == "Linear4bit" for m in model.backbone.model.modules())
                 print(f"# {spec.model_id} {precision} {label}: loaded in {load_s:.1f} s, {n4} nf4 linear layers",
                       flush=True)
-                policy = NeonPolicy(model)
+                captured = cfg.backbone.compile_mode != "none"  # the heads are captured with the static encode
+                policy = NeonPolicy(model, heads=compiled_heads(model, args.compile_mode) if captured else None)
                 for batch in args.batches:
                     row = measure(policy, device, batch, rng, args.warmup, args.iters)
                     rows.append({"model_id": spec.model_id, "precision": precision, "encode": label,

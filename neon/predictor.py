@@ -147,7 +147,7 @@ class Predictor:
     @torch.no_grad()
     def run_heads(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(Float[(B, T, D)] normalised actions, Float[(B, R)] speech logits) from the heads backend."""
-        return (self.heads or self.model)(inputs)
+        return (self.model if self.heads is None else self.heads)(inputs)
 
     @torch.no_grad()
     def encode_batch(self, observations: list[Observation],
@@ -238,3 +238,11 @@ class Predictor:
         result.timings_ms = {"validate": validate_ms, **result.timings_ms,
                              "total": round(result.timings_ms["total"] + validate_ms, 3)}
         return result
+
+
+def compiled_heads(model, mode: str = "reduce-overhead"):
+    """The model's heads (fusion, action and speech heads: `NeonVLA.forward`) as one `torch.compile`d callable,
+    for `NeonPolicy(model, heads=compiled_heads(model))`: the chunk's heads pass and the two-rate tick then replay
+    one captured graph ("reduce-overhead" records CUDA graphs on a GPU, one per batch size; on CPU any mode runs
+    through inductor). The forward traces as one graph with no breaks (tests/test_static_encode.py)."""
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)

@@ -137,3 +137,26 @@ def test_old_configs_load_with_the_eager_path():
         data["backbone"].pop(key)
     cfg = NeonConfig.from_dict(data)
     assert (cfg.backbone.encode, cfg.backbone.compile_mode) == ("eager", "none")
+
+
+def test_the_heads_trace_as_one_graph_and_compiled_give_the_same_chunk(backbones):
+    """The chunk's heads pass and the two-rate tick: one graph (what CUDA-graph capture needs), same actions."""
+    from conftest import attach, random_weights, tiny_config
+
+    from neon.model import NeonVLA
+    from neon.observation import collate
+    from neon.policy import NeonPolicy
+    from neon.predictor import compiled_heads
+
+    model = attach(random_weights(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl"))), backbones)
+    policy = NeonPolicy(model)
+    inputs = model.inputs(collate([policy.observation(**policy.example())], model.action_space.dim), model.features())
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(inputs)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        torch._dynamo.reset()
+        want = model(inputs)[0]
+        got = NeonPolicy(model, heads=compiled_heads(model, "default")).run_heads(inputs)[0]
+    torch._dynamo.reset()
+    assert want.abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5)
