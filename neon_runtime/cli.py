@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from neon.backbones.registry import COMPILE_MODES
 from neon.threads import THREADS_HELP, set_threads
 from neon_runtime.safety import SafetyConfig
 from neon_runtime.sensors import G1_MIC_GROUP, G1_MIC_PORT
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rad/s limit applied to every chunk")
     p.add_argument("--dry-run", action="store_true", help="mark every chunk as not executable")
     p.add_argument("--device")
+    p.add_argument("--encode", choices=["eager", "static"], default=None,
+                   help="the backbone's encode path (default: the checkpoint's, eager): static fixes prompts, rope "
+                        "and window indices once (the same features, fewer operators; Qwen2.5-VL and -Omni)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="none",
+                   help="torch.compile the static encode and the heads (reduce-overhead: CUDA graphs; the first "
+                        "requests compile, the warm-up runs them); needs --encode static and --heads torch")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -102,14 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.max_memory_gb or profile.get("max_memory_gb")
 
     from neon.checkpoint import CheckpointError
+    from neon.config import ConfigError
     from neon.hub import HubUnavailableError
     from neon_runtime.default_model import DefaultModelError
     from neon_runtime.policy import LocalPolicy, PolicyRunner
     from neon_runtime.server import Metrics, ServerSettings, create_app
 
+    if args.compile_mode != "none" and heads != "torch":
+        print(f"error: --compile-mode captures the torch heads; it cannot be used with --heads {heads}",
+              file=sys.stderr)
+        return 2
     try:
         policy, path, note = _load_policy(args, profile, heads)
-    except (CheckpointError, HubUnavailableError, FileNotFoundError, DefaultModelError) as e:
+    except (CheckpointError, ConfigError, HubUnavailableError, FileNotFoundError, DefaultModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     safety = SafetyConfig(max_joint_velocity=args.max_joint_velocity, max_observation_age_s=args.max_obs_age,
@@ -153,7 +165,9 @@ def _load_policy(args, profile: dict, heads: str):
     path, a note for /metadata)."""
     from neon.model import NeonVLA
     from neon.policy import NeonPolicy
+    from neon.predictor import compiled_heads
     from neon_runtime.default_model import default_checkpoint
+    from neon_runtime.policy import serve_backbone_as
 
     note = ""
     if args.model:
@@ -162,7 +176,10 @@ def _load_policy(args, profile: dict, heads: str):
         folder, note = default_checkpoint()
         path = str(folder)
         log.info("%s (%s)", note, folder)
-    policy = NeonPolicy(NeonVLA.from_pretrained(path, allow_unverified=args.allow_unverified).load_backbone(args.device))
+    model = NeonVLA.from_pretrained(path, allow_unverified=args.allow_unverified)
+    serve_backbone_as(model.config.backbone, args.encode, args.compile_mode)
+    policy = NeonPolicy(model.load_backbone(args.device),
+                        heads=compiled_heads(model, args.compile_mode) if args.compile_mode != "none" else None)
     if profile and policy.config.backbone.model_id != profile["expected_backbone"]:
         log.warning("profile %s expects %s, the model uses %s", args.profile, profile["expected_backbone"],
                     policy.config.backbone.model_id)

@@ -209,6 +209,8 @@ class LocalPolicy:
 
         new = NeonVLA.from_pretrained(path)
         old = self.policy.model
+        deployed = old.config.backbone  # this deployment's encode path stays (ConfigError where it cannot)
+        serve_backbone_as(new.config.backbone, deployed.encode, deployed.compile_mode)
         a, b = old.action_space.to_dict(), new.action_space.to_dict()
         changed = [k for k in ("joints", "fps") if a[k] != b[k]]
         if changed and not force:
@@ -220,11 +222,25 @@ class LocalPolicy:
         else:
             new.load_backbone(device)
         heads = None
-        if self.policy.heads is not None:  # keep serving with ONNX heads: the new checkpoint's export
+        if deployed.compile_mode != "none":  # captured heads: the new model's, captured the same way
+            from neon.predictor import compiled_heads
+
+            heads = compiled_heads(new, deployed.compile_mode)
+        elif self.policy.heads is not None:  # keep serving with ONNX heads: the new checkpoint's export
             from neon_runtime.onnx_heads import OnnxHeads
 
             heads = OnnxHeads.beside(path)
         return LocalPolicy(NeonPolicy(new, heads), self.safety_config, str(path))
+
+
+def serve_backbone_as(cfg, encode: str | None, compile_mode: str = "none") -> None:
+    """Set how a loaded checkpoint's `BackboneConfig` encodes while it is served: `encode` None keeps the
+    checkpoint's. Neither setting changes the features (tests/test_static_encode.py), so the heads see what they
+    were trained on. Raises ConfigError where the backbone cannot (e.g. static on Cosmos-Reason2)."""
+    if encode is not None:
+        cfg.encode = encode
+    cfg.compile_mode = compile_mode
+    cfg.validate()
 
 
 class Superseded(RuntimeError):

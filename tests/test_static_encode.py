@@ -160,3 +160,33 @@ def test_the_heads_trace_as_one_graph_and_compiled_give_the_same_chunk(backbones
         got = NeonPolicy(model, heads=compiled_heads(model, "default")).run_heads(inputs)[0]
     torch._dynamo.reset()
     assert want.abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5)
+
+
+def test_neon_serve_serves_the_static_path_and_keeps_it_across_a_reload(tmp_path, capsys):
+    from conftest import as_trained, random_weights, tiny_config
+
+    from neon.model import NeonVLA
+    from neon.policy import NeonPolicy
+    from neon_runtime.cli import _load_policy, build_parser
+    from neon_runtime.cli import main as serve_main
+    from neon_runtime.policy import LocalPolicy
+    from neon_runtime.safety import SafetyConfig
+
+    for seed, name in ((1, "v1"), (2, "v2")):
+        as_trained(random_weights(NeonVLA(tiny_config("neon-tiny/qwen2.5-vl")), seed)).save_pretrained(tmp_path / name)
+    args = build_parser().parse_args(["--model", str(tmp_path / "v1"), "--encode", "static", "--device", "cpu"])
+    policy, _, _ = _load_policy(args, {}, "torch")
+    assert policy.model.backbone.static is not None
+    eager = NeonPolicy(NeonVLA.from_pretrained(tmp_path / "v1").load_backbone("cpu"))
+    example = policy.example()
+    assert eager.model.backbone.static is None
+    assert np.allclose(policy.predict(**example).actions, eager.predict(**example).actions, atol=1e-4)
+    reloaded = LocalPolicy(policy, SafetyConfig()).reloaded(tmp_path / "v2", device="cpu")
+    assert reloaded.policy.model.config.backbone.encode == "static"  # the deployment's choice, not the checkpoint's
+    assert reloaded.policy.model.backbone is policy.model.backbone  # same backbone settings: reused
+    # Refused with a reason: compiling without the static path, and compiled heads with ONNX heads.
+    assert serve_main(["--model", str(tmp_path / "v1"), "--compile-mode", "default"]) == 2
+    assert "backbone.compile_mode" in capsys.readouterr().err
+    assert serve_main(["--model", str(tmp_path / "v1"), "--encode", "static", "--compile-mode", "default",
+                       "--heads", "onnx"]) == 2
+    assert "--heads onnx" in capsys.readouterr().err
