@@ -190,3 +190,17 @@ def test_neon_serve_serves_the_static_path_and_keeps_it_across_a_reload(tmp_path
     assert serve_main(["--model", str(tmp_path / "v1"), "--encode", "static", "--compile-mode", "default",
                        "--heads", "onnx"]) == 2
     assert "--heads onnx" in capsys.readouterr().err
+
+
+def test_the_prompt_and_plan_caches_stay_bounded(backbones, monkeypatch):
+    """A client sending a new instruction each time must not grow the server's memory without bound."""
+    from neon.backbones import static as static_module
+
+    monkeypatch.setattr(static_module, "_MAX_PROMPTS", 3)
+    monkeypatch.setattr(static_module, "_MAX_PLANS", 2)
+    static = backbones(BackboneConfig(model_id="neon-tiny/qwen2.5-vl", load_in_4bit=False, encode="static")).static
+    image = _images(1)
+    for i in range(5):
+        static.encode(image, [f"touch block {i}"])
+    assert len(static._prompts) <= 3 and len(static._plans) <= 2
+    assert "touch block 4" in static._prompts and "touch block 0" not in static._prompts

@@ -40,7 +40,10 @@ from neon.backbones.registry import COMPILE_MODES, STATIC_FAMILIES
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8)  # a batch is padded up to one of these (repeating its last sample); larger: as is
-_MAX_PLANS = 64  # (instructions, batch) plans kept; the least recently used is dropped
+# Kept, the least recently used dropped beyond: prompts (a 3B backbone's is ~0.5 MB) and batch plans. A server fed
+# a new instruction per request stays bounded; each new instruction costs one eager pass.
+_MAX_PROMPTS = 256
+_MAX_PLANS = 64
 
 
 def parts(model) -> tuple[nn.Module, nn.Module]:
@@ -162,6 +165,7 @@ class StaticEncoder:
     # ------------------------------------------------------------------ once per instruction / shape
     def _prompt(self, instruction: str) -> _Prompt:
         if instruction in self._prompts:
+            self._prompts[instruction] = self._prompts.pop(instruction)  # most recently used last
             return self._prompts[instruction]
         bb, size = self.bb, self.bb.cfg.image_size
         blank = Image.new("RGB", (size, size))
@@ -195,6 +199,8 @@ class StaticEncoder:
             embeds = self.embed_tokens(ids[None])
         prompt = _Prompt(n, embeds, torch.cat([pos, tail], -1), at[is_image], at[:n][~is_image[:n]])
         self._prompts[instruction] = prompt
+        while len(self._prompts) > _MAX_PROMPTS:
+            self._prompts.pop(next(iter(self._prompts)))
         return prompt
 
     def _plan(self, instructions: tuple[str, ...]) -> _Plan:
