@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import hf_model
 from published_configs import PUBLISHED
 
+from neon.backbones.loader import DENSE_MEMORY_SHARE
 from neon.backbones.registry import get_spec
 from neon.config import BackboneConfig
 
@@ -74,17 +75,23 @@ def row(model_id: str) -> dict:
     }
 
 
+def auto_dense_from_gib(r: dict) -> float:
+    """The smallest GPU memory (GiB) on which `load_in_4bit: "auto"` loads the cut backbone dense (bf16)."""
+    return (r["total_bf16"] - r["saved_bf16"]) / DENSE_MEMORY_SHARE / 2**30
+
+
 def share(saved: float, total: float) -> str:
     return f"{saved / GB:6.2f} ({100 * saved / total:4.1f}%)"
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'backbone':28s} {'layers':>7s} {'LM params (M)':>17s} {'kept':>5s} {'saved bf16 GB':>16s} "
-          f"{'saved nf4 GB':>15s} {'LM time':>7s}")
+          f"{'saved nf4 GB':>15s} {'LM time':>7s} {'auto: bf16 from':>15s}")
     for r in rows:
         print(f"{r['model_id']:28s} {r['layer']:3d}/{r['depth']:<3d} {r['lm_kept'] / 1e6:8.0f}/{r['lm_total'] / 1e6:<8.0f} "
               f"{100 * r['lm_kept'] / r['lm_total']:4.0f}% {share(r['saved_bf16'], r['total_bf16']):>16s} "
-              f"{share(r['saved_nf4'], r['total_nf4']):>15s} {r['layer'] / r['depth']:7.2f}")
+              f"{share(r['saved_nf4'], r['total_nf4']):>15s} {r['layer'] / r['depth']:7.2f} "
+              f"{auto_dense_from_gib(r):11.1f} GiB")
 
 
 def main() -> int:
@@ -93,7 +100,8 @@ def main() -> int:
     hf_logging.set_verbosity_error()  # the published configs trip warnings about generation ids
     rows = [row(model_id) for model_id in PUBLISHED]
     print("# language model loaded up to the default feature layer (the middle); saved = the dropped layers' "
-          "weights, (% of the whole backbone's)")
+          "weights, (% of the whole backbone's); auto: bf16 from = the GPU memory from which load_in_4bit \"auto\" "
+          "loads the cut backbone in bf16 instead of nf4")
     print_table(rows)
     return 0
 

@@ -28,7 +28,11 @@ def _describe_features(bb) -> str:
     return f"{bb.num_tokens} tokens ({tokens}) from {layer}; {bb.layers_run} language-model layers loaded"
 
 
+PRECISION_WORDS = {"auto": "bf16 where the GPU holds it, else nf4", "nf4": "nf4", "dense": "dense: bf16 on a GPU"}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from neon.config import precision_name
     from neon.model import count_parameters
     from neon.presets import NAMED_MODEL_CONFIGS, TARGET_PARAMS, get_model_config, grid_model_configs
 
@@ -50,8 +54,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     counts = count_parameters(cfg)
     spec = cfg.backbone.spec
     space = cfg.action_space()
+    precision = PRECISION_WORDS[precision_name(cfg.backbone.load_in_4bit)]
     print(f"preset {args.preset}: backbone {spec.model_id} (hidden {spec.hidden_size}, "
-          f"{'native' if spec.native_audio else 'Whisper'} audio, frozen, 4-bit={cfg.backbone.load_in_4bit})")
+          f"{'native' if spec.native_audio else 'Whisper'} audio, frozen, {precision})")
     print(f"  {space.describe()}, {cfg.num_action_steps}-step chunks at {cfg.fps:g} fps")
     print(f"  features: {_describe_features(cfg.backbone)}")
     print(f"  fusion_dim={cfg.fusion_dim} mlp_hidden={cfg.mlp_hidden} action_head_layers={cfg.action_head_layers} "

@@ -38,6 +38,12 @@ def _check(cond: bool, field_name: str, why: str) -> None:
 
 
 POOLINGS = ("grid", "tokens", "mean")
+# Backbone weight precision by name (neon-train --precision, neon info) -> BackboneConfig.load_in_4bit.
+PRECISIONS = {"auto": "auto", "nf4": True, "dense": False}
+
+
+def precision_name(load_in_4bit: bool | str) -> str:
+    return next(name for name, value in PRECISIONS.items() if value == load_in_4bit and type(value) is type(load_in_4bit))
 
 
 @dataclass
@@ -56,7 +62,10 @@ class BackboneConfig:
     """
 
     model_id: str = "Qwen/Qwen2.5-Omni-7B"
-    load_in_4bit: bool = True  # bitsandbytes nf4 with double quantisation
+    # True: bitsandbytes nf4 with double quantisation (memory-bound devices: a Jetson, a small GPU); False: dense
+    # (bf16 on CUDA); "auto": dense where the GPU has the memory, else nf4 (see neon.backbones.loader.choose_4bit),
+    # settled on the first load and recorded, so a checkpoint keeps the precision its heads were trained on.
+    load_in_4bit: bool | str = "auto"
     freeze_backbone: bool = True
     hidden_layer: int | None = None  # decoder layer read (1..num_layers), -1 = last after the norm, None = the middle
     pooling: str = "grid"  # "grid", "tokens" or "mean" (see above)
@@ -108,6 +117,8 @@ class BackboneConfig:
     def validate(self) -> None:
         get_spec(self.model_id)  # raises with the list of known ids
         self.model_id = canonical_id(self.model_id)
+        _check(isinstance(self.load_in_4bit, bool) or self.load_in_4bit == "auto", "backbone.load_in_4bit",
+               f"must be true, false or \"auto\", got {self.load_in_4bit!r}")
         _check(self.freeze_backbone, "backbone.freeze_backbone",
                "Neon trains only the heads; an unfrozen backbone is not supported")
         n = self.spec.num_layers

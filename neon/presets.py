@@ -4,6 +4,9 @@ The trainer (`neon_train`) adds batch size, learning rate and the rest on top
 of these; here is only what decides the architecture and so the trainable
 parameter count. `TARGET_PARAMS` are the design's published counts, checked
 (within 15%) by the tests.
+
+The backbone's precision is "auto" (dense, bf16, where the training GPU holds it, else nf4; recorded in the
+checkpoint) except for `edge_3b`, which is nf4: nf4 is for memory-bound devices such as the G1's Jetson.
 """
 
 from __future__ import annotations
@@ -37,9 +40,13 @@ REALTIME_CHUNKING = dict(prefix_max_steps=8, prefix_probability=0.5)
 
 def _edge_3b() -> NeonConfig:
     # Jetson-sized: half-width fusion and heads on Omni-3B (about 2M trainable parameters). On the robot's own
-    # computer a request spans several chunk steps, so its heads continue from the committed ones.
-    return model_config("omni3b", "arms_only", fusion_dim=256, mlp_hidden=256, proprioception_hidden=256,
-                        **REALTIME_CHUNKING)
+    # computer a request spans several chunk steps, so its heads continue from the committed ones. The backbone is
+    # nf4 wherever it is trained: the Jetson's 16 GB are shared with the CPU, the ROS node and the drivers, and the
+    # heads must be trained on the features the robot will compute.
+    cfg = model_config("omni3b", "arms_only", fusion_dim=256, mlp_hidden=256, proprioception_hidden=256,
+                       **REALTIME_CHUNKING)
+    cfg.backbone.load_in_4bit = True
+    return cfg
 
 
 def _g1_omnimodal() -> NeonConfig:

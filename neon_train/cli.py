@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from neon.config import PRECISIONS
 from neon.data.soup import DataSoupConfig, DataSourceConfig
 from neon.threads import THREADS_HELP, set_threads
 
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="backbone feature cache folder (default ~/.cache/neon/features)")
     p.add_argument("--optim", choices=["paged_adamw_8bit", "adamw"])
     p.add_argument("--device")
+    p.add_argument("--precision", choices=list(PRECISIONS),
+                   help="backbone weights: nf4 (memory-bound devices), dense (bf16 on a GPU), or auto: dense where the "
+                        "GPU holds them in half its memory, else nf4 (presets: auto; edge_3b: nf4). The checkpoint "
+                        "records what was used, and is served at it")
     return p
 
 
@@ -94,6 +99,8 @@ def resolve_config(args: argparse.Namespace):
             setattr(cfg.model, f"use_{flag}", True)
     if args.representation:
         cfg.model.default_representation = args.representation
+    if args.precision:
+        cfg.model.backbone.load_in_4bit = PRECISIONS[args.precision]
     if args.prefix_steps is not None:
         cfg.model.prefix_max_steps = args.prefix_steps
     if args.prefix_prob is not None:

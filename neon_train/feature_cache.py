@@ -35,6 +35,9 @@ PREPROCESSING_VERSION = 2  # 2: the instruction before the image. Bump when imag
 
 
 def backbone_key(cfg: BackboneConfig) -> dict:
+    if cfg.load_in_4bit == "auto":  # nf4 and dense features differ: the key needs the precision the backbone loaded at
+        raise ValueError("backbone.load_in_4bit is still \"auto\": load the backbone first (it settles the precision) "
+                         "or set it to true or false before keying the feature cache")
     return {
         "model_id": cfg.model_id, "revision": cfg.revision, "load_in_4bit": cfg.load_in_4bit, "dtype": cfg.dtype,
         "hidden_layer": cfg.hidden_layer, "pooling": cfg.pooling, "token_budget": cfg.token_budget,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from neon.backbones.loader import DENSE_MEMORY_SHARE, dense_weight_bytes
 from neon.backbones.registry import BACKBONES, STATIC_FAMILIES, get_spec
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -109,4 +110,7 @@ def test_truncation_table_counts_what_the_loader_keeps(capsys):
             cut = cls._from_config(config)
         lm = getattr(cut, "thinker", cut).model.language_model
         assert sum(p.numel() for p in lm.parameters()) - lm.norm.weight.numel() == r["lm_kept"]
+        # the "auto" column is the loader's own rule on the cut backbone's bf16 weights (the norm it drops aside)
+        dense = dense_weight_bytes(spec.family, getattr(config, "thinker_config", config), torch.bfloat16)
+        assert bench.auto_dense_from_gib(r) * 2**30 * DENSE_MEMORY_SHARE == pytest.approx(dense, rel=1e-3)
         assert re.search(rf"^{re.escape(model_id)}\s+{spec.feature_layer}/{spec.num_layers}\s", out, re.M), out

@@ -89,6 +89,17 @@ def test_resume_continues_the_same_curve(synth, feature_dir, tmp_path, backbones
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_an_auto_precision_is_recorded_as_the_given_backbone_loaded(synth, feature_dir, tmp_path, backbones):
+    """Heads trained on a backbone handed to the trainer record its precision (here dense), not "auto": a checkpoint
+    is served at the precision its features came from, and the feature cache is keyed on it."""
+    cfg = small_config(synth, tmp_path / "run", feature_dir, max_steps=2, eval_steps=1)
+    cfg.model.backbone.load_in_4bit = "auto"
+    stats = NeonTrainer(cfg, backbone=backbones("neon-tiny/qwen2.5-vl")).train()
+    assert NeonVLA.from_pretrained(stats["best_checkpoint"]).config.backbone.load_in_4bit is False
+    keys = [json.loads(p.read_text()) for p in feature_dir.glob("*/backbone.json")]
+    assert keys and all(k["load_in_4bit"] is False for k in keys)
+
+
 def test_failed_hub_push_keeps_local_checkpoint(synth, feature_dir, tmp_path, backbones, monkeypatch, caplog):
     import neon.hub as hub
 
