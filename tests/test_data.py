@@ -254,6 +254,34 @@ def test_loader_is_identical_with_several_workers(synth):
     assert batch["obs"].eef.shape == (4, 14) and batch["obs"].audio[0].ndim == 1
 
 
+def _frame_in_child(reader, path, timestamp, fps, queue):
+    queue.put(reader.frame(path, timestamp, fps))
+
+
+def test_a_reader_used_before_a_fork_decodes_in_the_forked_child(synth):
+    """DataLoader workers are forked from a process that has decoded frames. With PyAV 18 / FFmpeg 8 a worker then
+    hung for good in swscale's slice threads (inherited without their threads) at its first frame; and a child must
+    not share the parent's open files (their offsets are shared across a fork)."""
+    import multiprocessing as mp
+
+    ds = LeRobotDataset(synth)
+    path, start = ds.video_path(ds.episodes[0], CAMERA)
+    reader = VideoReader()
+    expected = reader.frame(path, start + 0.3, ds.fps)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_frame_in_child, args=(reader, path, start + 0.3, ds.fps, queue))
+    child.start()
+    try:
+        got = queue.get(timeout=60)  # a hung child leaves this empty
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert np.array_equal(got, expected)
+    assert reader.frame(path, start + 0.3, ds.fps).shape == expected.shape  # the parent's files still work
+
+
 def test_soup_file_yaml_and_json(tmp_path, synth):
     cfg = DataSoupConfig([DataSourceConfig("g1", str(synth), weight=2.0),
                           DataSourceConfig("dream", str(synth), type="cosmos_dreamgen", weight=1.5,

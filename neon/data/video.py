@@ -105,10 +105,14 @@ class VideoReader:
     def __init__(self, max_open: int = 8):
         self.max_open = max_open
         self._open: OrderedDict[str, object] = OrderedDict()
+        self._pid = os.getpid()
 
     def _container(self, path: str):
         import av
 
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the parent's open files are not this process's
+            self._open = OrderedDict()
+            self._pid = os.getpid()
         c = self._open.pop(path, None)
         if c is None:
             if not os.path.isfile(path):
@@ -145,7 +149,9 @@ class VideoReader:
                 if frame.time >= timestamp - tol:
                     if frame.time > timestamp + tol and last is not None:
                         frame = last
-                    return frame.to_ndarray(format="rgb24")
+                    # One thread for the colour conversion too: swscale's slice threads (FFmpeg 8) hang in a
+                    # DataLoader worker forked from a process that converted a frame before (tests/test_data.py).
+                    return frame.reformat(format="rgb24", threads=1).to_ndarray()
                 last = frame
         except av.error.FFmpegError as e:
             self._open.pop(path, None)
