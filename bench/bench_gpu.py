@@ -76,7 +76,7 @@ from published_configs import PIXELS, PUBLISHED
 from neon.backbones import registry
 from neon.backbones.registry import COMPILE_MODES, STATIC_FAMILIES
 from neon.backbones.loader import Backbone
-from neon.backbones.static import parts as static_parts
+from neon.backbones.loader import model_parts
 from neon.model import NeonVLA
 from neon.observation import collate
 from neon.policy import NeonPolicy
@@ -243,7 +243,7 @@ def measure(policy: NeonPolicy, device: torch.device, batch: int, rng: np.random
     def count_tokens(_module, _args, kwargs):  # the sequence the language model really gets, image tokens included
         seen["tokens"] = kwargs["inputs_embeds"].shape[1]
 
-    _, language_model = static_parts(model.backbone.model)
+    _, _, language_model = model_parts(model.backbone.model)
     hook = language_model.register_forward_pre_hook(count_tokens, with_kwargs=True)
     features = model.features()
     inputs = model.inputs(collate(obs, space.dim), features)

@@ -250,10 +250,12 @@ def test_cosmos_reason2_loads_through_the_qwen3_vl_path(tmp_path, monkeypatch):
     assert audio.shape == (1, 64) and present.all()  # Cosmos hears through the (tiny) Whisper encoder
 
 
-def test_the_declared_minimum_transformers_builds_and_encodes_every_tiny_backbone(tmp_path):
+def test_the_declared_minimum_transformers_gives_the_same_features(tmp_path):
     """pyproject declares transformers>=5.20: install exactly 5.20.0 from PyPI into a throw-away folder, put it
-    first on the path, and encode an image with every tiny backbone (Qwen2.5-Omni's processor failed there once:
-    'QwenOmniImageAudioProcessor' object has no attribute 'video_processor')."""
+    first on the path, and encode an image (eager and static) and a clip with every tiny Qwen backbone: the
+    features must be the ones the installed transformers gives. Two failures here once: Qwen2.5-Omni's processor
+    ('QwenOmniImageAudioProcessor' object has no attribute 'video_processor'), and, worse, an Omni encode that ran
+    without error but never saw the image (5.20's thinker merges images in its own forward, not in `.model`)."""
     import re
     import subprocess
     import sys
@@ -265,13 +267,36 @@ def test_the_declared_minimum_transformers_builds_and_encodes_every_tiny_backbon
     got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                           f"transformers=={minimum}"], capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
-    code = ("import numpy as np, transformers\n"
-            "from neon.backbones.loader import Backbone\nfrom neon.config import BackboneConfig\n"
+    code = ("import sys, numpy as np, transformers\n"
+            "from tests.test_backbones import features_for_comparison\n"
             f"assert transformers.__version__.startswith({minimum!r}), transformers.__version__\n"
-            "for mid in ('neon-tiny/qwen2.5-omni', 'neon-tiny/qwen2.5-vl'):\n"
-            "    bb = Backbone(BackboneConfig(model_id=mid, load_in_4bit=False), device='cpu')\n"
-            "    print(mid, tuple(bb.encode([np.zeros((224, 224, 3), np.uint8)], ['wave']).shape))\n")
-    env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env, cwd=root)
+            "np.savez(sys.argv[1], **features_for_comparison())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (target, root, root / "tests"))), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "old.npz")], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=root)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "neon-tiny/qwen2.5-omni (1, 68, 64)" in run.stdout and "neon-tiny/qwen2.5-vl (1, 68, 64)" in run.stdout
+    old, new = np.load(tmp_path / "old.npz"), features_for_comparison()
+    assert sorted(old.files) == sorted(new)
+    for name in new:
+        assert old[name].shape == new[name].shape, name
+        np.testing.assert_allclose(old[name], new[name], atol=1e-4, rtol=1e-4, err_msg=name)
+    for mid in ("omni", "vl"):  # and the image is seen: another image, other features
+        assert np.abs(new[f"{mid}_eager"] - new[f"{mid}_eager_inverted"]).max() > 1e-2
+
+
+def features_for_comparison() -> dict[str, np.ndarray]:
+    """Features of the tiny Qwen backbones for one fixed image (and its inverse), instruction and clip."""
+    from neon.backbones.loader import Backbone
+
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    clip = np.sin(np.linspace(0, 800, 16000)).astype(np.float32)
+    out = {}
+    for short in ("omni", "vl"):
+        for encode in ("eager", "static"):
+            cfg = BackboneConfig(model_id=f"neon-tiny/qwen2.5-{short}", load_in_4bit=False, encode=encode)
+            bb = Backbone(cfg, device="cpu")
+            out[f"{short}_{encode}"] = bb.encode([image], ["wave"]).numpy()
+        out[f"{short}_eager_inverted"] = bb.encode_eager([255 - image], ["wave"]).numpy()
+        out[f"{short}_audio"] = bb.encode_audio([clip])[0].numpy()
+    return out

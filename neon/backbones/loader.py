@@ -50,6 +50,17 @@ def _model_class(family: str):
     }[family]
 
 
+def model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """(multimodal model, vision tower, text model) of a loaded Qwen model. The multimodal model takes the
+    processor's inputs, puts the image features in place of the image tokens and runs the text model on them:
+    `model.model` (Qwen2.5-VL, Qwen3-VL, and Qwen2.5-Omni's thinker from transformers 5.25 on) with its `.visual`
+    and `.language_model`; for the Omni thinker before that, the thinker itself, its `.visual` and its `.model`."""
+    inner = model.model
+    if hasattr(inner, "visual"):
+        return inner, inner.visual, getattr(inner, "language_model", inner)
+    return model, model.visual, inner
+
+
 def _image_token_id(config) -> int:
     """The id of the image placeholder token (Qwen2.5-VL, Qwen3-VL: image_token_id; the Omni thinker:
     image_token_index)."""
@@ -189,9 +200,9 @@ class Backbone:
             self.processor = PROCESSOR_CLASSES[self.spec.family].from_pretrained(path)
         finally:
             hf_logging.set_verbosity(level)
+        self._multimodal, _, self._text_model = model_parts(self.model)
         if keep < total:  # the last hidden state is then hidden_states[keep], as the full model gives it: un-normed
-            inner = self.model.model  # the text model: `.language_model` of it (transformers >= 5.25), or itself (5.20)
-            getattr(inner, "language_model", inner).norm = torch.nn.Identity()
+            self._text_model.norm = torch.nn.Identity()
         if self.device.type != "cuda":
             self.model.to(self.device)
         self.image_token_id = _image_token_id(self.model.config)
@@ -249,12 +260,30 @@ class Backbone:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state.float()  # (B, N, H)
+        hidden = self.language_hidden(inputs).float()  # (B, N, H)
         mask = inputs["attention_mask"].bool()
         if c.pooling != "grid":
             return pool_tokens(hidden, mask, c.pooling, c.token_budget)
         image = inputs["input_ids"] == self.image_token_id
         return pool_grid(hidden, mask, image, self._grids(inputs["image_grid_thw"]), c.grid_size, c.text_tokens)
+
+    def language_hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The text model's last hidden state (the layer read: the model is cut there) for the processor's inputs,
+        images merged in. Taken from the text model itself: the Omni thinker of transformers before 5.25 merges the
+        images in its own forward, which then also runs its output head (unused here)."""
+        if self._multimodal is not self.model:
+            return self._multimodal(**inputs, use_cache=False).last_hidden_state
+        seen = {}
+
+        def keep(_module, _args, out) -> None:  # returns None: the output goes on unchanged
+            seen["hidden"] = out.last_hidden_state
+
+        hook = self._text_model.register_forward_hook(keep)
+        try:
+            self.model(**inputs, use_cache=False)
+        finally:
+            hook.remove()
+        return seen["hidden"]
 
     def _grids(self, image_grid_thw: torch.Tensor) -> list[tuple[int, int]]:
         """(rows, cols) of each sample's image tokens: its patch grid after the vision tower's spatial merge."""
@@ -285,7 +314,8 @@ class Backbone:
         mask = batch["attention_mask"].to(self.device)
         out = self.model.get_audio_features(batch["input_features"].to(self.device, self.dtype),
                                             feature_attention_mask=mask)
-        _, lengths = self.model.model.audio_tower._get_feat_extract_output_lengths(mask.sum(-1))
+        tower = getattr(self.model.model, "audio_tower", None) or self.model.audio_tower  # (5.25 | before)
+        _, lengths = tower._get_feat_extract_output_lengths(mask.sum(-1))
         chunks = torch.split(out.last_hidden_state, lengths.tolist())  # the tower packs clips end to end
         return torch.stack([c.float().mean(0) for c in chunks])
 

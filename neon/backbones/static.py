@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from neon.backbones.loader import model_parts
 from neon.backbones.registry import COMPILE_MODES, STATIC_FAMILIES
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ BATCH_BUCKETS = (1, 2, 4, 8)  # a batch is padded up to one of these (repeating 
 # a new instruction per request stays bounded; each new instruction costs one eager pass.
 _MAX_PROMPTS = 256
 _MAX_PLANS = 64
-
-
-def parts(model) -> tuple[nn.Module, nn.Module]:
-    """(vision tower, text model) of a loaded Qwen model: `model.model.visual` / `.language_model` (transformers
-    5.25), or the Omni thinker's `model.visual` / `model.model` (5.20)."""
-    inner = model.model
-    visual = getattr(inner, "visual", None) or model.visual
-    return visual, getattr(inner, "language_model", inner)
 
 
 class BlockDiagonalVisionAttention(nn.Module):
@@ -138,7 +131,7 @@ class StaticEncoder:
         if prompt_bucket < 1:
             raise ValueError(f"prompt_bucket must be at least 1 token, got {prompt_bucket}")
         self.bb, self.prompt_bucket, self.compile_mode = backbone, prompt_bucket, compile_mode
-        self.visual, self.language_model = parts(backbone.model)
+        _, self.visual, self.language_model = model_parts(backbone.model)
         self.device, self.dtype = backbone.device, backbone.dtype
         self.embed_tokens = backbone.model.get_input_embeddings()
         ip = backbone.processor.image_processor
@@ -180,7 +173,7 @@ class StaticEncoder:
         hook = self.language_model.register_forward_pre_hook(record, with_kwargs=True)
         try:  # one eager pass records the model's own rope positions for this prompt
             with torch.no_grad():
-                bb.model.model(**inputs, use_cache=False)
+                bb.language_hidden(inputs)
         finally:
             hook.remove()
         ids = inputs["input_ids"][0]
