@@ -79,9 +79,7 @@ def save_checkpoint(model, directory: str | os.PathLike, extra_files: dict[str, 
     from neon.config import CONFIG_FILE
 
     directory = Path(directory)
-    backbone = model.config.backbone
-    if backbone.load_in_4bit == "auto" and model.backbone is not None:  # record the precision the heads saw
-        backbone.load_in_4bit = model.backbone.info.quantized_4bit
+    model.record_backbone_precision()
     with atomic_directory(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(model.config.to_json())
         model.action_space.save(tmp)

@@ -193,6 +193,13 @@ class NeonVLA(nn.Module):
         self.eval()
         return self
 
+    def record_backbone_precision(self) -> None:
+        """A backbone given to these heads directly (not through `load_backbone`, which settles the config itself)
+        settles an "auto" precision too: what is saved and cached then says which features the heads saw."""
+        cfg = self.config.backbone
+        if cfg.load_in_4bit == "auto" and self.backbone is not None:
+            cfg.load_in_4bit = self.backbone.info.quantized_4bit
+
     def features(self) -> BackboneFeatures:
         """The loaded backbone as a feature provider for `inputs`."""
         if self.backbone is None:

@@ -190,6 +190,7 @@ def _load_policy(model: str | Path | NeonVLA, device: str | None) -> tuple[NeonP
         net, name = NeonVLA.from_pretrained(model_dir), str(model)
     if net.backbone is None:
         net.load_backbone(device)
+    net.record_backbone_precision()
     return NeonPolicy(net.eval()), model_dir, name
 
 

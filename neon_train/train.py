@@ -302,8 +302,7 @@ class NeonTrainer:
         if self._backbone is not None:
             model.backbone = self._backbone
             model.to(self._backbone.device)
-            if cfg.model.backbone.load_in_4bit == "auto":  # the features come at the given backbone's precision
-                cfg.model.backbone.load_in_4bit = self._backbone.info.quantized_4bit
+            model.record_backbone_precision()
         else:
             model.load_backbone(self.device)
         run.net = model
