@@ -76,7 +76,7 @@ from published_configs import PIXELS, PUBLISHED
 from neon.backbones import registry
 from neon.backbones.registry import COMPILE_MODES, STATIC_FAMILIES
 from neon.backbones.loader import Backbone
-from neon.backbones.loader import model_parts
+from neon.backbones.parts import model_parts
 from neon.model import NeonVLA
 from neon.observation import collate
 from neon.policy import NeonPolicy

@@ -216,8 +216,12 @@ class LocalPolicy:
         if changed and not force:
             raise ValueError(f"{path} has another action space ({' and '.join(changed)} differ from the one being "
                              'served); send "force": true to load it anyway')
-        if old.backbone is not None and asdict(old.config.backbone) == asdict(new.config.backbone):
+        wanted = asdict(new.config.backbone)
+        if old.backbone is not None and wanted["load_in_4bit"] == "auto":  # settles on this device as the old did
+            wanted["load_in_4bit"] = old.backbone.info.quantized_4bit
+        if old.backbone is not None and asdict(old.config.backbone) == wanted:
             new.backbone = old.backbone
+            new.record_backbone_precision()
             new.to(old.backbone.device).eval()
         else:
             new.load_backbone(device)

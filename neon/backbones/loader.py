@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from neon.backbones.parts import model_parts
 from neon.backbones.registry import BackboneSpec
 from neon.config import BackboneConfig, ConfigError
 from neon.hub import MODEL_FILES, resolve
@@ -48,17 +49,6 @@ def _model_class(family: str):
         # The thinker loads from a full Omni checkpoint (config and `thinker.` weights); the talker is skipped.
         "qwen2_5_omni": transformers.Qwen2_5OmniThinkerForConditionalGeneration,
     }[family]
-
-
-def model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
-    """(multimodal model, vision tower, text model) of a loaded Qwen model. The multimodal model takes the
-    processor's inputs, puts the image features in place of the image tokens and runs the text model on them:
-    `model.model` (Qwen2.5-VL, Qwen3-VL, and Qwen2.5-Omni's thinker from transformers 5.25 on) with its `.visual`
-    and `.language_model`; for the Omni thinker before that, the thinker itself, its `.visual` and its `.model`."""
-    inner = model.model
-    if hasattr(inner, "visual"):
-        return inner, inner.visual, getattr(inner, "language_model", inner)
-    return model, model.visual, inner
 
 
 def _image_token_id(config) -> int:

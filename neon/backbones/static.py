@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from neon.backbones.loader import model_parts
+from neon.backbones.parts import model_parts
 from neon.backbones.registry import COMPILE_MODES, STATIC_FAMILIES
 
 log = logging.getLogger(__name__)
