@@ -67,17 +67,25 @@ def row(model_id: str) -> dict:
     lm = vlm.model.language_model
     keep = cfg.layers_run
     dropped = [*lm.layers[keep:], lm.norm]
+    head = vlm.lm_head.weight  # dropped at load too (neon.backbones.loader.drop_output_head); freed unless tied
+    head_bytes = 0 if head is vlm.get_input_embeddings().weight else head.numel() * 2
     return {
         "model_id": model_id, "layer": keep, "depth": len(lm.layers), "lm_total": count([lm]),
         "lm_kept": count([lm]) - count(dropped),
         "saved_bf16": weight_bytes(dropped, False), "saved_nf4": weight_bytes(dropped, True),
         "total_bf16": weight_bytes([model], False), "total_nf4": weight_bytes([model], True, (vlm.lm_head,)),
+        "head": head_bytes,  # bf16 in both precisions: bitsandbytes leaves the output head unquantised
     }
+
+
+def loaded(r: dict, precision: str) -> float:
+    """Bytes of the backbone as Neon loads it: without the layers after the one read and the output head."""
+    return r[f"total_{precision}"] - r[f"saved_{precision}"] - r["head"]
 
 
 def auto_dense_from_gib(r: dict) -> float:
     """The smallest GPU memory (GiB) on which `load_in_4bit: "auto"` loads the cut backbone dense (bf16)."""
-    return (r["total_bf16"] - r["saved_bf16"]) / DENSE_MEMORY_SHARE / 2**30
+    return loaded(r, "bf16") / DENSE_MEMORY_SHARE / 2**30
 
 
 def share(saved: float, total: float) -> str:
@@ -86,11 +94,12 @@ def share(saved: float, total: float) -> str:
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'backbone':28s} {'layers':>7s} {'LM params (M)':>17s} {'kept':>5s} {'saved bf16 GB':>16s} "
-          f"{'saved nf4 GB':>15s} {'LM time':>7s} {'auto: bf16 from':>15s}")
+          f"{'saved nf4 GB':>15s} {'head GB':>7s} {'loaded bf16/nf4 GB':>18s} {'LM time':>7s} {'auto: bf16 from':>15s}")
     for r in rows:
         print(f"{r['model_id']:28s} {r['layer']:3d}/{r['depth']:<3d} {r['lm_kept'] / 1e6:8.0f}/{r['lm_total'] / 1e6:<8.0f} "
               f"{100 * r['lm_kept'] / r['lm_total']:4.0f}% {share(r['saved_bf16'], r['total_bf16']):>16s} "
-              f"{share(r['saved_nf4'], r['total_nf4']):>15s} {r['layer'] / r['depth']:7.2f} "
+              f"{share(r['saved_nf4'], r['total_nf4']):>15s} {r['head'] / GB:7.2f} "
+              f"{loaded(r, 'bf16') / GB:9.2f}/{loaded(r, 'nf4') / GB:<8.2f} {r['layer'] / r['depth']:7.2f} "
               f"{auto_dense_from_gib(r):11.1f} GiB")
 
 
@@ -100,7 +109,8 @@ def main() -> int:
     hf_logging.set_verbosity_error()  # the published configs trip warnings about generation ids
     rows = [row(model_id) for model_id in PUBLISHED]
     print("# language model loaded up to the default feature layer (the middle); saved = the dropped layers' "
-          "weights, (% of the whole backbone's); auto: bf16 from = the GPU memory from which load_in_4bit \"auto\" "
+          "weights, (% of the whole backbone's); head = the token output head, dropped too (0: tied to the input "
+          "embeddings, nothing freed); loaded = what is left; auto: bf16 from = the GPU memory from which load_in_4bit \"auto\" "
           "loads the cut backbone in bf16 instead of nf4")
     print_table(rows)
     return 0

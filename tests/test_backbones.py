@@ -250,6 +250,20 @@ def test_cosmos_reason2_loads_through_the_qwen3_vl_path(tmp_path, monkeypatch):
     assert audio.shape == (1, 64) and present.all()  # Cosmos hears through the (tiny) Whisper encoder
 
 
+@pytest.mark.parametrize("model_id", ["neon-tiny/qwen2.5-vl", "neon-tiny/qwen2.5-omni"])
+def test_the_output_head_is_dropped_at_load(backbones, model_id):
+    """Neon never decodes a token: the vocabulary x hidden output head goes at load (0.6-1.2 GB of bf16 on the
+    full-size backbones where it is not tied to the input embeddings; bench/bench_truncation.py)."""
+    from neon.backbones.loader import _model_class
+
+    bb = backbones(model_id, False)
+    assert isinstance(bb.model.lm_head, torch.nn.Identity)
+    full = _model_class(bb.spec.family).from_pretrained(bb.info.path, dtype=torch.float32)
+    head = full.lm_head.weight
+    tied = head is full.get_input_embeddings().weight
+    assert bb.info.output_head_freed == (0 if tied else head.numel() * 4)
+
+
 def test_the_declared_minimum_transformers_gives_the_same_features(tmp_path):
     """pyproject declares transformers>=5.20: install exactly 5.20.0 from PyPI into a throw-away folder, put it
     first on the path, and encode an image (eager and static) and a clip with every tiny Qwen backbone: the

@@ -89,7 +89,18 @@ def dense_weight_bytes(family: str, config, dtype: torch.dtype) -> int:
     cut at the layer read), counted on the meta device: nothing allocated, nothing read."""
     with torch.device("meta"):
         model = _model_class(family)._from_config(config)
+    drop_output_head(model)
     return sum(p.numel() for p in model.parameters()) * dtype.itemsize
+
+
+def drop_output_head(model) -> int:
+    """Replace the language model's output head (vocabulary x hidden) by an identity: Neon reads hidden states and
+    never decodes a token. Returns the weights freed: none where the head is tied to the input embeddings;
+    0.6-1.2 G parameters' worth of bf16 otherwise (bitsandbytes leaves the head unquantised in nf4)."""
+    head = model.lm_head.weight
+    tied = head is model.get_input_embeddings().weight
+    model.lm_head = torch.nn.Identity()
+    return 0 if tied else head.numel() * head.element_size()
 
 
 def choose_4bit(weight_bytes: int, gpu_memory_bytes: int | None) -> bool:
@@ -150,6 +161,7 @@ class LoadInfo:
     device: str
     layers_kept: int  # decoder layers of the language model loaded and run (up to the layer read)
     layers_total: int  # decoder layers in the checkpoint
+    output_head_freed: int = 0  # bytes of the token output head dropped at load (0 where tied to the embeddings)
 
 
 class Backbone:
@@ -191,6 +203,7 @@ class Backbone:
         finally:
             hf_logging.set_verbosity(level)
         self._multimodal, _, self._text_model = model_parts(self.model)
+        freed = drop_output_head(self.model)
         if keep < total:  # the last hidden state is then hidden_states[keep], as the full model gives it: un-normed
             self._text_model.norm = torch.nn.Identity()
         if self.device.type != "cuda":
@@ -198,7 +211,7 @@ class Backbone:
         self.image_token_id = _image_token_id(self.model.config)
         self.merge_size = self.model.config.vision_config.spatial_merge_size
         self.info = LoadInfo(cfg.model_id, str(path), str(self.dtype).replace("torch.", ""), attn,
-                             quant is not None, str(self.device), keep, total)
+                             quant is not None, str(self.device), keep, total, freed)
         self.whisper = None
         self.whisper_features = None
         if cfg.resolved_audio_encoder is not None:
@@ -208,9 +221,9 @@ class Backbone:
             from neon.backbones.static import StaticEncoder
 
             self.static = StaticEncoder(self, cfg.prompt_bucket, cfg.compile_mode)
-        log.info("loaded backbone %s (%s, 4-bit=%s%s, attn=%s, %d of %d language-model layers) on %s", cfg.model_id,
-                 self.info.dtype, self.info.quantized_4bit, f" [{precision_note}]" if precision_note else "", attn,
-                 keep, total, self.device)
+        log.info("loaded backbone %s (%s, 4-bit=%s%s, attn=%s, %d of %d language-model layers, output head dropped: "
+                 "%.2f GB freed) on %s", cfg.model_id, self.info.dtype, self.info.quantized_4bit,
+                 f" [{precision_note}]" if precision_note else "", attn, keep, total, freed / 1e9, self.device)
 
     def _load_whisper(self, model_id: str) -> None:
         from transformers import WhisperFeatureExtractor, WhisperModel
