@@ -24,6 +24,15 @@ def test_info_all_lists_named_and_grid_presets(capsys):
     assert len([ln for ln in out.splitlines()[1:] if ln.strip()]) == 8 + 24
 
 
+def test_info_into_a_closed_pipe_ends_quietly():
+    """`neon info --all | head -2`: the reader goes before the writing ends; no traceback, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "neon.cli", "info", "--all"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before the first line (the command takes a second to import)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()[-2000:]
+
+
 def test_info_unknown_preset_is_a_clear_error(capsys):
     assert main(["info", "--preset", "huge_arms"]) == 2
     assert "unknown preset 'huge_arms'" in capsys.readouterr().err
