@@ -43,10 +43,11 @@ BRINGUP = ROOT / "ros2_ws" / "src" / "neon_bringup"
 ARM_SLOTS = [j.sdk_index for j in BODY_JOINTS if j.group == "arms"]
 ARMS = [j.name for j in BODY_JOINTS if j.group == "arms"]
 # How promptly rt/lowstate and the trajectories arrive is up to this loaded 2-core machine's scheduler (the sim, two
-# Python processes and inference share it), not the stack: the bridge is given 2 s of rt/lowstate silence and 1 s
-# (+ 2 s holding) without a fresh trajectory, appended after g1.yaml's flags (argparse keeps the last). The defaults
-# (0.1 s; 0.5 s + 1 s) are tested on an injected clock in test_g1_bridge.py.
-LOADED_MACHINE = ["--state-stale-s", "2.0", "--max-chunk-age-s", "1.0", "--hold-s", "2.0"]
+# Python processes and inference share it), not the stack: the bridge is given 15 s for the first rt/lowstate (a
+# fresh-clone CI run once took over 3 s to discover the sim), 2 s of rt/lowstate silence and 1 s (+ 2 s holding)
+# without a fresh trajectory, appended after g1.yaml's flags (argparse keeps the last). The defaults (3 s; 0.1 s;
+# 0.5 s + 1 s) are tested on an injected clock in test_g1_bridge.py.
+LOADED_MACHINE = ["--state-timeout", "15", "--state-stale-s", "2.0", "--max-chunk-age-s", "1.0", "--hold-s", "2.0"]
 
 
 def load_launch_file():
