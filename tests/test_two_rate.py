@@ -22,9 +22,11 @@ from neon_runtime.two_rate import TwoRateRunner
 
 TOKEN = "two-rate-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-# Generous speed and observation-age limits (a loaded CI machine), a short feature age to test its refusal.
-SAFE = SafetyConfig(max_joint_velocity=100.0, max_hand_velocity=100.0, max_observation_age_s=3.0,
-                    max_feature_age_s=1.5)
+# Generous speed, observation-age and feature-age limits: on a loaded 2-core CI machine three requests once took
+# over 1.5 s, and a light request was refused for the age of its features instead of being answered. The refusal
+# itself is tested with features stored 5.5 s old.
+SAFE = SafetyConfig(max_joint_velocity=100.0, max_hand_velocity=100.0, max_observation_age_s=8.0,
+                    max_feature_age_s=5.0)
 
 
 def make_model(backbones, seed=0, **config):
@@ -81,8 +83,8 @@ def test_local_policy_refuses_old_or_foreign_features(backbones):
     model = make_model(backbones)
     local = LocalPolicy(NeonPolicy(model), SAFE)
     state = mid_state(model.action_space)
-    old = local.encode({"image": image(2), "instruction": "wave", "timestamp": time.time() - 2.0})
-    with pytest.raises(FeaturesUnavailable, match=r"features are \d\.\d+ s old.*1.5 s limit \(max_feature_age_s\)"):
+    old = local.encode({"image": image(2), "instruction": "wave", "timestamp": time.time() - 5.5})
+    with pytest.raises(FeaturesUnavailable, match=r"features are \d\.\d+ s old.*5.0 s limit \(max_feature_age_s\)"):
         local.infer({"state": state, "timestamp": time.time()}, old)
     fresh = local.encode({"image": image(2), "instruction": "wave", "timestamp": time.time()})
     reply = local.infer({"state": state, "timestamp": time.time()}, fresh)
@@ -140,7 +142,7 @@ def test_light_request_runs_the_heads_on_the_clients_features(server):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["features"]["reused"] is True and out["features"]["id"] == first["features"]["id"]
-    assert 0 <= out["features"]["age_s"] < 1.5 and out["features"]["instruction"] == "wave"
+    assert 0 <= out["features"]["age_s"] < 5 and out["features"]["instruction"] == "wave"
     assert "backbone" not in out["server_timing"] and out["dry_run"] is False
     assert np.allclose(out["actions"], first["actions"], atol=1e-5)  # same state, same features: same chunk
     moved = post(addr, light("robot-a", state=[0.3] * 28)).json()
@@ -149,7 +151,7 @@ def test_light_request_runs_the_heads_on_the_clients_features(server):
     remote = RemotePolicy(f"ws://{addr}/ws", token=TOKEN, client_id="robot-b")
     try:
         assert remote.metadata()["reuse_features"] is True
-        assert remote.metadata()["safety"]["max_feature_age_s"] == 1.5
+        assert remote.metadata()["safety"]["max_feature_age_s"] == 5.0
         stored = remote.infer({"image": image(2), "instruction": "wave", "state": np.zeros(28, np.float32),
                                "timestamp": time.time()})["features"]
         tick = remote.heads(np.zeros(28, np.float32), timestamp=time.time())
@@ -168,9 +170,9 @@ def test_light_request_without_usable_features_is_refused(server, case):
         body, why = {k: v for k, v in light().items() if k != "client_id"}, "needs a client_id"
     elif case == "other_client":  # robot-c's features are not robot-d's
         body, why = light("robot-d"), "no stored features for client_id 'robot-d'"
-    else:  # the image is 1.6 s old when stored (accepted: 3 s observation limit), over 1.5 s when reused
-        assert post(addr, full(3, client_id="robot-e", timestamp=time.time() - 1.6)).status_code == 200
-        body, why = light("robot-e"), "older than the 1.5 s limit (max_feature_age_s)"
+    else:  # the image is 5.5 s old when stored (accepted: 8 s observation limit), over 5 s when reused
+        assert post(addr, full(3, client_id="robot-e", timestamp=time.time() - 5.5)).status_code == 200
+        body, why = light("robot-e"), "older than the 5.0 s limit (max_feature_age_s)"
     r = post(addr, body)
     assert r.status_code == 409 and r.json()["error"] == "no_features" and why in r.json()["detail"], r.text
     assert post(addr, full(3, client_id="robot-c")).status_code == 200  # the server keeps serving
@@ -215,7 +217,7 @@ def test_openpi_requests_are_unchanged_and_leave_nothing_behind(server):
 
 def test_features_are_bounded_in_count_and_dropped_on_reload(server):
     addr, runner, root = server
-    for i in range(4):  # at most 3 clients: the one refreshed longest ago goes (older than 1.5 s ones too)
+    for i in range(4):  # at most 3 clients: the one refreshed longest ago goes (older than 5 s ones too)
         assert post(addr, full(6, client_id=f"fleet-{i}")).status_code == 200
     assert len(runner.features) <= 3 and "fleet-0" not in runner.features and "fleet-3" in runner.features
     assert post(addr, light("fleet-0")).status_code == 409
