@@ -114,6 +114,8 @@ def _resolve_precision(cfg: BackboneConfig, family: str, config, dtype: torch.dt
     """Settle `cfg.load_in_4bit` for this device, in place, so that the config saved with the heads records the
     precision their features came from (a checkpoint is then served at that precision everywhere, never re-picked
     per machine). Refuses dense weights a GPU cannot hold. Returns a note for the log."""
+    if cfg.load_in_4bit is True:
+        return ""
     if device.type != "cuda":
         if cfg.load_in_4bit == "auto":
             cfg.load_in_4bit = True
