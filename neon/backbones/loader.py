@@ -275,7 +275,7 @@ class Backbone:
     def language_hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The text model's last hidden state (the layer read: the model is cut there) for the processor's inputs,
         images merged in. Taken from the text model itself: the Omni thinker of transformers before 5.25 merges the
-        images in its own forward, which then also runs its output head (unused here)."""
+        images in its own forward, whose output head is an identity here (`drop_output_head`)."""
         if self._multimodal is not self.model:
             return self._multimodal(**inputs, use_cache=False).last_hidden_state
         seen = {}
